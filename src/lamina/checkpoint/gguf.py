@@ -1,0 +1,177 @@
+"""GGUF, llama.cpp's format: read (any type the `gguf` package can dequantize, F32/F16/BF16/Q8_0/
+Q4_0/Q4_1 and the K-quants among them) into float32 weights plus the tokenizer from the file's
+metadata, and write F32, F16 or Q8_0 files that llama.cpp loads."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import LaminaError
+from ..model import ModelConfig, RopeScaling
+from ..model.rope import rope_inv_freq
+from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
+from .base import Checkpoint
+from .files import atomic_file
+from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, to_lamina
+
+Q = gguf.GGMLQuantizationType
+WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
+
+
+def _metadata(reader: gguf.GGUFReader) -> dict:
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def config_from_gguf(meta: dict, has_output: bool, where: Path) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise LaminaError(f"{where}: architecture {arch!r} is not supported (lamina runs llama)")
+
+    def get(key, default=None):
+        value = meta.get(f"llama.{key}", default)
+        if value is None:
+            raise LaminaError(f"{where}: missing metadata llama.{key}")
+        return value
+
+    n_heads = get("attention.head_count")
+    dim = get("embedding_length")
+    vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or ())
+    try:
+        return ModelConfig(
+            dim=dim, n_layers=get("block_count"), n_heads=n_heads,
+            n_kv_heads=get("attention.head_count_kv", n_heads),
+            head_dim=get("attention.key_length", get("rope.dimension_count", dim // n_heads)),
+            ffn_dim=get("feed_forward_length"), vocab_size=vocab,
+            norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta=get("rope.freq_base", 10000.0), max_seq_len=get("context_length", 2048),
+            tie_embeddings=not has_output,
+            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+            eos_token_id=meta.get("tokenizer.ggml.eos_token_id"))
+    except ValueError as e:
+        raise LaminaError(f"{where}: {e}") from None
+
+
+def _rope_scaling_from_factors(config: ModelConfig, factors: np.ndarray, meta: dict,
+                               where: Path) -> RopeScaling:
+    """llama.cpp stores Llama 3.1 scaling as per-frequency divisors (rope_freqs.weight); recover
+    the parameters that produce exactly those divisors."""
+    original = meta.get("llama.rope.scaling.original_context_length", 8192)
+    scaling = RopeScaling(factor=float(factors.max()), original_max_position_embeddings=original)
+    base = rope_inv_freq(config.head_dim, config.rope_theta)
+    ours = (base / rope_inv_freq(config.head_dim, config.rope_theta, scaling)).numpy()
+    if not np.allclose(ours, factors, rtol=1e-4):
+        raise LaminaError(f"{where}: rope_freqs.weight is not a llama3 RoPE scaling lamina can express")
+    return scaling
+
+
+def read_gguf(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise LaminaError(f"{path}: file not found")
+    try:
+        reader = gguf.GGUFReader(path)
+        meta = _metadata(reader)
+    except Exception as e:   # bad magic, truncated tensor data, ...
+        raise LaminaError(f"{path}: not a readable GGUF file ({e})") from None
+    names = {t.name for t in reader.tensors}
+    config = config_from_gguf(meta, "output.weight" in names, path)
+    weights: dict[str, Tensor] = {}
+    types: Counter = Counter()
+    for t in reader.tensors:
+        try:
+            array = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise LaminaError(f"{path}: tensor {t.name} uses {t.tensor_type.name}, a type lamina "
+                              "cannot read") from None
+        array = array.reshape(tuple(reversed(t.shape.tolist())))
+        if t.name == "rope_freqs.weight":
+            config = config.replace(rope_scaling=_rope_scaling_from_factors(config, array, meta, path))
+            continue
+        name = to_lamina(t.name, "gguf")
+        if name is None:
+            raise LaminaError(f"{path}: unexpected tensor {t.name}")
+        w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
+        if is_query(name):
+            w = interleaved_to_halves(w, config.n_heads)
+        elif is_key(name):
+            w = interleaved_to_halves(w, config.n_kv_heads)
+        weights[name] = w
+        types[t.tensor_type.name] += 1
+    from .hf import _check_shapes
+    _check_shapes(config, weights, path)
+    tokenizer = tokenizer_from_gguf(meta) if "tokenizer.ggml.model" in meta else None
+    general = {k: v for k, v in meta.items() if k.startswith("general.")}
+    return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
+
+
+def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
+               tokenizer: Tokenizer | None, *, dtype: str = "f16", name: str = "lamina") -> Path:
+    """A GGUF file llama.cpp loads: llama architecture keys, the tokenizer, Meta-ordered Q/K rows.
+    Norms stay F32 (llama.cpp requires it); a matrix whose rows do not split into Q8_0 blocks
+    falls back to F16, as llama.cpp's converter does."""
+    if dtype not in WRITE_TYPES:
+        raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
+    if tokenizer is None:
+        raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
+    qtype = WRITE_TYPES[dtype]
+    file_type = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
+                 Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+    with atomic_file(dst) as tmp:
+        w = gguf.GGUFWriter(tmp, "llama")
+        w.add_name(name)
+        w.add_context_length(config.max_seq_len)
+        w.add_embedding_length(config.dim)
+        w.add_block_count(config.n_layers)
+        w.add_feed_forward_length(config.ffn_dim)
+        w.add_head_count(config.n_heads)
+        w.add_head_count_kv(config.n_kv_heads)
+        w.add_rope_dimension_count(config.head_dim)
+        if config.head_dim != config.dim // config.n_heads:
+            w.add_key_length(config.head_dim)
+            w.add_value_length(config.head_dim)
+        w.add_rope_freq_base(config.rope_theta)
+        w.add_layer_norm_rms_eps(config.norm_eps)
+        w.add_vocab_size(config.vocab_size)
+        w.add_file_type(file_type)
+        for key, value in gguf_metadata(tokenizer).items():
+            w.add_key_value(key, value, _value_type(value))
+        if config.rope_scaling is not None:   # as llama.cpp's converter: divisors per frequency
+            base = rope_inv_freq(config.head_dim, config.rope_theta)
+            factors = base / rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+            w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
+            w.add_rope_scaling_orig_ctx_len(config.rope_scaling.original_max_position_embeddings)
+        for lamina_name, t in weights.items():
+            if config.tie_embeddings and lamina_name == "output.weight":
+                continue
+            t = t.detach().float()
+            if is_query(lamina_name):
+                t = halves_to_interleaved(t, config.n_heads)
+            elif is_key(lamina_name):
+                t = halves_to_interleaved(t, config.n_kv_heads)
+            array = t.numpy()
+            kind = Q.F32 if array.ndim == 1 else qtype
+            if kind == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+                kind = Q.F16
+            data = gguf.quants.quantize(array, kind) if kind != Q.F32 else array
+            w.add_tensor(from_lamina(lamina_name, "gguf"), data, raw_dtype=kind)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return Path(dst)
+
+
+def _value_type(value) -> gguf.GGUFValueType:
+    if isinstance(value, bool):
+        return gguf.GGUFValueType.BOOL
+    if isinstance(value, int):
+        return gguf.GGUFValueType.UINT32
+    if isinstance(value, str):
+        return gguf.GGUFValueType.STRING
+    return gguf.GGUFValueType.ARRAY

@@ -1,0 +1,73 @@
+"""Tensor names and layouts of the formats lamina reads and writes, in one place.
+
+lamina's own names are Meta's (so a Meta checkpoint needs no renaming); Hugging Face and GGUF
+names map onto them here. Meta and GGUF interleave the two halves of each RoPE channel pair in
+the rows of wq/wk; Hugging Face (and lamina) keep them as two halves."""
+
+from __future__ import annotations
+
+import re
+
+from torch import Tensor
+
+# lamina (= Meta) name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
+NAMES = {
+    "tok_embeddings.weight": ("model.embed_tokens.weight", "token_embd.weight"),
+    "norm.weight": ("model.norm.weight", "output_norm.weight"),
+    "output.weight": ("lm_head.weight", "output.weight"),
+    "layers.{i}.attention.wq.weight": ("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight"),
+    "layers.{i}.attention.wk.weight": ("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight"),
+    "layers.{i}.attention.wv.weight": ("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+    "layers.{i}.attention.wo.weight": ("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+    "layers.{i}.feed_forward.w1.weight": ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+    "layers.{i}.feed_forward.w2.weight": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+    "layers.{i}.feed_forward.w3.weight": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+    "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
+}
+FORMATS = {"hf": 0, "gguf": 1}
+
+
+def _patterns(fmt: str):
+    col = FORMATS[fmt]
+    for ours, theirs in NAMES.items():
+        rx = re.escape(theirs[col]).replace(re.escape("{i}"), r"(\d+)")
+        yield ours, theirs[col], re.compile(rx + "$")
+
+
+def to_lamina(name: str, fmt: str) -> str | None:
+    """The lamina name of a tensor named `name` in format `fmt`, or None if it is not a weight."""
+    for ours, _, rx in _patterns(fmt):
+        m = rx.match(name)
+        if m:
+            return ours.replace("{i}", m.group(1)) if m.groups() else ours
+    return None
+
+
+def from_lamina(name: str, fmt: str) -> str:
+    for ours, theirs, _ in _patterns(fmt):
+        rx = re.escape(ours).replace(re.escape("{i}"), r"(\d+)")
+        m = re.match(rx + "$", name)
+        if m:
+            return theirs.replace("{i}", m.group(1)) if m.groups() else theirs
+    raise KeyError(name)
+
+
+def interleaved_to_halves(w: Tensor, n_heads: int) -> Tensor:
+    """Meta/GGUF row order of wq/wk -> lamina's. w: (n_heads * D, dim)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def halves_to_interleaved(w: Tensor, n_heads: int) -> Tensor:
+    """lamina's row order of wq/wk -> Meta/GGUF's."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def is_query(name: str) -> bool:
+    return name.endswith("attention.wq.weight")
+
+
+def is_key(name: str) -> bool:
+    return name.endswith("attention.wk.weight")

@@ -1,0 +1,143 @@
+"""Meta's original checkpoints: `params.json` + `consolidated.NN.pth`, one file per model-parallel
+rank. Loaded with `torch.load(weights_only=True)` only, so a file that would run code on
+unpickling is refused, never executed."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import LaminaError
+from ..model import ModelConfig, RopeScaling, llama_ffn_dim
+from .base import Checkpoint
+from .files import atomic_directory
+from .layout import halves_to_interleaved, interleaved_to_halves, is_key, is_query
+
+# How model-parallel ranks split each tensor (Meta's fairscale layers): column-parallel layers
+# split their output rows (dim 0), row-parallel ones their input columns (dim 1).
+_ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")
+_REPLICATED = ("norm.weight",)
+
+
+def _split_dim(name: str, shard: Tensor, config_dim: int) -> int | None:
+    if name.endswith(_REPLICATED):
+        return None
+    if name.endswith(_ROW_PARALLEL):
+        return 1
+    if name == "tok_embeddings.weight":   # Llama 1/2 split the embedding dim, Llama 3 the vocab
+        return 1 if shard.shape[1] != config_dim else 0
+    return 0
+
+
+def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) -> ModelConfig:
+    try:
+        dim = p["dim"]
+        llama3 = vocab_size >= 128000
+        scaling = None
+        if p.get("use_scaled_rope"):
+            scaling = RopeScaling(factor=p.get("rope_scaling_factor", 8.0))
+        return ModelConfig(
+            dim=dim, n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads") or 0,
+            ffn_dim=llama_ffn_dim(dim, p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
+            vocab_size=vocab_size, norm_eps=p.get("norm_eps", 1e-5),
+            rope_theta=p.get("rope_theta", 10000.0), rope_scaling=scaling,
+            max_seq_len=p.get("max_seq_len", 8192 if llama3 else 2048),
+            tie_embeddings=not has_output,
+            bos_token_id=128000 if llama3 else 1, eos_token_id=128001 if llama3 else 2)
+    except KeyError as e:
+        raise LaminaError(f"{where}: missing field {e.args[0]}") from None
+    except ValueError as e:
+        raise LaminaError(f"{where}: {e}") from None
+
+
+def _load_shard(file: Path) -> dict[str, Tensor]:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise LaminaError(f"{file}: refused: the pickle asks to run code or build objects "
+                          f"beyond plain tensors ({first})") from None
+    except Exception as e:
+        raise LaminaError(f"{file}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def read_meta(path: str | Path) -> Checkpoint:
+    """`path` is the checkpoint folder, or its params.json or one of its .pth files."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    params_file = folder / "params.json"
+    try:
+        params = json.loads(params_file.read_text())
+    except FileNotFoundError:
+        raise LaminaError(f"{params_file}: file not found (a Meta checkpoint needs params.json)") from None
+    except json.JSONDecodeError as e:
+        raise LaminaError(f"{params_file}: not valid JSON ({e})") from None
+    files = sorted(folder.glob("consolidated.*.pth"))
+    if not files:
+        raise LaminaError(f"{folder}: no consolidated.*.pth files")
+    shards = [_load_shard(f) for f in files]
+    names = [n for n in shards[0] if n != "rope.freqs"]   # Llama 1/2 saved a buffer; recomputed
+    for f, s in zip(files[1:], shards[1:]):
+        if set(s) - {"rope.freqs"} != set(names):
+            raise LaminaError(f"{f}: holds different tensors than {files[0].name}")
+    dim = params.get("dim", 0)
+    weights = {}
+    for name in names:
+        parts = [s[name] for s in shards]
+        axis = _split_dim(name, parts[0], dim)
+        weights[name] = parts[0] if axis is None or len(parts) == 1 else torch.cat(parts, axis)
+    if "tok_embeddings.weight" not in weights:
+        raise LaminaError(f"{files[0]}: missing tensor tok_embeddings.weight")
+    config = config_from_params(params, weights["tok_embeddings.weight"].shape[0],
+                                "output.weight" in weights, params_file)
+    for name in names:
+        if is_query(name):
+            weights[name] = interleaved_to_halves(weights[name], config.n_heads)
+        elif is_key(name):
+            weights[name] = interleaved_to_halves(weights[name], config.n_kv_heads)
+    from .hf import _check_shapes
+    _check_shapes(config, weights, folder)
+    dtypes = {str(t.dtype).removeprefix("torch."): len(weights) for t in list(weights.values())[:1]}
+    return Checkpoint(config, weights, None, folder, "meta", dtypes, {"params": params})
+
+
+def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor], *,
+               shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Meta's layout, split over `shards` model-parallel files the way Meta's code splits them."""
+    multiple_of = 256
+    if llama_ffn_dim(config.dim, multiple_of) != config.ffn_dim:
+        # params.json cannot say ffn_dim directly; express it through ffn_dim_multiplier
+        multiple_of = 1
+    params = {"dim": config.dim, "n_layers": config.n_layers, "n_heads": config.n_heads,
+              "n_kv_heads": config.n_kv_heads, "vocab_size": config.vocab_size,
+              "multiple_of": multiple_of, "norm_eps": config.norm_eps,
+              "rope_theta": config.rope_theta, "max_seq_len": config.max_seq_len}
+    if multiple_of == 1:
+        params["ffn_dim_multiplier"] = config.ffn_dim / int(2 * 4 * config.dim / 3)
+    if config.rope_scaling is not None:
+        params.update(use_scaled_rope=True, rope_scaling_factor=config.rope_scaling.factor)
+    full = {}
+    for name, t in weights.items():
+        t = t.detach().to(dtype)
+        if is_query(name):
+            t = halves_to_interleaved(t, config.n_heads)
+        elif is_key(name):
+            t = halves_to_interleaved(t, config.n_kv_heads)
+        full[name] = t
+    if config.tie_embeddings:
+        full.pop("output.weight", None)
+    with atomic_directory(dst) as tmp:
+        (tmp / "params.json").write_text(json.dumps(params, indent=2))
+        for rank in range(shards):
+            part = {}
+            for name, t in full.items():
+                axis = _split_dim(name, t, -1)   # write the Llama 3 layout: vocab-split embeddings
+                if axis is not None and t.shape[axis] % shards:
+                    raise LaminaError(f"tensor {name} does not split into {shards} equal shards")
+                part[name] = t if axis is None else t.chunk(shards, axis)[rank].clone()
+            torch.save(part, tmp / f"consolidated.{rank:02d}.pth")
+    return Path(dst)

@@ -1,0 +1,185 @@
+"""`lamina`: one command line for every stage. Each subcommand parses its flags and calls a
+function of the stage it belongs to; a `LaminaError` ends in one clear line, not a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LaminaError
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
+    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy and deterministic (default 0.7)")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats")
+    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, fast decode)")
+
+
+def _sampling(args) -> dict:
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+
+
+def _load(args):
+    from .serve import load
+    return load(args.model, dtype=args.dtype, compile=args.compile)
+
+
+def cmd_generate(args) -> None:
+    llm = _load(args)
+    prompt = args.prompt
+    if args.chat:
+        prompt = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                 [{"role": "user", "content": args.prompt}]
+    else:
+        sys.stdout.write(prompt)
+    for piece in llm.stream(prompt, chat=args.chat, **_sampling(args)):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def cmd_chat(args) -> None:
+    llm = _load(args)
+    if not llm.tokenizer.chat_template:
+        raise LaminaError(f"{args.model}: this model has no chat template; use `lamina generate`")
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    print("lamina chat: /reset clears the conversation, /exit or Ctrl-D leaves.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return
+        if line.strip() in ("/exit", "/quit"):
+            return
+        if line.strip() == "/reset":
+            history = []
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line})
+        sys.stdout.write("assistant> ")
+        reply = []
+        for piece in llm.stream(system + history, **_sampling(args)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+
+
+def cmd_convert(args) -> None:
+    import torch
+
+    from .checkpoint import load_checkpoint, write_gguf, write_hf, write_meta
+    from .serve.llm import parse_dtype
+    ck = load_checkpoint(args.src)
+    made_by = {"command": "lamina convert", "source": str(ck.path), "source_format": ck.format}
+    if args.to == "hf":
+        dtype = parse_dtype(args.dtype) if args.dtype else None
+        out = write_hf(args.dst, ck.config, ck.weights, ck.tokenizer, dtype=dtype, made_by=made_by)
+    elif args.to == "gguf":
+        out = write_gguf(args.dst, ck.config, ck.weights, ck.tokenizer, dtype=args.dtype or "f16",
+                         name=Path(str(ck.path)).stem)
+    else:
+        dtype = parse_dtype(args.dtype) if args.dtype else torch.bfloat16
+        out = write_meta(args.dst, ck.config, ck.weights, shards=args.shards, dtype=dtype)
+    print(f"wrote {out} ({args.to})")
+
+
+def model_info(ref: str) -> dict:
+    from .checkpoint import load_checkpoint
+    from .checkpoint.files import sha256
+    from .model import count_params
+    ck = load_checkpoint(ref)
+    files = [ck.path] if ck.path.is_file() else sorted(f for f in ck.path.iterdir() if f.is_file())
+    return {
+        "path": str(ck.path), "format": ck.format, "architecture": "llama",
+        "parameters": count_params(ck.config), "config": ck.config.to_dict(),
+        "stored_dtypes": ck.dtypes,
+        "tokenizer": None if ck.tokenizer is None else {
+            "vocab_size": ck.tokenizer.vocab_size, "bos": ck.tokenizer.bos_token,
+            "eos": ck.tokenizer.eos_token, "chat_template": bool(ck.tokenizer.chat_template)},
+        "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files},
+    }
+
+
+def cmd_info(args) -> None:
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"{info['path']} ({info['format']})", show_header=False)
+    table.add_row("parameters", f"{info['parameters']:,}")
+    for k, v in info["config"].items():
+        table.add_row(k, str(v))
+    table.add_row("stored dtypes", ", ".join(f"{k}×{n}" for k, n in info["stored_dtypes"].items()))
+    if info["tokenizer"]:
+        table.add_row("tokenizer", ", ".join(f"{k}={v}" for k, v in info["tokenizer"].items()))
+    for name, f in info["files"].items():
+        table.add_row(name, f"{f['bytes']:,} bytes  sha256 {f['sha256']}")
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_help = "model directory, GGUF file, Meta checkpoint folder, or packaged name (smollm2-135m-instruct)"
+
+    p = sub.add_parser("generate", help="stream a continuation of a prompt")
+    p.add_argument("model", help=model_help)
+    p.add_argument("prompt")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    _sampling_flags(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="a terminal chat with history, streaming replies")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--system", default=None, help="system message")
+    _sampling_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="convert a checkpoint to another format")
+    p.add_argument("src", help=model_help)
+    p.add_argument("dst", help="output directory (hf, meta) or file (gguf); must not exist")
+    p.add_argument("--to", choices=["hf", "gguf", "meta"], required=True)
+    p.add_argument("--dtype", default=None,
+                   help="hf/meta: float32, bfloat16, float16 (hf default: as stored); gguf: f32, f16 (default), q8_0")
+    p.add_argument("--shards", type=int, default=1, help="meta: model-parallel shards")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("info", help="architecture, parameter count, dtypes and file hashes")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LaminaError as e:
+        print(f"lamina: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The Llama model: configuration, presets and the network. Imports nothing else of lamina."""
+
+from .config import ModelConfig, RopeScaling, count_params, llama_ffn_dim
+from .kv_cache import KVCache
+from .llama import Transformer, expected_shapes, from_state_dict, init_weights, weights
+from .presets import PRESETS, preset
+
+__all__ = ["ModelConfig", "RopeScaling", "count_params", "llama_ffn_dim", "KVCache",
+           "Transformer", "expected_shapes", "from_state_dict", "init_weights", "weights", "PRESETS", "preset"]

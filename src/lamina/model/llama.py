@@ -1,0 +1,169 @@
+"""The Llama architecture (Touvron et al. 2023; Llama 2, Llama 3): pre-norm decoder blocks with
+RMSNorm, rotary attention with grouped-query heads, and a SwiGLU feed-forward. Parameter names
+are Meta's (`wq`, `w1`, `attention_norm`, ...); `lamina.checkpoint` maps other formats to them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 whatever the activation dtype, as the reference implementations do.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id, self.n_heads, self.n_kv_heads, self.head_dim = (
+            layer_id, c.n_heads, c.n_kv_heads, c.head_dim)
+        self.wq = nn.Linear(c.dim, c.n_heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
+        self.wv = nn.Linear(c.dim, c.n_kv_heads * c.head_dim, bias=False)
+        self.wo = nn.Linear(c.n_heads * c.head_dim, c.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+                slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_id, k, v, slots)                        # (B, KV, S, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))                        # (B, T, dim)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.w1 = nn.Linear(c.dim, c.ffn_dim, bias=False)   # gate
+        self.w2 = nn.Linear(c.ffn_dim, c.dim, bias=False)   # down
+        self.w3 = nn.Linear(c.dim, c.ffn_dim, bias=False)   # up
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, c: ModelConfig, layer_id: int):
+        super().__init__()
+        self.attention = Attention(c, layer_id)
+        self.feed_forward = FeedForward(c)
+        self.attention_norm = RMSNorm(c.dim, c.norm_eps)
+        self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+                slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, slots, mask)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: KVCache | None = None,
+                slots: Tensor | None = None, mask: Tensor | None = None,
+                last_only: bool = False) -> Tensor:
+        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`.
+
+        Without a cache this is the plain causal forward of training. With one, the caller gives
+        each token's `positions` (B, T), the cache `slots` (T,) it is written to, and a boolean
+        attention `mask` (B, 1, T, S) over the cache's S slots (True = may attend)."""
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        if cache is not None and (slots is None or mask is None):
+            raise ValueError("decoding with a KV cache needs slots and mask")
+        h = self.tok_embeddings(tokens)                                # (B, T, dim)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)     # (B, 1, T, D)
+        for layer in self.layers:
+            h = layer(h, cos, sin, cache, slots, mask)
+        if last_only:
+            h = h[:, -1:]
+        return self.output(self.norm(h)).float()
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a checkpoint must provide (no tied copy of the embeddings)."""
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    if config.tie_embeddings:
+        del shapes["output.weight"]
+    return shapes
+
+
+def from_state_dict(config: ModelConfig, state_dict: dict[str, Tensor],
+                    dtype: torch.dtype | None = None) -> Transformer:
+    """A model holding exactly these tensors (no copy unless `dtype` asks for one). Raises
+    ValueError naming the first missing, unexpected or misshapen tensor."""
+    expected = expected_shapes(config)
+    state = dict(state_dict)
+    if config.tie_embeddings:
+        state.pop("output.weight", None)   # some exporters keep the tied copy
+    for name, shape in expected.items():
+        if name not in state:
+            raise ValueError(f"missing tensor {name}")
+        if tuple(state[name].shape) != shape:
+            raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, "
+                             f"the config says {shape}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ValueError(f"unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    if config.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.load_state_dict(state, assign=True)
+    if config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    device = state["tok_embeddings.weight"].device
+    inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    model.register_buffer("inv_freq", inv_freq, persistent=False)
+    return model.eval()
+
+
+def weights(model: Transformer) -> dict[str, Tensor]:
+    """The model's tensors by lamina name, without the tied copy of the embeddings."""
+    state = model.state_dict()
+    if model.config.tie_embeddings:
+        del state["output.weight"]
+    return state
+
+
+def init_weights(model: Transformer, seed: int = 0, std: float = 0.02) -> Transformer:
+    """Normal(0, std) weights and unit norms, deterministic for a seed (training starts here)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model

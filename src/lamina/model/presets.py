@@ -1,0 +1,55 @@
+"""Named architecture presets with their published sizes.
+
+Figures: LLaMA (Touvron et al. 2023, table 2), Llama 2 (Touvron et al. 2023b, table 1 and the
+released params.json), Llama 3/3.1/3.2 (Meta model cards and released config.json), SmolLM2
+(HuggingFaceTB/SmolLM2-135M config.json)."""
+
+from __future__ import annotations
+
+from .config import ModelConfig, RopeScaling
+
+_LLAMA1 = dict(vocab_size=32000, max_seq_len=2048, norm_eps=1e-6)
+_LLAMA2 = dict(vocab_size=32000, max_seq_len=4096, norm_eps=1e-5)
+_LLAMA3 = dict(vocab_size=128256, rope_theta=500000.0, norm_eps=1e-5, bos_token_id=128000,
+               eos_token_id=128001)
+_LLAMA31_SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                               original_max_position_embeddings=8192)
+_LLAMA32_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                               original_max_position_embeddings=8192)
+
+PRESETS: dict[str, ModelConfig] = {
+    # a tiny model for tests: every feature on (GQA, tied embeddings, llama3 rope scaling)
+    "debug": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=512,
+                         max_seq_len=256, tie_embeddings=True, rope_theta=10000.0,
+                         rope_scaling=RopeScaling(factor=4.0, original_max_position_embeddings=64)),
+    "llama-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, **_LLAMA1),
+    "llama-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, ffn_dim=13824, **_LLAMA1),
+    "llama-33b": ModelConfig(dim=6656, n_layers=60, n_heads=52, ffn_dim=17920, **_LLAMA1),
+    "llama-65b": ModelConfig(dim=8192, n_layers=80, n_heads=64, ffn_dim=22016, **_LLAMA1),
+    "llama-2-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, **_LLAMA2),
+    "llama-2-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, ffn_dim=13824, **_LLAMA2),
+    "llama-2-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+                               **_LLAMA2),
+    "llama-3-8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+                              max_seq_len=8192, **_LLAMA3),
+    "llama-3-70b": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+                               max_seq_len=8192, **_LLAMA3),
+    "llama-3.1-8b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+                                max_seq_len=131072, rope_scaling=_LLAMA31_SCALING, **_LLAMA3),
+    "llama-3.2-1b": ModelConfig(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192,
+                                max_seq_len=131072, tie_embeddings=True,
+                                rope_scaling=_LLAMA32_SCALING, **_LLAMA3),
+    "llama-3.2-3b": ModelConfig(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, head_dim=128,
+                                ffn_dim=8192, max_seq_len=131072, tie_embeddings=True,
+                                rope_scaling=_LLAMA32_SCALING, **_LLAMA3),
+    "smollm2-135m": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
+                                vocab_size=49152, max_seq_len=8192, rope_theta=100000.0,
+                                tie_embeddings=True, bos_token_id=1, eos_token_id=2),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None

