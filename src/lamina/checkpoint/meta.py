@@ -5,7 +5,9 @@ unpickling is refused, never executed."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -21,6 +23,11 @@ from .layout import halves_to_interleaved, interleaved_to_halves, is_key, is_que
 # split their output rows (dim 0), row-parallel ones their input columns (dim 1).
 _ROW_PARALLEL = ("attention.wo.weight", "feed_forward.w2.weight")
 _REPLICATED = ("norm.weight",)
+# Meta's reference code fixes these llama3 RoPE scaling parameters (only the factor is read from
+# params.json); lamina writes its own extra keys when a model uses other values, so they survive
+# a round trip through lamina.
+_META_SCALING = RopeScaling(factor=8.0)
+_EXTRA_SCALING_KEYS = ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _split_dim(name: str, shard: Tensor, config_dim: int) -> int | None:
@@ -39,9 +46,11 @@ def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) 
         llama3 = vocab_size >= 128000
         scaling = None
         if p.get("use_scaled_rope"):
-            scaling = RopeScaling(factor=p.get("rope_scaling_factor", 8.0))
+            extra = {k: p[f"rope_scaling_{k}"] for k in _EXTRA_SCALING_KEYS if f"rope_scaling_{k}" in p}
+            scaling = RopeScaling(factor=p.get("rope_scaling_factor", 8.0), **extra)
         return ModelConfig(
             dim=dim, n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads") or 0,
+            head_dim=p.get("head_dim") or 0,
             ffn_dim=llama_ffn_dim(dim, p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
             vocab_size=vocab_size, norm_eps=p.get("norm_eps", 1e-5),
             rope_theta=p.get("rope_theta", 10000.0), rope_scaling=scaling,
@@ -55,14 +64,24 @@ def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) 
 
 
 def _load_shard(file: Path) -> dict[str, Tensor]:
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    try:   # mmap needs torch.save's zip format; older plain-pickle files load without it
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
         raise LaminaError(f"{file}: refused: the pickle asks to run code or build objects "
-                          f"beyond plain tensors ({first})") from None
+                          f"beyond plain tensors ({_unpickler_reason(e)})") from None
     except Exception as e:
         raise LaminaError(f"{file}: not a readable PyTorch checkpoint ({e})") from None
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise LaminaError(f"{file}: expected a dict of named tensors (Meta's consolidated format)")
+    return state
+
+
+def _unpickler_reason(e: pickle.UnpicklingError) -> str:
+    """The line of torch's message that names what was refused, without its advice to turn the
+    safety check off (lamina never does)."""
+    _, _, after = str(e).partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in after.splitlines() if line.strip()]
+    return lines[0].split(". ")[0] if lines else "torch.load(weights_only=True) refused it"
 
 
 def read_meta(path: str | Path) -> Checkpoint:
@@ -76,6 +95,8 @@ def read_meta(path: str | Path) -> Checkpoint:
         raise LaminaError(f"{params_file}: file not found (a Meta checkpoint needs params.json)") from None
     except json.JSONDecodeError as e:
         raise LaminaError(f"{params_file}: not valid JSON ({e})") from None
+    if not isinstance(params, dict):
+        raise LaminaError(f"{params_file}: expected a JSON object of model parameters")
     files = sorted(folder.glob("consolidated.*.pth"))
     if not files:
         raise LaminaError(f"{folder}: no consolidated.*.pth files")
@@ -89,18 +110,22 @@ def read_meta(path: str | Path) -> Checkpoint:
     for name in names:
         parts = [s[name] for s in shards]
         axis = _split_dim(name, parts[0], dim)
-        weights[name] = parts[0] if axis is None or len(parts) == 1 else torch.cat(parts, axis)
+        try:
+            weights[name] = parts[0] if axis is None or len(parts) == 1 else torch.cat(parts, axis)
+        except RuntimeError:
+            raise LaminaError(f"{folder}: the shards of tensor {name} do not fit together "
+                              f"({', '.join(str(tuple(t.shape)) for t in parts)})") from None
     if "tok_embeddings.weight" not in weights:
         raise LaminaError(f"{files[0]}: missing tensor tok_embeddings.weight")
     config = config_from_params(params, weights["tok_embeddings.weight"].shape[0],
                                 "output.weight" in weights, params_file)
-    for name in names:
+    from .hf import _check_shapes
+    _check_shapes(config, weights, folder, "meta")   # before the permutation, which needs the right shapes
+    for name in weights:
         if is_query(name):
             weights[name] = interleaved_to_halves(weights[name], config.n_heads)
         elif is_key(name):
             weights[name] = interleaved_to_halves(weights[name], config.n_kv_heads)
-    from .hf import _check_shapes
-    _check_shapes(config, weights, folder)
     dtypes = {str(t.dtype).removeprefix("torch."): len(weights) for t in list(weights.values())[:1]}
     return Checkpoint(config, weights, None, folder, "meta", dtypes, {"params": params})
 
@@ -117,9 +142,14 @@ def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
               "multiple_of": multiple_of, "norm_eps": config.norm_eps,
               "rope_theta": config.rope_theta, "max_seq_len": config.max_seq_len}
     if multiple_of == 1:
-        params["ffn_dim_multiplier"] = config.ffn_dim / int(2 * 4 * config.dim / 3)
+        params["ffn_dim_multiplier"] = _ffn_dim_multiplier(config.dim, config.ffn_dim)
+    if config.head_dim != config.dim // config.n_heads:
+        params["head_dim"] = config.head_dim   # lamina's key; Meta's code derives dim // n_heads
     if config.rope_scaling is not None:
         params.update(use_scaled_rope=True, rope_scaling_factor=config.rope_scaling.factor)
+        for k in _EXTRA_SCALING_KEYS:
+            if getattr(config.rope_scaling, k) != getattr(_META_SCALING, k):
+                params[f"rope_scaling_{k}"] = getattr(config.rope_scaling, k)
     full = {}
     for name, t in weights.items():
         t = t.detach().to(dtype)
@@ -130,14 +160,25 @@ def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         full[name] = t
     if config.tie_embeddings:
         full.pop("output.weight", None)
+    axes = {name: _split_dim(name, t, config.dim) for name, t in full.items()}   # Llama 3 layout
+    for name, axis in axes.items():
+        if axis is not None and full[name].shape[axis] % shards:
+            raise LaminaError(f"{dst}: tensor {name} {tuple(full[name].shape)} does not split "
+                              f"into {shards} equal model-parallel shards")
     with atomic_directory(dst) as tmp:
         (tmp / "params.json").write_text(json.dumps(params, indent=2))
         for rank in range(shards):
-            part = {}
-            for name, t in full.items():
-                axis = _split_dim(name, t, -1)   # write the Llama 3 layout: vocab-split embeddings
-                if axis is not None and t.shape[axis] % shards:
-                    raise LaminaError(f"tensor {name} does not split into {shards} equal shards")
-                part[name] = t if axis is None else t.chunk(shards, axis)[rank].clone()
+            part = {name: t if axes[name] is None else t.chunk(shards, axes[name])[rank].clone()
+                    for name, t in full.items()}
             torch.save(part, tmp / f"consolidated.{rank:02d}.pth")
     return Path(dst)
+
+
+def _ffn_dim_multiplier(dim: int, ffn_dim: int) -> float:
+    """The ffn_dim_multiplier for which Meta's `int(multiplier * hidden)` gives exactly ffn_dim
+    (plain ffn_dim / hidden can land a hair below it and lose one unit)."""
+    hidden = int(2 * 4 * dim / 3)
+    multiplier = ffn_dim / hidden
+    while int(multiplier * hidden) < ffn_dim:
+        multiplier = math.nextafter(multiplier, math.inf)
+    return multiplier

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from lamina.errors import LaminaError
+from lamina.model import Transformer, init_weights, preset
+from lamina.serve import Engine, SamplingParams
+from lamina.serve.sampling import keep_top_k, keep_top_p, penalize_repeats
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(init_weights(Transformer(preset("debug")), seed=3, std=0.2))
+
+
+def _run(engine, prompts, **kw):
+    params = SamplingParams(**{"temperature": 0.0, "max_new_tokens": 12, **kw})
+    outs = [[] for _ in prompts]
+    for step in engine.generate(prompts, params):
+        for row, t in zip(outs, step):
+            if t is not None:
+                row.append(t)
+    return outs
+
+
+def _reference_greedy(model, prompt, n):
+    """Greedy decoding by re-running the full forward pass every step (no cache)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+def test_greedy_generation_equals_uncached_reference(engine):
+    prompt = [5, 17, 200, 3, 99]
+    assert _run(engine, [prompt])[0] == _reference_greedy(engine.model, prompt, 12)
+
+
+def test_batched_generation_equals_one_at_a_time(engine):
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13], [42], [300, 301, 302, 303]]
+    batched = _run(engine, prompts)
+    assert batched == [_run(engine, [p])[0] for p in prompts]
+
+
+def test_batched_sampling_equals_one_at_a_time_logits(engine):
+    """Left padding must not change any row's logits, not just its argmax."""
+    model = engine.model
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13]]
+    with torch.no_grad():
+        refs = [model(torch.tensor([p]))[0, -1] for p in prompts]
+    from lamina.model import KVCache
+    P, S = 7, 16
+    cache = KVCache(model.config, 2, S)
+    tokens = torch.tensor([[0, 0, 0, 0, 1, 2, 3], prompts[1]])
+    pads = torch.tensor([4, 0])
+    slot = torch.arange(S)
+    valid = (slot[None] >= pads[:, None]) & (slot[None] < P)
+    positions = (torch.arange(P)[None] - pads[:, None]).clamp(min=0)
+    mask = ((slot[None] <= torch.arange(P)[:, None]) & valid[:, None]) | (slot[None] == torch.arange(P)[:, None])
+    with torch.no_grad():
+        logits = model(tokens, positions, cache, slot[:P], mask[:, None], last_only=True)[:, -1]
+    torch.testing.assert_close(logits[0], refs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1], refs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(engine):
+    a = _run(engine, [[1, 2, 3]], temperature=1.0, seed=7, max_new_tokens=20)
+    b = _run(engine, [[1, 2, 3]], temperature=1.0, seed=7, max_new_tokens=20)
+    c = _run(engine, [[1, 2, 3]], temperature=1.0, seed=8, max_new_tokens=20)
+    assert a == b
+    assert a != c
+
+
+def test_top_k_one_is_greedy(engine):
+    greedy = _run(engine, [[4, 5, 6]])
+    assert _run(engine, [[4, 5, 6]], temperature=1.5, top_k=1, seed=1) == greedy
+
+
+def test_stop_token_ends_a_row_and_is_not_returned(engine):
+    free = _run(engine, [[4, 5, 6]])[0]
+    stop = free[3]
+    cut = free.index(stop)
+    assert cut > 0
+    assert _run(engine, [[4, 5, 6]], stop_token_ids=(stop,))[0] == free[:cut]
+
+
+def test_max_new_tokens_is_respected_and_context_is_bounded(engine):
+    assert len(_run(engine, [[1, 2]], max_new_tokens=5)[0]) == 5
+    with pytest.raises(LaminaError, match="context"):
+        _run(engine, [[1] * engine.config.max_seq_len])
+
+
+def test_top_k_keeps_k_best():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0]])
+    kept = keep_top_k(logits, 2)
+    assert torch.isfinite(kept).tolist() == [[False, True, False, True]]
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = keep_top_p(probs.log(), 0.75)
+    assert torch.isfinite(kept).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(keep_top_p(probs.log(), 0.1)).tolist() == [[True, False, False, False]]
+
+
+def test_repetition_penalty_lowers_seen_tokens_only():
+    logits = torch.tensor([[2.0, -2.0, 2.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert penalize_repeats(logits, seen, 2.0).tolist() == [[1.0, -4.0, 2.0]]
+
+
+def test_bad_sampling_parameters_are_refused():
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1)):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
