@@ -55,7 +55,8 @@ def atomic_directory(dst: str | Path) -> Iterator[Path]:
 def atomic_file(dst: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `dst`; renamed over `dst` only once fully written."""
     dst = Path(dst)
-    _check_free(dst)
+    if dst.exists():
+        raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
     try:

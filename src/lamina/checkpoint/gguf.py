@@ -1,6 +1,7 @@
 """GGUF, llama.cpp's format: read (any type the `gguf` package can dequantize, F32/F16/BF16/Q8_0/
 Q4_0/Q4_1 and the K-quants among them) into float32 weights plus the tokenizer from the file's
-metadata, and write F32, F16 or Q8_0 files that llama.cpp loads."""
+metadata, and write F32, F16 or Q8_0 files that llama.cpp loads. `gguf_file` parses the header;
+the `gguf` package writes files and knows the block formats."""
 
 from __future__ import annotations
 
@@ -16,19 +17,45 @@ from ..errors import LaminaError
 from ..model import ModelConfig, RopeScaling
 from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
+from ..tokenizer.gguf_vocab import UNUSED
 from .base import Checkpoint
 from .files import atomic_file
+from .gguf_file import TensorInfo, read_gguf_file
 from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, to_lamina
 
 Q = gguf.GGMLQuantizationType
+V = gguf.GGUFValueType
 WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
 
 
-def _metadata(reader: gguf.GGUFReader) -> dict:
-    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+def _dequantize(t: TensorInfo) -> np.ndarray:
+    """Float32 values of one tensor in numpy order (outermost first); `gguf.quants` knows the
+    block formats. t.data: (rows, bytes per row)."""
+    return gguf.quants.dequantize(t.data, t.type).reshape(tuple(reversed(t.shape)))
 
 
-def config_from_gguf(meta: dict, has_output: bool, where: Path) -> ModelConfig:
+def read_gguf_metadata(path: str | Path) -> dict:
+    """Every metadata key of a GGUF file and its value (str, int, float, bool or list)."""
+    return _open(Path(path))[0]
+
+
+def _open(path: Path) -> tuple[dict, list[TensorInfo]]:
+    if not path.is_file():
+        raise LaminaError(f"{path}: file not found")
+    try:
+        return read_gguf_file(path)
+    except (ValueError, KeyError) as e:   # bad magic, truncated, unknown tensor type, ...
+        raise LaminaError(f"{path}: not a readable GGUF file ({e})") from None
+
+
+def _float32_value(x: float) -> float:
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(x)))
+
+
+def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path) -> ModelConfig:
+    """The architecture from the `llama.*` keys; like llama.cpp, the vocabulary size is the
+    embedding's row count, and a missing output.weight means tied embeddings."""
     arch = meta.get("general.architecture")
     if arch != "llama":
         raise LaminaError(f"{where}: architecture {arch!r} is not supported (lamina runs llama)")
@@ -41,19 +68,22 @@ def config_from_gguf(meta: dict, has_output: bool, where: Path) -> ModelConfig:
 
     n_heads = get("attention.head_count")
     dim = get("embedding_length")
-    vocab = meta.get("llama.vocab_size") or len(meta.get("tokenizer.ggml.tokens") or ())
+    if "token_embd.weight" not in shapes:
+        raise LaminaError(f"{where}: missing tensor token_embd.weight")
+    vocab = shapes["token_embd.weight"][0]
     try:
         return ModelConfig(
             dim=dim, n_layers=get("block_count"), n_heads=n_heads,
             n_kv_heads=get("attention.head_count_kv", n_heads),
             head_dim=get("attention.key_length", get("rope.dimension_count", dim // n_heads)),
             ffn_dim=get("feed_forward_length"), vocab_size=vocab,
-            norm_eps=get("attention.layer_norm_rms_epsilon", 1e-5),
-            rope_theta=get("rope.freq_base", 10000.0), max_seq_len=get("context_length", 2048),
-            tie_embeddings=not has_output,
+            norm_eps=_float32_value(get("attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=_float32_value(get("rope.freq_base", 10000.0)),
+            max_seq_len=get("context_length", 2048),
+            tie_embeddings="output.weight" not in shapes,
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_id=meta.get("tokenizer.ggml.eos_token_id"))
-    except ValueError as e:
+    except (ValueError, ZeroDivisionError) as e:
         raise LaminaError(f"{where}: {e}") from None
 
 
@@ -62,7 +92,7 @@ def _rope_scaling_from_factors(config: ModelConfig, factors: np.ndarray, meta: d
     """llama.cpp stores Llama 3.1 scaling as per-frequency divisors (rope_freqs.weight); recover
     the parameters that produce exactly those divisors."""
     original = meta.get("llama.rope.scaling.original_context_length", 8192)
-    scaling = RopeScaling(factor=float(factors.max()), original_max_position_embeddings=original)
+    scaling = RopeScaling(factor=_float32_value(factors.max()), original_max_position_embeddings=original)
     base = rope_inv_freq(config.head_dim, config.rope_theta)
     ours = (base / rope_inv_freq(config.head_dim, config.rope_theta, scaling)).numpy()
     if not np.allclose(ours, factors, rtol=1e-4):
@@ -72,24 +102,16 @@ def _rope_scaling_from_factors(config: ModelConfig, factors: np.ndarray, meta: d
 
 def read_gguf(path: str | Path) -> Checkpoint:
     path = Path(path)
-    if not path.is_file():
-        raise LaminaError(f"{path}: file not found")
-    try:
-        reader = gguf.GGUFReader(path)
-        meta = _metadata(reader)
-    except Exception as e:   # bad magic, truncated tensor data, ...
-        raise LaminaError(f"{path}: not a readable GGUF file ({e})") from None
-    names = {t.name for t in reader.tensors}
-    config = config_from_gguf(meta, "output.weight" in names, path)
+    meta, tensors = _open(path)
+    config = config_from_gguf(meta, {t.name: tuple(reversed(t.shape)) for t in tensors}, path)
     weights: dict[str, Tensor] = {}
     types: Counter = Counter()
-    for t in reader.tensors:
+    for t in tensors:
         try:
-            array = gguf.quants.dequantize(t.data, t.tensor_type)
+            array = _dequantize(t)
         except NotImplementedError:
-            raise LaminaError(f"{path}: tensor {t.name} uses {t.tensor_type.name}, a type lamina "
+            raise LaminaError(f"{path}: tensor {t.name} uses {t.type.name}, a type lamina "
                               "cannot read") from None
-        array = array.reshape(tuple(reversed(t.shape.tolist())))
         if t.name == "rope_freqs.weight":
             config = config.replace(rope_scaling=_rope_scaling_from_factors(config, array, meta, path))
             continue
@@ -102,9 +124,9 @@ def read_gguf(path: str | Path) -> Checkpoint:
         elif is_key(name):
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
-        types[t.tensor_type.name] += 1
+        types[t.type.name] += 1
     from .hf import _check_shapes
-    _check_shapes(config, weights, path)
+    _check_shapes(config, weights, path, "gguf")
     tokenizer = tokenizer_from_gguf(meta) if "tokenizer.ggml.model" in meta else None
     general = {k: v for k, v in meta.items() if k.startswith("general.")}
     return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
@@ -115,10 +137,16 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
     """A GGUF file llama.cpp loads: llama architecture keys, the tokenizer, Meta-ordered Q/K rows.
     Norms stay F32 (llama.cpp requires it); a matrix whose rows do not split into Q8_0 blocks
     falls back to F16, as llama.cpp's converter does."""
+    dst = Path(dst)
     if dtype not in WRITE_TYPES:
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
+    if dst.exists() or dst.is_symlink():
+        raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
+    from .hf import _check_shapes
+    _check_shapes(config, dict(weights), dst)
+    vocab = _vocab_metadata(tokenizer, config.vocab_size)
     qtype = WRITE_TYPES[dtype]
     file_type = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
                  Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
@@ -139,7 +167,8 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         w.add_layer_norm_rms_eps(config.norm_eps)
         w.add_vocab_size(config.vocab_size)
         w.add_file_type(file_type)
-        for key, value in gguf_metadata(tokenizer).items():
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for key, value in vocab.items():
             w.add_key_value(key, value, _value_type(value))
         if config.rope_scaling is not None:   # as llama.cpp's converter: divisors per frequency
             base = rope_inv_freq(config.head_dim, config.rope_theta)
@@ -149,7 +178,7 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         for lamina_name, t in weights.items():
             if config.tie_embeddings and lamina_name == "output.weight":
                 continue
-            t = t.detach().float()
+            t = t.detach().float().cpu()
             if is_query(lamina_name):
                 t = halves_to_interleaved(t, config.n_heads)
             elif is_key(lamina_name):
@@ -158,20 +187,36 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             kind = Q.F32 if array.ndim == 1 else qtype
             if kind == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
                 kind = Q.F16
-            data = gguf.quants.quantize(array, kind) if kind != Q.F32 else array
-            w.add_tensor(from_lamina(lamina_name, "gguf"), data, raw_dtype=kind)
+            w.add_tensor(from_lamina(lamina_name, "gguf"), gguf.quants.quantize(array, kind),
+                         raw_dtype=kind)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    return Path(dst)
+    return dst
+
+
+def _vocab_metadata(tokenizer: Tokenizer, vocab_size: int) -> dict:
+    """The tokenizer's GGUF keys, its token list padded to the embedding rows as llama.cpp's
+    converter pads it ("[PAD<id>]", unused): llama.cpp sizes the vocabulary by the token list."""
+    meta = gguf_metadata(tokenizer)
+    tokens, types = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.token_type"]
+    if len(tokens) > vocab_size:
+        raise LaminaError(f"the tokenizer has {len(tokens)} tokens but the model only "
+                          f"{vocab_size} embeddings; they do not belong together")
+    pad = range(len(tokens), vocab_size)
+    meta["tokenizer.ggml.tokens"] = tokens + [f"[PAD{i}]" for i in pad]
+    meta["tokenizer.ggml.token_type"] = types + [UNUSED] * len(pad)
+    return meta
 
 
 def _value_type(value) -> gguf.GGUFValueType:
     if isinstance(value, bool):
-        return gguf.GGUFValueType.BOOL
+        return V.BOOL
     if isinstance(value, int):
-        return gguf.GGUFValueType.UINT32
+        return V.UINT32
+    if isinstance(value, float):
+        return V.FLOAT32
     if isinstance(value, str):
-        return gguf.GGUFValueType.STRING
-    return gguf.GGUFValueType.ARRAY
+        return V.STRING
+    return V.ARRAY

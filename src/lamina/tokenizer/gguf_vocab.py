@@ -5,7 +5,9 @@ what lamina writes into its own GGUF files."""
 
 from __future__ import annotations
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+import json
+
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from ..errors import LaminaError
@@ -15,21 +17,31 @@ from .core import Tokenizer
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # The split patterns llama.cpp uses for each `tokenizer.ggml.pre` (src/llama-vocab.cpp).
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# What llama.cpp applies when the name is missing or "default" (older files): punctuation runs,
+# the GPT-2 pattern, digit runs, then digits in threes, each splitting the pieces of the last.
+DEFAULT_SPLITS = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]")
+
+
+def _splits_then_bytes(*patterns: str):
+    return pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in patterns]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
 def _pre_tokenizer(pre: str | None):
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in (None, "default", "gpt2", "gpt-2"):
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)   # GPT-2 pattern
+    if pre in ("gpt2", "gpt-2"):
         return byte_level
+    if pre in (None, "default"):
+        return _splits_then_bytes(*DEFAULT_SPLITS)
     if pre == "smollm":   # single digits, then the GPT-2 pattern
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     if pre in ("llama3", "llama-v3", "llama-bpe", "smaug-bpe"):
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    raise LaminaError(f"GGUF pre-tokenizer {pre!r} is not supported (known: default, gpt2, "
+        return _splits_then_bytes(LLAMA3_SPLIT)
+    raise LaminaError(f"GGUF pre-tokenizer {pre!r} is not supported (known: default, gpt-2, "
                       "smollm, llama-bpe)")
 
 
@@ -82,8 +94,11 @@ def _sentencepiece_bpe(tokens, scores, types, unk_id, add_space_prefix) -> Backe
     merges = [(left, right) for *_, left, right in sorted(candidates)]
     unk = tokens[unk_id] if unk_id is not None else None
     backend = Backend(models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(
-        replacement="▁", prepend_scheme="first" if add_space_prefix else "never", split=False)
+    # SentencePiece (and llama.cpp) put a "▁" before the text even when it already starts with a
+    # space, and turn every space into "▁"; HF's Metaspace would skip the first. Added tokens are
+    # split off before normalizing, so the prefix also follows each special token, as in llama.cpp.
+    backend.normalizer = normalizers.Sequence(
+        [*([normalizers.Prepend("▁")] if add_space_prefix else []), normalizers.Replace(" ", "▁")])
     backend.decoder = decoders.Sequence([
         decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
         *([decoders.Strip(" ", 1, 0)] if add_space_prefix else [])])
@@ -92,7 +107,6 @@ def _sentencepiece_bpe(tokens, scores, types, unk_id, add_space_prefix) -> Backe
 
 def gguf_metadata(tok: Tokenizer) -> dict:
     """The `tokenizer.ggml.*` keys describing a byte-level BPE tokenizer, for writing a GGUF."""
-    import json
     spec = json.loads(tok.backend.to_str())
     model = spec["model"]
     if model.get("type") != "BPE" or model.get("byte_fallback"):
@@ -125,15 +139,22 @@ def gguf_metadata(tok: Tokenizer) -> dict:
 
 
 def _pre_name(pre: dict | None) -> str:
-    """Name the pre-tokenizer for llama.cpp, recognising the three layouts lamina reads."""
-    if not pre:
-        return "default"
-    parts = pre.get("pretokenizers", [pre])
-    kinds = [p.get("type") for p in parts]
-    if kinds == ["ByteLevel"]:
-        return "gpt2"
-    if kinds == ["Digits", "ByteLevel"]:
-        return "smollm"
-    if kinds == ["Split", "ByteLevel"] and parts[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:
-        return "llama-bpe"
+    """The llama.cpp name of a pre-tokenizer (a tokenizer.json "pre_tokenizer" entry): the name
+    whose layout `_pre_tokenizer` builds splits text the same way."""
+    ours = _layout(pre)
+    for name in ("gpt-2", "smollm", "llama-bpe", "default"):
+        backend = Backend(models.BPE())
+        backend.pre_tokenizer = _pre_tokenizer(name)
+        if _layout(json.loads(backend.to_str())["pre_tokenizer"]) == ours:
+            return name
+    kinds = [part[0] for part in ours]
     raise LaminaError(f"pre-tokenizer {kinds} has no llama.cpp name; cannot write it to GGUF")
+
+
+def _layout(pre: dict | None) -> list[tuple]:
+    """The fields of each pre-tokenizer step that change how text splits."""
+    parts = [] if not pre else pre.get("pretokenizers", [pre])
+    keys = {"Split": ("pattern", "behavior", "invert"), "Digits": ("individual_digits",),
+            "ByteLevel": ("add_prefix_space", "use_regex")}
+    return [(p.get("type"), *(json.dumps(p.get(k), sort_keys=True) for k in keys.get(p.get("type"), ())))
+            for p in parts]
