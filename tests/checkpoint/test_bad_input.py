@@ -4,7 +4,6 @@ writes nothing, and reaches the command line as a single `lamina: error:` line."
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import gguf

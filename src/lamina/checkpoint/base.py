@@ -8,8 +8,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..model import ModelConfig
+from ..errors import LaminaError
+from ..model import ModelConfig, first_mismatch
 from ..tokenizer import Tokenizer
+from .layout import from_lamina
 
 
 @dataclass
@@ -21,3 +23,23 @@ class Checkpoint:
     format: str                         # "hf", "gguf" or "meta"
     dtypes: dict[str, int] = field(default_factory=dict)   # stored dtype/quantization -> count
     metadata: dict = field(default_factory=dict)           # lamina.json, GGUF general.*, ...
+
+
+def check_weights(config: ModelConfig, weights: dict[str, Tensor], where: Path,
+                  fmt: str | None = None) -> None:
+    """One clear line for the first tensor that does not fit the config, naming the tensor as
+    the file names it when `fmt` ("hf", "gguf") says how. Drops a tied copy of the embeddings."""
+    if config.tie_embeddings:
+        weights.pop("output.weight", None)
+    mismatch = first_mismatch(config, weights)
+    if mismatch is None:
+        return
+    name, got, want = mismatch
+    shown = from_lamina(name, fmt) if fmt in ("hf", "gguf") else name
+    implied_by = {"hf": "config.json", "gguf": "the GGUF metadata",
+                  "meta": "params.json"}.get(fmt, "the config")
+    if got is None:
+        raise LaminaError(f"{where}: missing tensor {shown}")
+    if want is None:
+        raise LaminaError(f"{where}: tensor {shown} does not belong to this architecture")
+    raise LaminaError(f"{where}: tensor {shown} has shape {got} but {implied_by} implies {want}")

@@ -18,7 +18,7 @@ from ..model import ModelConfig, RopeScaling
 from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
 from ..tokenizer.gguf_vocab import UNUSED
-from .base import Checkpoint
+from .base import Checkpoint, check_weights
 from .files import atomic_file
 from .gguf_file import TensorInfo, read_gguf_file
 from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, to_lamina
@@ -125,8 +125,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
         types[t.type.name] += 1
-    from .hf import _check_shapes
-    _check_shapes(config, weights, path, "gguf")
+    check_weights(config, weights, path, "gguf")
     tokenizer = tokenizer_from_gguf(meta) if "tokenizer.ggml.model" in meta else None
     general = {k: v for k, v in meta.items() if k.startswith("general.")}
     return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
@@ -144,8 +143,7 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
     if dst.exists() or dst.is_symlink():
         raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
-    from .hf import _check_shapes
-    _check_shapes(config, dict(weights), dst)
+    check_weights(config, dict(weights), dst)
     vocab = _vocab_metadata(tokenizer, config.vocab_size)
     qtype = WRITE_TYPES[dtype]
     file_type = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,

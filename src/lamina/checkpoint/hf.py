@@ -14,9 +14,9 @@ from torch import Tensor
 
 from .. import __version__
 from ..errors import LaminaError
-from ..model import ModelConfig, RopeScaling, expected_shapes
+from ..model import ModelConfig, RopeScaling
 from ..tokenizer import Tokenizer
-from .base import Checkpoint
+from .base import Checkpoint, check_weights
 from .files import atomic_directory, sha256
 from .layout import from_lamina, to_lamina
 
@@ -115,33 +115,10 @@ def read_hf(path: str | Path) -> Checkpoint:
             raise
         except Exception as e:   # safetensors' own errors: truncated, bad header, ...
             raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
-    _check_shapes(config, weights, path, "hf")
+    check_weights(config, weights, path, "hf")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
     meta = _read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
     return Checkpoint(config, weights, tokenizer, path, "hf", dict(dtypes), meta)
-
-
-def _check_shapes(config: ModelConfig, weights: dict[str, Tensor], where: Path,
-                  fmt: str | None = None) -> None:
-    """One clear line for the first tensor that does not fit the config, naming the tensor as
-    the file names it when `fmt` ("hf", "gguf") says how."""
-    def shown(name: str) -> str:
-        return from_lamina(name, fmt) if fmt in ("hf", "gguf") else name
-
-    implied_by = {"hf": "config.json", "gguf": "the GGUF metadata",
-                  "meta": "params.json"}.get(fmt, "the config")
-    expected = expected_shapes(config)
-    for name, shape in expected.items():
-        if name not in weights:
-            raise LaminaError(f"{where}: missing tensor {shown(name)}")
-        if tuple(weights[name].shape) != shape:
-            raise LaminaError(f"{where}: tensor {shown(name)} has shape {tuple(weights[name].shape)} "
-                              f"but {implied_by} implies {shape}")
-    if config.tie_embeddings:
-        weights.pop("output.weight", None)
-    extra = set(weights) - set(expected)
-    if extra:
-        raise LaminaError(f"{where}: tensor {shown(sorted(extra)[0])} does not belong to this architecture")
 
 
 def write_hf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],

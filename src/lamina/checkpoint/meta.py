@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..errors import LaminaError
 from ..model import ModelConfig, RopeScaling, llama_ffn_dim
-from .base import Checkpoint
+from .base import Checkpoint, check_weights
 from .files import atomic_directory
 from .layout import halves_to_interleaved, interleaved_to_halves, is_key, is_query
 
@@ -119,8 +119,7 @@ def read_meta(path: str | Path) -> Checkpoint:
         raise LaminaError(f"{files[0]}: missing tensor tok_embeddings.weight")
     config = config_from_params(params, weights["tok_embeddings.weight"].shape[0],
                                 "output.weight" in weights, params_file)
-    from .hf import _check_shapes
-    _check_shapes(config, weights, folder, "meta")   # before the permutation, which needs the right shapes
+    check_weights(config, weights, folder, "meta")   # before the permutation, which needs the right shapes
     for name in weights:
         if is_query(name):
             weights[name] = interleaved_to_halves(weights[name], config.n_heads)

@@ -117,23 +117,33 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def first_mismatch(config: ModelConfig, weights: dict[str, Tensor]
+                   ) -> tuple[str, tuple | None, tuple | None] | None:
+    """The first tensor that does not fit `config`, as (name, its shape or None if missing,
+    the expected shape or None if it does not belong), or None when all fit."""
+    expected = expected_shapes(config)
+    for name, shape in expected.items():
+        if name not in weights:
+            return name, None, shape
+        if tuple(weights[name].shape) != shape:
+            return name, tuple(weights[name].shape), shape
+    extra = sorted(set(weights) - set(expected))
+    return (extra[0], tuple(weights[extra[0]].shape), None) if extra else None
+
+
 def from_state_dict(config: ModelConfig, state_dict: dict[str, Tensor],
                     dtype: torch.dtype | None = None) -> Transformer:
     """A model holding exactly these tensors (no copy unless `dtype` asks for one). Raises
     ValueError naming the first missing, unexpected or misshapen tensor."""
-    expected = expected_shapes(config)
     state = dict(state_dict)
     if config.tie_embeddings:
         state.pop("output.weight", None)   # some exporters keep the tied copy
-    for name, shape in expected.items():
-        if name not in state:
-            raise ValueError(f"missing tensor {name}")
-        if tuple(state[name].shape) != shape:
-            raise ValueError(f"tensor {name} has shape {tuple(state[name].shape)}, "
-                             f"the config says {shape}")
-    extra = sorted(set(state) - set(expected))
-    if extra:
-        raise ValueError(f"unexpected tensor {extra[0]}" + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
+    mismatch = first_mismatch(config, state)
+    if mismatch:
+        name, got, want = mismatch
+        raise ValueError(f"missing tensor {name}" if got is None else
+                         f"unexpected tensor {name}" if want is None else
+                         f"tensor {name} has shape {got}, the config says {want}")
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     if config.tie_embeddings:
