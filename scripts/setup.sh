@@ -17,6 +17,8 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then exit 0; fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install -q --progress-bar off)
+# this machine's pip config lists local mirrors that may be empty; their warnings are noise
+exec 2> >(grep --line-buffered -v "is ignored: it is neither a file nor a directory" >&2)
 "${pip[@]}" torch==2.13.0
 if [ -n "$extra" ]; then
   "${pip[@]}" -c requirements/constraints.txt -e ".[test]"
