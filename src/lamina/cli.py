@@ -132,6 +132,26 @@ def cmd_info(args) -> None:
     Console().print(table)
 
 
+def cmd_tokenizer_train(args) -> None:
+    import time
+
+    from .tokenizer.train import TrainConfig, train_tokenizer
+    config = TrainConfig(inputs=tuple(args.input), vocab_size=args.vocab_size, out=args.out,
+                         special_slots=args.special_slots, min_frequency=args.min_frequency,
+                         text_field=args.text_field, progress=not args.quiet)
+    start = time.perf_counter()
+    tok = train_tokenizer(config)
+    print(f"wrote {args.out}: {tok.vocab_size} tokens ({len(tok.ranks.ranks)} BPE, "
+          f"{len(tok.special_tokens)} special) in {time.perf_counter() - start:.1f} s")
+
+
+def cmd_tokenizer_encode(args) -> None:
+    from .tokenizer import load
+    tok = load(args.tokenizer)
+    ids = tok.encode(args.text, bos=args.bos, allowed_special="all" if args.special else ())
+    print(json.dumps(ids))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -164,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=model_help)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tokenizer", help="train a tokenizer, or encode text with one")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
+    t = tsub.add_parser("train", help="train a byte-level BPE tokenizer (Llama 3 pattern and special tokens)")
+    t.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="text files, .jsonl files (one JSON object per line), or directories of them")
+    t.add_argument("--vocab-size", type=int, required=True,
+                   help="all tokens: 256 bytes + learned merges + special-token slots")
+    t.add_argument("--out", required=True, help="directory to create: tokenizer.model (tiktoken ranks), "
+                   "tokenizer.json, tokenizer_config.json")
+    t.add_argument("--special-slots", type=int, default=256,
+                   help="special tokens after the BPE vocabulary, named ones then reserved (default 256, as Llama 3)")
+    t.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen this often (default 2)")
+    t.add_argument("--text-field", default="text", help="the field holding the text in .jsonl records")
+    t.add_argument("--quiet", action="store_true", help="no progress display")
+    t.set_defaults(func=cmd_tokenizer_train)
+    t = tsub.add_parser("encode", help="print the token ids of a text")
+    t.add_argument("tokenizer", help="tokenizer file (tiktoken ranks, SentencePiece .model, tokenizer.json, "
+                   "GGUF), model directory, or packaged name (llama-3, mistral-v1, mistral-v3, smollm2-135m-instruct)")
+    t.add_argument("text")
+    t.add_argument("--special", action="store_true", help="read special-token text as control tokens")
+    t.add_argument("--bos", action="store_true", default=None, help="prepend BOS (default: as the tokenizer does)")
+    t.set_defaults(func=cmd_tokenizer_encode)
     return parser
 
 

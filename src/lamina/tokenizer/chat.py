@@ -1,9 +1,11 @@
 """Chat templates: the HF `chat_template` (Jinja) rendered in a sandbox, and encoded so that text
 inside a message can never become a control token.
 
-The template is rendered with a placeholder in place of each message's content; the template's
-own text (which holds the control tokens) is encoded with special tokens allowed, each message's
-content with none allowed. So a user who types `<|im_end|>` gets the characters, not the token."""
+The template is rendered with a placeholder in place of each message's content, so lamina knows
+which text the template wrote (whose control tokens are real) and which the user wrote (only
+ever text); a second rendering with whitespace around each placeholder shows where the template
+strips the content. `encode_parts` then looks for control tokens in the template's text only.
+So a user who types `<|im_end|>` gets the characters, not the token."""
 
 from __future__ import annotations
 
@@ -16,8 +18,11 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import LaminaError
 from .core import Tokenizer
+from .formats import Part, check_messages, encode_parts
 
-_HOLE = re.compile("\ue000(\\d+)\ue001")   # private-use characters never found in real text
+# Private-use characters never found in real text; U+2003 (em space) is whitespace to strip().
+_HOLE = re.compile("\ue000(\\d+)\ue001")
+_PADDED_HOLE = re.compile("(\u2003?)\ue000(\\d+)\ue001(\u2003?)")
 
 
 @lru_cache(maxsize=16)
@@ -32,28 +37,39 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def template_parts(tok: Tokenizer, messages: list[dict], *, add_generation_prompt: bool = True,
+                   template: str | None = None) -> list[Part]:
+    """The conversation as the template renders it, cut into template text and message content."""
+    template = template or tok.chat_template
+    if not template:
+        raise LaminaError("this model has no chat template; use plain generation instead")
+    check_messages(messages)
+
+    def render(pad: str) -> str:
+        holes = [dict(m, content=f"{pad}\ue000{i}\ue001{pad}") for i, m in enumerate(messages)]
+        try:
+            return _compile(template).render(
+                messages=holes, add_generation_prompt=add_generation_prompt,
+                bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+        except TemplateError as e:
+            raise LaminaError(f"chat template failed: {e}") from None
+
+    text, padded = render(""), render("\u2003")
+    holes, kept = list(_HOLE.finditer(text)), _PADDED_HOLE.findall(padded)
+    if [h.group(1) for h in holes] != [index for _, index, _ in kept]:
+        raise LaminaError("the chat template uses message content in a way lamina cannot follow")
+    parts: list[Part] = []
+    pos = 0
+    for hole, (left, _, right) in zip(holes, kept):
+        content = messages[int(hole.group(1))]["content"]
+        content = content if left else content.lstrip()
+        content = content if right else content.rstrip()
+        parts += [(text[pos:hole.start()], True), (content, False)]
+        pos = hole.end()
+    parts.append((text[pos:], True))
+    return [p for p in parts if p[0]]
+
+
 def render_chat(tok: Tokenizer, messages: list[dict], *, add_generation_prompt: bool = True) -> list[int]:
     """Token ids of a conversation in the tokenizer's chat format, ready for generation."""
-    if not tok.chat_template:
-        raise LaminaError("this model has no chat template; use plain generation instead")
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") \
-                or not isinstance(m.get("content"), str):
-            raise LaminaError(f"a chat message needs a role (system/user/assistant) and text content: {m!r}")
-    holes = [dict(m, content=f"\ue000{i}\ue001") for i, m in enumerate(messages)]
-    try:
-        text = _compile(tok.chat_template).render(
-            messages=holes, add_generation_prompt=add_generation_prompt,
-            bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
-    except TemplateError as e:
-        raise LaminaError(f"chat template failed: {e}") from None
-    trims = "trim" in tok.chat_template   # Llama 3's template strips each message's content
-    ids: list[int] = []
-    pos = 0
-    for hole in _HOLE.finditer(text):
-        ids += tok.encode(text[pos:hole.start()], bos=False, allowed_special="all")
-        content = messages[int(hole.group(1))]["content"]
-        ids += tok.encode(content.strip() if trims else content, bos=False)
-        pos = hole.end()
-    ids += tok.encode(text[pos:], bos=False, allowed_special="all")
-    return ids
+    return encode_parts(tok, template_parts(tok, messages, add_generation_prompt=add_generation_prompt))

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import json
 
-from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as Backend
 
 from ..errors import LaminaError
 from .core import Tokenizer
+from .ranks import LLAMA3_PATTERN
+from .spm import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, add_typed_tokens, sentencepiece_bpe
 
-# llama.cpp's token types (llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# llama.cpp's token types (llama_token_type) are SentencePiece's piece types, re-exported here
+__all__ = ["BYTE", "CONTROL", "NORMAL", "UNKNOWN", "UNUSED", "USER_DEFINED", "gguf_metadata",
+           "tokenizer_from_gguf"]
 
 # The split patterns llama.cpp uses for each `tokenizer.ggml.pre` (src/llama-vocab.cpp).
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = LLAMA3_PATTERN
 # What llama.cpp applies when the name is missing or "default" (older files): punctuation runs,
 # the GPT-2 pattern, digit runs, then digits in threes, each splitting the pieces of the last.
 DEFAULT_SPLITS = (r"[\p{P}\$\+<=>\^~\|]+", GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]")
@@ -60,13 +62,14 @@ def tokenizer_from_gguf(meta: dict) -> Tokenizer:
         backend.pre_tokenizer = _pre_tokenizer(pre)
         backend.decoder = decoders.ByteLevel()
     elif kind == "llama":
-        backend = _sentencepiece_bpe(tokens, meta.get("tokenizer.ggml.scores"), types,
-                                     meta.get("tokenizer.ggml.unknown_token_id"),
-                                     meta.get("tokenizer.ggml.add_space_prefix", True))
+        if meta.get("tokenizer.ggml.scores") is None:
+            raise LaminaError("GGUF SentencePiece vocabulary has no tokenizer.ggml.scores")
+        backend = sentencepiece_bpe(tokens, meta["tokenizer.ggml.scores"], types,
+                                    meta.get("tokenizer.ggml.unknown_token_id"),
+                                    meta.get("tokenizer.ggml.add_space_prefix", True))
     else:
         raise LaminaError(f"GGUF tokenizer model {kind!r} is not supported (known: gpt2, llama)")
-    backend.add_tokens([AddedToken(t, special=ty == CONTROL, normalized=False)
-                        for t, ty in zip(tokens, types) if ty in (CONTROL, USER_DEFINED)])
+    add_typed_tokens(backend, tokens, types)
 
     def name(key: str) -> str | None:
         i = meta.get(f"tokenizer.ggml.{key}_token_id")
@@ -75,34 +78,6 @@ def tokenizer_from_gguf(meta: dict) -> Tokenizer:
     add_bos = meta.get("tokenizer.ggml.add_bos_token", kind == "llama")
     return Tokenizer(backend, bos_token=name("bos"), eos_token=name("eos"), add_bos=bool(add_bos),
                      chat_template=meta.get("tokenizer.chat_template"))
-
-
-def _sentencepiece_bpe(tokens, scores, types, unk_id, add_space_prefix) -> Backend:
-    if scores is None:
-        raise LaminaError("GGUF SentencePiece vocabulary has no tokenizer.ggml.scores")
-    vocab = {t: i for i, t in enumerate(tokens)}
-    # SentencePiece BPE stores no merges: merging a+b is allowed when a, b and ab are all pieces,
-    # and the best-scored result merges first (as llama.cpp's SPM tokenizer does).
-    candidates = []
-    for t, ty, score in zip(tokens, types, scores):
-        if ty != NORMAL:
-            continue
-        for cut in range(1, len(t)):
-            left, right = t[:cut], t[cut:]
-            if left in vocab and right in vocab:
-                candidates.append((-score, vocab[left], vocab[right], left, right))
-    merges = [(left, right) for *_, left, right in sorted(candidates)]
-    unk = tokens[unk_id] if unk_id is not None else None
-    backend = Backend(models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
-    # SentencePiece (and llama.cpp) put a "▁" before the text even when it already starts with a
-    # space, and turn every space into "▁"; HF's Metaspace would skip the first. Added tokens are
-    # split off before normalizing, so the prefix also follows each special token, as in llama.cpp.
-    backend.normalizer = normalizers.Sequence(
-        [*([normalizers.Prepend("▁")] if add_space_prefix else []), normalizers.Replace(" ", "▁")])
-    backend.decoder = decoders.Sequence([
-        decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-        *([decoders.Strip(" ", 1, 0)] if add_space_prefix else [])])
-    return backend
 
 
 def gguf_metadata(tok: Tokenizer) -> dict:

@@ -1,0 +1,125 @@
+"""Train a byte-level BPE tokenizer for lamina's own models: Llama 3's split pattern, HF
+`tokenizers`' trainer, Llama 3's special tokens (named ones, then reserved slots) after the BPE
+vocabulary. The result is a rank file (tiktoken's format, like Llama 3's tokenizer.model) plus the
+same tokenizer as tokenizer.json + tokenizer_config.json, which transformers loads as is."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Regex, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as Backend
+
+from ..errors import LaminaError
+from .core import Tokenizer
+from .formats import LLAMA3
+from .ranks import (
+    LLAMA3_NAMED_SPECIALS,
+    LLAMA3_PATTERN,
+    LLAMA3_SPECIAL_SLOTS,
+    Ranks,
+    llama3_special_tokens,
+    ranks_from_backend,
+)
+
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+RANK_FILE = "tokenizer.model"   # the name Meta gives Llama 3's rank file
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """What `lamina tokenizer train` does; saved beside the tokenizer as lamina_tokenizer.json."""
+    inputs: tuple[str, ...]         # text files, .jsonl files, or directories of them
+    vocab_size: int                 # all tokens: 256 bytes + merges + special-token slots
+    out: str                        # directory to create
+    special_slots: int = LLAMA3_SPECIAL_SLOTS   # special tokens after the BPE vocabulary (Llama 3: 256)
+    min_frequency: int = 2          # a pair must occur this often to be merged
+    text_field: str = "text"        # the field of each .jsonl record that holds the text
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise LaminaError("no training input given (--input FILE ...)")
+        if self.special_slots < len(LLAMA3_NAMED_SPECIALS):
+            raise LaminaError(f"--special-slots must be at least {len(LLAMA3_NAMED_SPECIALS)}, "
+                              "for Llama 3's named special tokens")
+        least = 256 + self.special_slots
+        if self.vocab_size < least:
+            raise LaminaError(f"vocab size {self.vocab_size} is smaller than the 256 byte tokens plus "
+                              f"{self.special_slots} special tokens; use --vocab-size {least} or more")
+
+
+def input_files(inputs) -> list[Path]:
+    files: list[Path] = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise LaminaError(f"{path}: no such file or directory")
+    if not files:
+        raise LaminaError(f"no .txt, .md or .jsonl files in {', '.join(map(str, inputs))}")
+    return files
+
+
+def read_texts(files: list[Path], text_field: str = "text", chunk_chars: int = 1 << 20) -> Iterator[str]:
+    """Documents of .jsonl files (their `text_field`), and other files in chunks of whole lines."""
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if path.suffix == ".jsonl":
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)[text_field]
+                    except (ValueError, KeyError, TypeError):
+                        raise LaminaError(f"{path}: line {n} is not a JSON object with a "
+                                          f"{text_field!r} string") from None
+                    if not isinstance(text, str):
+                        raise LaminaError(f"{path}: line {n}: {text_field!r} is not a string")
+                    yield text
+            else:
+                while chunk := f.read(chunk_chars):
+                    yield chunk + f.readline()
+
+
+def train_bpe(texts, vocab_size: int, *, min_frequency: int = 2, progress: bool = False) -> dict[bytes, int]:
+    """BPE ranks learned from `texts` with HF tokenizers' trainer and Llama 3's split pattern."""
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=progress)
+    backend.train_from_iterator(texts, trainer=trainer)
+    # the trainer numbers the byte alphabet first, then each new token in the order it merged,
+    # which is what a rank is
+    return ranks_from_backend(backend)
+
+
+def train_tokenizer(config: TrainConfig) -> Tokenizer:
+    """Train, then write config.out: tokenizer.model (ranks), tokenizer.json, tokenizer_config.json."""
+    from ..checkpoint.files import atomic_directory
+    files = input_files(config.inputs)
+    ranks = train_bpe(read_texts(files, config.text_field), config.vocab_size - config.special_slots,
+                      min_frequency=config.min_frequency, progress=config.progress)
+    tok = Tokenizer(ranks=Ranks(ranks, LLAMA3_PATTERN, llama3_special_tokens(len(ranks), config.special_slots)),
+                    bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", add_bos=True,
+                    chat_template=LLAMA3.template)
+    if tok.vocab_size < config.vocab_size:
+        print(f"lamina: the input only supports {len(ranks)} BPE tokens; the vocabulary has "
+              f"{tok.vocab_size} tokens, not {config.vocab_size}", file=sys.stderr)
+    with atomic_directory(config.out) as tmp:
+        tok.ranks.save(tmp / RANK_FILE)
+        tok.save(tmp)
+        (tmp / "lamina_tokenizer.json").write_text(json.dumps(
+            {"made_by": "lamina tokenizer train", "config": vars(config) | {"inputs": list(config.inputs)},
+             "files": [str(f) for f in files], "vocab_size": tok.vocab_size}, indent=2))
+    return tok
