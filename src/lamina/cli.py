@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -152,6 +153,81 @@ def cmd_tokenizer_encode(args) -> None:
     print(json.dumps(ids))
 
 
+def cmd_data_build(args) -> None:
+    import time
+
+    from .data import build_corpus, recipe
+    from dataclasses import replace
+    r = recipe(args.recipe)
+    out = Path(args.out or f"data/{r.name}")
+    config = replace(r.config, workers=args.workers, **({} if args.seed is None else {"seed": args.seed}))
+    start = time.perf_counter()
+    build = build_corpus(r.load_sources(), out=out, policy=r.policy, config=config, recipe=r.name,
+                         progress=not args.quiet)
+    build.ledger.close()
+    print(f"wrote {out}: {build.stats['tokens']:,} tokens from {build.stats['kept']:,} of "
+          f"{build.stats['documents']:,} documents in {time.perf_counter() - start:.1f} s; "
+          f"see `lamina data report --data {out}`")
+
+
+def cmd_data_report(args) -> None:
+    from .data import report
+    from .data.report import chart
+    summary = report(args.data)
+    png = chart(summary, Path(args.data) / "mix.png") if not args.no_chart else None
+    summary["chart"] = str(png) if png else None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    for title, rows in (("by source", summary["by_source"]), ("by license", summary["by_license"])):
+        table = Table(title=f"{summary['tokens']:,} tokens {title}")
+        for col in ("", "documents", "bytes", "tokens"):
+            table.add_column(col, justify="left" if not col else "right")
+        for k, v in rows.items():
+            table.add_row(k, f"{v['documents']:,}", f"{v['bytes']:,}", f"{v['tokens']:,}")
+        console.print(table)
+    table = Table(title="kept out")
+    for col in ("source", "status", "documents", "reason"):
+        table.add_column(col)
+    for r in summary["rejected"]:
+        table.add_row(r["source"], r["status"], f"{r['documents']:,}", r["reason"])
+    console.print(table)
+    if summary["scrubbed"]:
+        console.print("scrubbed: " + ", ".join(f"{n:,} {k}" for k, n in summary["scrubbed"].items()))
+    if png:
+        console.print(f"chart: {png}")
+
+
+def cmd_data_trace(args) -> None:
+    from .data import trace
+    t = trace(args.data, args.shard, args.offset)
+    if args.json:
+        print(json.dumps(t, indent=2))
+        return
+    doc, src = t["document"], t["source"]
+    print(f"{t['shard']}[{t['offset']}] = token {t['token']}{' (BOS)' if t['is_bos'] else ''}, "
+          f"tokens {t['range'][0]}..{t['range'][1]} of document {doc['id']}")
+    print(f"document {doc['id']}: {doc['path']} (sha256 {doc['content_hash']})")
+    print(f"source {src['id']}: {src['origin']}; license {src['license']}; {src['attribution']}")
+
+
+def cmd_data_why(args) -> None:
+    from .data import why
+    docs = why(args.data, args.ref)
+    if args.json:
+        print(json.dumps(docs, indent=2))
+        return
+    for d in docs:
+        verdict = f"in the corpus ({d['split']}, {d['tokens']:,} tokens)" if d["in_corpus"] else \
+            f"kept out ({d['status']}): {d['reason']}"
+        print(f"document {d['id']} {d['source_id']}:{d['path']}: {verdict}")
+        for v in d["verdicts"]:
+            print(f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -207,6 +283,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--special", action="store_true", help="read special-token text as control tokens")
     t.add_argument("--bos", action="store_true", default=None, help="prepend BOS (default: as the tokenizer does)")
     t.set_defaults(func=cmd_tokenizer_encode)
+
+    p = sub.add_parser("data", help="build a license-clean corpus and ask its ledger questions")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    d = dsub.add_parser("build", help="sources → policy → clean, filter, dedup → token shards + ledger")
+    d.add_argument("recipe", help="a built-in recipe (clean-small) or a recipe .toml file (sources, folders, config, policy)")
+    d.add_argument("--out", default=None, help="directory to create (default data/RECIPE); must not exist")
+    d.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes for the per-document filters (default: every core); the result does not depend on it")
+    d.add_argument("--seed", type=int, default=None, help="split, mixing and order seed (default: the recipe's)")
+    d.add_argument("--quiet", action="store_true", help="no progress display")
+    d.set_defaults(func=cmd_data_build)
+    data_help = "a corpus directory made by `lamina data build`"
+    d = dsub.add_parser("report", help="tokens, documents and bytes by source and license; what was kept out and why")
+    d.add_argument("--data", required=True, help=data_help)
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--no-chart", action="store_true", help="do not write DATA/mix.png")
+    d.set_defaults(func=cmd_data_report)
+    d = dsub.add_parser("trace", help="the document, source and license of one training token")
+    d.add_argument("shard", help="shard file name, e.g. train-00000.bin")
+    d.add_argument("offset", type=int, help="token position in the shard")
+    d.add_argument("--data", required=True, help=data_help)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_trace)
+    d = dsub.add_parser("why", help="whether a document made it in, and if not which rule stopped it")
+    d.add_argument("ref", metavar="DOC_OR_PATH", help="document id, sha256, a file on disk, or a recorded path")
+    d.add_argument("--data", required=True, help=data_help)
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_why)
     return parser
 
 

@@ -1,0 +1,275 @@
+"""Build a corpus: sources → policy → decode, clean, filter, dedup, scrub → mix → split →
+tokenize → shards, with every decision written to the ledger.
+
+The build writes into a hidden partial folder beside `out` and renames it into place only when
+whole, so a build killed at any point (even SIGKILL) leaves no corpus that looks finished; a
+re-run discards the partial folder and produces exactly what an uninterrupted build would.
+Documents are numbered in source order and every random choice (split, mixing, order) is drawn
+from `seed` and the content hash, so the same inputs and seed give byte-identical shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ..errors import LaminaError
+from . import clean
+from .dedup import NearDuplicates
+from .ledger import Ledger
+from .licenses import Policy
+from .shards import MANIFEST, token_dtype, write_shard
+from .sources import Source
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """How a corpus is made; saved as build.json beside the shards."""
+    tokenizer: str = "smollm2-135m-instruct"   # a packaged tokenizer name or a tokenizer path
+    seed: int = 0
+    validation_fraction: float = 0.02          # of documents, chosen by content hash and seed
+    shard_tokens: int = 1 << 24                # a shard closes once it holds this many tokens
+    max_bytes: int = clean.MAX_BYTES           # larger inputs are quarantined as huge
+    min_words: dict[str, int] = field(default_factory=lambda: {"prose": 50, "dialogue": 20})
+    weights: dict[str, float] = field(default_factory=dict)   # source id or kind → copies (0.5, 2, ...)
+    near_dedup: bool = True
+    workers: int = 1                           # processes for the per-document filters (1: this one)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.validation_fraction < 1:
+            raise LaminaError(f"validation_fraction {self.validation_fraction} must be in [0, 1)")
+        if self.shard_tokens < 1:
+            raise LaminaError(f"shard_tokens {self.shard_tokens} must be positive")
+        if self.workers < 1:
+            raise LaminaError(f"workers {self.workers} must be at least 1")
+        if any(w < 0 for w in self.weights.values()):
+            raise LaminaError(f"mixing weights must not be negative: {self.weights}")
+
+
+@dataclass
+class Build:
+    out: Path
+    ledger: Ledger
+    stats: dict
+
+
+def _unit(seed: int, *parts: object) -> float:
+    """A deterministic number in [0, 1) from the seed and the parts."""
+    digest = hashlib.sha256(repr((seed,) + parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+@dataclass
+class Judged:
+    """One document's fate: status (kept, rejected, quarantined), reason, every filter's verdict."""
+    status: str
+    reason: str
+    verdicts: list[tuple[str, bool, str]]
+    scrubs: dict[str, int] = field(default_factory=dict)
+    text: str | None = None                     # the cleaned text, while it may still be kept
+
+    def fail(self, status: str, name: str, why: str) -> Judged:
+        self.verdicts.append((name, False, why))
+        self.status, self.reason, self.text = status, f"{name}: {why}", None
+        return self
+
+
+def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig) -> Judged:
+    """Every per-document stage (deny list, decode, normalise, clean, quality, PII): a pure
+    function of the document, so it runs on any core; dedup, which needs state, comes after."""
+    j = Judged("kept", "passed every filter", [])
+    v = policy.decide_hash(hashlib.sha256(data).hexdigest())
+    if not v.allowed:
+        return j.fail("rejected", "deny-list", v.reason)
+    j.verdicts.append(("deny-list", True, v.reason))
+    text, check = clean.decode(data, config.max_bytes)
+    if text is None:
+        return j.fail("quarantined", "decode", check.reason)
+    j.verdicts.append(("decode", True, check.reason))
+    text = clean.normalize(text)
+    if kind == "prose":
+        text = clean.strip_gutenberg(text)
+    name = "code-rules" if kind == "code" else "quality"
+    check = clean.check_code(text) if kind == "code" else \
+        clean.check_quality(text, min_words=config.min_words.get(kind, 50))
+    if not check.passed:
+        return j.fail("rejected", name, check.reason)
+    j.verdicts.append((name, True, check.reason))
+    j.text, j.scrubs = clean.scrub_pii(text)
+    j.verdicts.append(("pii", True, ", ".join(f"{n} {k}" for k, n in sorted(j.scrubs.items())) or "nothing to scrub"))
+    return j
+
+
+def _dedup(j: Judged, key: str, seen: dict[str, str], near: NearDuplicates | None) -> Judged:
+    """Drop `j` if its text repeats (exactly, or nearly) a document kept before it."""
+    if j.text is None:
+        return j
+    text_hash = hashlib.sha256(j.text.encode()).hexdigest()
+    if text_hash in seen:
+        return j.fail("rejected", "exact-dedup", f"same text as document {seen[text_hash]}")
+    seen[text_hash] = key
+    j.verdicts.append(("exact-dedup", True, "first of its text"))
+    if near is not None:
+        twin = near.check(key, j.text)
+        if twin is not None:
+            return j.fail("rejected", "near-dedup", f"near duplicate of document {twin}")
+        j.verdicts.append(("near-dedup", True, "no near duplicate seen before"))
+    return j
+
+
+def _batched(items: Iterable, n: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _copies(config: BuildConfig, source: Source, content_hash: str) -> int:
+    """How many times a kept document goes into the mix: floor(w), plus one with probability frac(w)."""
+    w = config.weights.get(source.id, config.weights.get(source.kind, 1.0))
+    whole = int(w)
+    return whole + (_unit(config.seed, "mix", content_hash) < w - whole)
+
+
+def _groups(lengths: list[int], order: list[int], limit: int) -> list[list[int]]:
+    """Documents (in `order`) cut into shards that close once they hold `limit` tokens."""
+    groups, current, size = [], [], 0
+    for i in order:
+        current.append(i)
+        size += lengths[i]
+        if size >= limit:
+            groups.append(current)
+            current, size = [], 0
+    return groups + [current] if current else groups
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), MofNCompleteColumn(),
+                   TextColumn("documents"), TimeElapsedColumn(), transient=False)
+    bar.start()
+    return bar
+
+
+def _partial(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def judge_documents(sources: list[Source], policy: Policy, config: BuildConfig, ledger: Ledger,
+                    progress: bool = False) -> tuple[list[tuple[int, Source, str, str]], int]:
+    """Stage 1: every document of every source through the policy, the filters and dedup, each
+    verdict into the ledger. Returns the kept (doc id, source, content hash, text) and the count seen."""
+    seen: dict[str, str] = {}
+    near = NearDuplicates(seed=config.seed) if config.near_dedup else None
+    kept: list[tuple[int, Source, str, str]] = []
+    doc_id = 0
+    pool = ProcessPoolExecutor(config.workers, mp_context=mp.get_context("fork")) if config.workers > 1 else None
+    bar = _progress(progress)
+    try:
+        for source in sources:
+            verdict = policy.decide_source(source.id, source.license)
+            ledger.add_source(source, verdict.allowed, verdict.reason)
+            task = bar.add_task(source.id, total=None) if bar else None
+            for batch in _batched(source.documents(), 64):
+                if not verdict.allowed:
+                    judged = [Judged("rejected", f"license: {verdict.reason}", []) for _ in batch]
+                else:
+                    args = ([source.kind] * len(batch), [raw.data for raw in batch], [policy] * len(batch),
+                            [config] * len(batch))
+                    judged = list(pool.map(_filter, *args, chunksize=4) if pool else map(_filter, *args))
+                for raw, j in zip(batch, judged):
+                    doc_id += 1
+                    j.verdicts.insert(0, ("license", verdict.allowed, verdict.reason))
+                    j = _dedup(j, str(doc_id), seen, near)
+                    content_hash = hashlib.sha256(raw.data).hexdigest()
+                    ledger.add_document(doc_id, source.id, raw.path, content_hash, len(raw.data), j.status,
+                                        j.reason, j.verdicts, j.scrubs)
+                    if j.text is not None:
+                        kept.append((doc_id, source, content_hash, j.text))
+                if bar:
+                    bar.update(task, advance=len(batch))
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+        if bar:
+            bar.stop()
+    return kept, doc_id
+
+
+def write_shards(kept: list[tuple[int, Source, str, str]], tokenizer, config: BuildConfig, ledger: Ledger,
+                 folder: Path) -> dict:
+    """Stage 2: tokenize, split by document, mix, shuffle by the seed, cut into shards; the
+    token range of every document in every shard into the ledger. Returns the manifest."""
+    dtype, bos = token_dtype(tokenizer.vocab_size), tokenizer.bos_id
+    splits: dict[str, list[np.ndarray]] = {"train": [], "validation": []}
+    owners: dict[str, list[int]] = {"train": [], "validation": []}
+    for start in range(0, len(kept), 256):
+        batch = kept[start:start + 256]
+        for (did, source, content_hash, _), toks in zip(batch, tokenizer.encode_batch([k[3] for k in batch], bos=False)):
+            split = "validation" if _unit(config.seed, "split", content_hash) < config.validation_fraction else "train"
+            ledger.set_tokens(did, len(toks) + 1, split)
+            ids = np.asarray([bos] + toks, dtype=dtype)
+            for _ in range(_copies(config, source, content_hash)):
+                splits[split].append(ids)
+                owners[split].append(did)
+    manifest = {"dtype": dtype.name, "bos_id": bos, "tokenizer": config.tokenizer, "shards": {}}
+    for split, docs in splits.items():
+        order = np.random.default_rng([config.seed, split == "train"]).permutation(len(docs))
+        for index, group in enumerate(_groups([len(d) for d in docs], order.tolist(), config.shard_tokens)):
+            name = f"{split}-{index:05d}.bin"
+            ranges = write_shard(folder / name, [docs[j] for j in group], dtype)
+            ledger.add_shard(name, split, dtype.name, [(s, e, owners[split][j]) for (s, e), j in zip(ranges, group)])
+            manifest["shards"][name] = {"split": split, "tokens": ranges[-1][1]}
+    return manifest
+
+
+def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
+                 config: BuildConfig | None = None, recipe: str = "custom", progress: bool = False) -> Build:
+    """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite."""
+    from ..tokenizer import load as load_tokenizer
+    out, policy, config = Path(out), policy or Policy.permissive(), config or BuildConfig()
+    if out.exists():
+        raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")
+    ids = [s.id for s in sources]
+    if len(set(ids)) != len(ids):
+        raise LaminaError(f"source ids repeat: {ids}")
+    tokenizer = load_tokenizer(config.tokenizer)
+    if tokenizer.bos_id is None:
+        raise LaminaError(f"tokenizer {config.tokenizer} has no BOS token to separate documents")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    tmp = _partial(out)
+    shutil.rmtree(tmp, ignore_errors=True)       # what a killed build left behind
+    tmp.mkdir(parents=True)
+    ledger = Ledger.create(tmp / Ledger.FILE)
+    kept, seen = judge_documents(sources, policy, config, ledger, progress)
+    manifest = write_shards(kept, tokenizer, config, ledger, tmp)
+
+    # seal: config, manifest, ledger, fsync; then the rename that makes the corpus real
+    (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
+                                                "policy": policy.to_dict(), "sources": ids}, indent=2) + "\n")
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    ledger.add_run(recipe, json.dumps(asdict(config), sort_keys=True), started,
+                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    ledger.commit()
+    ledger.close()
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.rename(tmp, out)
+    stats = {"documents": seen, "kept": len(kept), "tokens": sum(v["tokens"] for v in manifest["shards"].values())}
+    return Build(out=out, ledger=Ledger.open(out), stats=stats)

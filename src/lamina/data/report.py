@@ -1,0 +1,109 @@
+"""Questions the ledger answers: what is in a corpus (report), where a training token came from
+(trace), and whether a document made it in and if not which rule stopped it (why)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from ..errors import LaminaError
+from .ledger import Ledger
+from .shards import open_shard, read_manifest
+
+
+def report(data_dir: str | Path) -> dict:
+    ledger = Ledger.open(data_dir)
+    try:
+        def by(col: str) -> dict[str, dict]:
+            rows = ledger.q(f"SELECT s.{col}, COUNT(*), SUM(d.bytes) FROM documents d JOIN sources s "
+                            f"ON s.id = d.source_id WHERE d.status = 'kept' GROUP BY s.{col} ORDER BY s.{col}")
+            tokens = ledger.tokens_by("source" if col == "id" else col)
+            return {k: {"documents": n, "bytes": b, "tokens": tokens.get(k, 0)} for k, n, b in rows}
+        status = dict(ledger.q("SELECT status, COUNT(*) FROM documents GROUP BY status ORDER BY status"))
+        return {
+            "data": str(data_dir),
+            "tokens": sum(ledger.tokens_by_source().values()),
+            "documents": status,
+            "tokens_by_license": ledger.tokens_by_license(),
+            "tokens_by_source": ledger.tokens_by_source(),
+            "by_source": by("id"),
+            "by_license": by("license"),
+            "sources": [ledger.source(s) for (s,) in ledger.q("SELECT id FROM sources ORDER BY rowid")],
+            "rejected": ledger.rejected(),
+            "scrubbed": dict(ledger.q("SELECT kind, SUM(count) FROM scrubs GROUP BY kind ORDER BY kind")),
+            "shards": {n: {"split": s, "tokens": t} for n, s, t in
+                       ledger.q("SELECT name, split, tokens FROM shards ORDER BY name")},
+            "ledger_digest": ledger.content_digest(),
+        }
+    finally:
+        ledger.close()
+
+
+def trace(data_dir: str | Path, shard: str, offset: int) -> dict:
+    """The document, source and license of the token at `offset` in `shard`."""
+    name = Path(shard).name
+    tokens = open_shard(data_dir, name)
+    if not 0 <= offset < len(tokens):
+        raise LaminaError(f"offset {offset} is outside {name}, which holds {len(tokens):,} tokens")
+    ledger = Ledger.open(data_dir)
+    try:
+        rows = ledger.q("SELECT start, end, doc_id FROM ranges WHERE shard=? AND start<=? AND end>? ", name, offset, offset)
+        if len(rows) != 1:
+            raise LaminaError(f"{name}:{offset} traces to {len(rows)} documents in the ledger; the corpus is damaged")
+        start, end, doc_id = rows[0]
+        doc = ledger.document(doc_id)
+        return {"shard": name, "offset": offset, "token": int(tokens[offset]),
+                "is_bos": offset == start and int(tokens[offset]) == read_manifest(data_dir)["bos_id"],
+                "range": [start, end], "document": doc, "source": ledger.source(doc["source_id"])}
+    finally:
+        ledger.close()
+
+
+def why(data_dir: str | Path, ref: str) -> list[dict]:
+    """Every document matching `ref` (a document id, a content sha256, a file on disk, or a path
+    as recorded), each with its status, the reason and every filter's verdict."""
+    ledger = Ledger.open(data_dir)
+    try:
+        if ref.isdigit():
+            ids = [int(ref)]
+        else:
+            digest = ref.lower() if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()) else None
+            if digest is None and Path(ref).is_file():
+                digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
+            ids = [i for (i,) in ledger.q("SELECT id FROM documents WHERE content_hash=? OR path=? OR path LIKE ? "
+                                          "ORDER BY id", digest or "", ref, f"%/{ref}")]
+        if not ids:
+            raise LaminaError(f"{ref}: no such document in {data_dir}; give a document id, a sha256, a file or a recorded path")
+        docs = [ledger.document(i) for i in ids]
+        for d in docs:
+            d["source"] = ledger.source(d["source_id"])
+            d["in_corpus"] = d["status"] == "kept"
+        return docs
+    finally:
+        ledger.close()
+
+
+def chart(summary: dict, path: str | Path) -> Path | None:
+    """A PNG bar chart of tokens by source, coloured by license; None when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sources = summary["sources"]
+    names = [s["id"] for s in sources if summary["tokens_by_source"].get(s["id"])]
+    licenses = sorted({s["license"] for s in sources if s["id"] in names})
+    colors = {lic: plt.get_cmap("tab10")(i % 10) for i, lic in enumerate(licenses)}
+    lic_of = {s["id"]: s["license"] for s in sources}
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.5))
+    ax.barh(names, [summary["tokens_by_source"][n] for n in names], color=[colors[lic_of[n]] for n in names])
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens")
+    ax.set_title(f"{summary['tokens']:,} tokens by source")
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colors[l]) for l in licenses], labels=licenses,
+              fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

