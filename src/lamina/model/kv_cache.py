@@ -1,5 +1,5 @@
-"""A preallocated key/value cache: one buffer for all layers, written in place at given slots,
-so a decode step has static shapes (what `torch.compile` needs) and never reallocates."""
+"""A preallocated key/value cache, written in place at given slots, so a decode step has static
+shapes (what `torch.compile` needs) and never reallocates."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from .config import ModelConfig
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # One tensor per layer rather than one stacked buffer: under torch.compile an in-place
+        # write into a view of a shared buffer makes inductor copy the whole buffer every step.
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
 
     def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (B, KV, T, D) at cache positions `slots` (T,); return the layer's whole

@@ -19,11 +19,24 @@ from .sampling import SamplingParams, next_token
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
 
 
+def compile_decode_step(model: Transformer):
+    """The model's forward compiled for decode steps: one graph per (batch, cache length), whose
+    single-row matmuls become multi-core GEMV kernels (see `lamina.model.llama.linear`)."""
+    return torch.compile(model, dynamic=False, fullgraph=True, options={
+        # The engine owns the model and never swaps its modules or parameters, so dynamo need not
+        # re-check ~300 of them before every step (about 1 ms a token on 2 cores).
+        "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
+        # Launch the kernels from generated C++ rather than Python: about 1.5 ms a token less,
+        # about 20 s more compile on a cold cache.
+        "cpp_wrapper": True,
+    })
+
+
 class Engine:
     def __init__(self, model: Transformer, *, compile: bool = False):
         self.model = model.eval()
         self.config = model.config
-        self._decode = torch.compile(model, dynamic=False) if compile else model
+        self._decode = compile_decode_step(model) if compile else model
 
     @property
     def dtype(self) -> torch.dtype:
@@ -56,8 +69,10 @@ class Engine:
         slot = torch.arange(S, device=dev)
         valid = (slot[None] >= pads[:, None]) & (slot[None] < P)                        # (B, S)
         positions = (torch.arange(P, device=dev)[None] - pads[:, None]).clamp(min=0)    # (B, P)
-        causal = slot[None, :] <= torch.arange(P, device=dev)[:, None]                  # (P, S)
-        mask = (causal & valid[:, None]) | (slot[None, :] == torch.arange(P, device=dev)[:, None])
+        # The prompt attends over the first P slots only; later slots are still empty.
+        query = torch.arange(P, device=dev)[:, None]                                    # (P, 1)
+        causal = slot[None, :P] <= query                                                # (P, P)
+        mask = (causal & valid[:, None, :P]) | (slot[None, :P] == query)               # (B, P, P)
         logits = self.model(tokens, positions, cache, slot[:P], mask[:, None], last_only=True)
 
         seen = None
