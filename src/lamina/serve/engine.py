@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch import Tensor
 
 from ..errors import LaminaError
 from ..model import KVCache, Transformer
