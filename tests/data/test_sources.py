@@ -109,3 +109,17 @@ def test_a_recipe_file_adds_a_users_folder_under_its_declared_license(tmp_path):
     (tmp_path / "bad.toml").write_text('[config]\nsed = 3\n')
     with pytest.raises(LaminaError, match="unknown BuildConfig fields"):
         recipe(str(tmp_path / "bad.toml"))
+
+
+def test_a_folder_of_text_jsonl_and_parquet_becomes_one_source(tmp_path, config):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = write_docs(tmp_path / "mixed", {"a.txt": prose(1)})
+    (folder / "b.jsonl").write_text("".join(json.dumps({"text": prose(n)}) + "\n" for n in (2, 3)))
+    pq.write_table(pa.table({"text": [prose(4), prose(5)], "id": [4, 5]}), folder / "c.parquet")
+    source = folder_source(folder, id="mixed", license="CC0-1.0")
+    build = build_corpus([source], out=tmp_path / "corpus", config=config)
+    paths = {row[0] for row in build.ledger.q("SELECT path FROM documents WHERE source_id = 'mixed'")}
+    assert {"a.txt", "c.parquet:0", "c.parquet:1"} <= paths
+    assert sum(p.startswith("b.jsonl") for p in paths) == 2
+    assert build.ledger.tokens_by_license().keys() == {"CC0-1.0"}

@@ -84,10 +84,7 @@ def _jsonl_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocument
 
 
 def _parquet_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocument]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise LaminaError(f"{f}: reading parquet needs pyarrow: pip install pyarrow") from None
+    import pyarrow.parquet as pq   # imported here: heavy, and only folder sources need it
     for n, text in enumerate(pq.read_table(f, columns=[text_field]).column(text_field).to_pylist()):
         yield RawDocument(f"{rel}:{n}", (text or "").encode("utf-8"))
 
