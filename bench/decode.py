@@ -201,10 +201,9 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
                 None if len(a) == len(b) else min(len(a), len(b)))
 
 
-def bench_dtype(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[list[Row], dict]:
-    """Load every system at one precision, then alternate them for `args.runs` rounds."""
+def load_systems(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[list, list[Row], dict]:
+    """Every system at one precision, in table order, and lamina's load and compile times."""
     setting = SHORT[dtype]
-    print(f"[{setting}] loading", flush=True)
     systems, rows, info = [], [], {}
     for mode in args.lamina:
         ours = Lamina(dtype, compile=mode == "compiled")
@@ -228,7 +227,30 @@ def bench_dtype(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[li
                     LlamaCpp(resolve(MODEL)[0], args.threads, context)]
         rows += [Row("llama.cpp F32 GGUF", setting),
                  Row("llama.cpp packaged Q4_1 GGUF", "q4_1")]
+    return systems, rows, info
 
+
+def ceiling(ck, dtype: str, bandwidth: list[float], flops: list[float]) -> tuple[Row, dict]:
+    """Decode reads every weight once per token (the tied embedding once, as the output
+    projection; the KV cache, a few MB, is left out). Prefill does 2 FLOPs per layer weight per
+    token (the output projection runs for the last token only; attention scores are left out)."""
+    n_params = sum(v.numel() for k, v in ck.weights.items()
+                   if not (ck.config.tie_embeddings and k == "output.weight"))
+    weight_bytes = n_params * getattr(torch, dtype).itemsize
+    layer_params = sum(v.numel() for k, v in ck.weights.items() if k.startswith("layers."))
+    row = Row("ceiling", SHORT[dtype])
+    row.runs = {"prefill tok/s": [f / (2 * layer_params) for f in flops],
+                "decode tok/s": [b / weight_bytes for b in bandwidth]}
+    return row, {"read_bandwidth_GBps": round(statistics.median(bandwidth) / 1e9, 1),
+                 "matmul_GFLOPs": round(statistics.median(flops) / 1e9, 1),
+                 "weight_bytes": weight_bytes}
+
+
+def bench_dtype(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[list[Row], dict]:
+    """Load every system at one precision, then alternate them for `args.runs` rounds."""
+    setting = SHORT[dtype]
+    print(f"[{setting}] loading", flush=True)
+    systems, rows, info = load_systems(dtype, args, ck, work, prompt)
     # Warm-up round, not recorded; it also gives the greedy tokens to compare with the first row.
     warm = [s.generate(prompt, args.new_tokens).tokens for s in systems]
     info["greedy_tokens_differ_from_first_row_at"] = {
@@ -249,21 +271,9 @@ def bench_dtype(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[li
             f"{r.system} {r.runs['decode tok/s'][-1]:.1f}" for r in rows) + busy, flush=True)
     del buffer
     info["other_processes_cpu_share"] = [None if o is None else round(o, 3) for o in others]
-
-    # Ceilings. Decode reads every weight once per token (the tied embedding once, as the output
-    # projection; the KV cache, a few MB, is left out). Prefill does 2 FLOPs per layer weight per
-    # token (the output projection runs for the last token only; attention scores are left out).
-    n_params = sum(v.numel() for k, v in ck.weights.items()
-                   if not (ck.config.tie_embeddings and k == "output.weight"))
-    weight_bytes = n_params * getattr(torch, dtype).itemsize
-    layer_params = sum(v.numel() for k, v in ck.weights.items() if k.startswith("layers."))
-    info.update(read_bandwidth_GBps=round(statistics.median(bandwidth) / 1e9, 1),
-                matmul_GFLOPs=round(statistics.median(flops) / 1e9, 1),
-                weight_bytes=weight_bytes)
-    ceiling = Row("ceiling", setting)
-    ceiling.runs = {"prefill tok/s": [f / (2 * layer_params) for f in flops],
-                    "decode tok/s": [b / weight_bytes for b in bandwidth]}
-    return rows + [ceiling], info
+    limit, limits = ceiling(ck, dtype, bandwidth, flops)
+    info.update(limits)
+    return rows + [limit], info
 
 
 def table(rows: list[Row]) -> list[dict]:
@@ -349,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                   "during the runs; these numbers are not reliable, rerun on an idle machine")
         for mode in args.lamina:
             print(f"[{setting}] lamina {mode}: load {i[f'lamina_{mode}']['load_s']} s, first call "
-                  f"+{i[f'lamina_{mode}']['first_call_extra_s']} s (compilation)")
+                  f"+{i[f'lamina_{mode}']['first_call_extra_s']} s (compilation, warm-up)")
         print(f"[{setting}] greedy tokens differ from {rows[0].system} at (None = identical): "
               f"{i['greedy_tokens_differ_from_first_row_at']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

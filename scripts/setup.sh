@@ -41,5 +41,13 @@ if [ -n "$extra" ]; then
   # llama.cpp (built from source, ~5 minutes once; pip caches the wheel) checks the GGUF files
   # lamina writes, and is the decode benchmark's second peer.
   "${pip[@]}" -c requirements/constraints.txt -r requirements/bench.txt
+  # The web chat page is tested in headless Chromium: Debian's package, never a downloaded browser.
+  if ! command -v chromium >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "setup: chromium is missing and cannot be installed here; the web page test will fail" >&2
+    fi
+  fi
 fi
 echo "$digest" > "$stamp"

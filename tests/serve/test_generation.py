@@ -113,3 +113,29 @@ def test_bad_sampling_parameters_are_refused():
     for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-2), dict(max_new_tokens=-1)):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+@pytest.mark.slow
+def test_compiled_decode_generates_what_eager_decode_does(engine):
+    """The compiled decode step (one graph per batch and cache length) changes speed, not output:
+    greedy and seeded sampling, batched prompts of different lengths, token for token."""
+    compiled = Engine(engine.model, compile=True)
+    prompts = [[1, 5, 9, 2], [7, 3], [4, 4, 4, 4, 4, 8, 6]]
+    assert _run(compiled, prompts) == _run(engine, prompts)
+    sampled = {"temperature": 0.9, "top_k": 20, "top_p": 0.9, "seed": 11}
+    assert _run(compiled, prompts, **sampled) == _run(engine, prompts, **sampled)
+
+
+def test_huge_page_copy_keeps_parameters_and_outputs():
+    from lamina.serve.llm import move_to_huge_pages
+
+    model = init_weights(Transformer(preset("debug")), seed=5, std=0.2)
+    params = list(model.parameters())
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        before = model(x)
+        move_to_huge_pages(model)
+        after = model(x)
+    assert [p is q for p, q in zip(params, model.parameters())] == [True] * len(params)
+    assert all(p.data_ptr() % 64 == 0 for p in params)
+    assert torch.equal(before, after)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import mmap
+import sys
 from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..errors import LaminaError
@@ -101,6 +104,24 @@ class LLM:
         return "".join(self.stream(messages, **kw))
 
 
+def move_to_huge_pages(model: nn.Module) -> None:
+    """Move a CPU model's parameters into one anonymous mapping that Linux backs with 2 MB pages
+    (transparent huge pages, asked for with madvise; the parameters stay the same objects).
+
+    Batch-1 decode streams every weight once per token, and with 4 KB pages the TLB misses cost
+    about 8% of compiled decode speed on 2 cores (bench/decode.py). If the kernel declines the
+    advice, this is an ordinary copy."""
+    params = list(model.parameters())                    # a tied parameter appears once
+    sizes = [-(-p.nbytes // 64) * 64 for p in params]    # keep every tensor 64-byte aligned
+    buffer = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buffer.madvise(mmap.MADV_HUGEPAGE)
+    memory = torch.frombuffer(buffer, dtype=torch.uint8)  # keeps the mapping alive
+    offset = 0
+    for p, size in zip(params, sizes):
+        p.data = memory[offset:offset + p.nbytes].view(p.dtype).view(p.shape).copy_(p.data)
+        offset += size
+
+
 def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
          compile: bool = False, tokenizer: str | Path | None = None) -> LLM:
     """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name."""
@@ -112,4 +133,11 @@ def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str
         net = from_state_dict(ck.config, ck.weights, parse_dtype(dtype)).to(device)
     except ValueError as e:
         raise LaminaError(f"{ck.path}: {e}") from None
+    if net.tok_embeddings.weight.is_cpu and sys.platform == "linux":
+        params = dict(net.named_parameters())
+        shared = [k for k, t in ck.weights.items()
+                  if k in params and t.data_ptr() == params[k].data_ptr()]
+        move_to_huge_pages(net)
+        for k in shared:   # the checkpoint keeps the model's tensors, not the copies left behind
+            ck.weights[k] = params[k].detach()
     return LLM(net, tok, compile=compile, checkpoint=ck)
