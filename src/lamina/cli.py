@@ -228,6 +228,11 @@ def cmd_data_why(args) -> None:
             print(f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}")
 
 
+# <train commands>
+# <eval commands>
+# <serve commands>
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -311,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", required=True, help=data_help)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_why)
+
+    # <train parsers>
+    # <eval parsers>
+    # <serve parsers>
     return parser
 
 
