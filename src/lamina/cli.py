@@ -215,7 +215,24 @@ def cmd_data_trace(args) -> None:
 
 
 def cmd_data_why(args) -> None:
-    from .data import why
+    from .data import why, why_source
+    source = None if args.ref.isdigit() else why_source(args.data, args.ref)
+    if source is not None:
+        if args.json:
+            print(json.dumps(source, indent=2))
+            return
+        src, counts = source["source"], source["documents"]
+        decision = "allowed" if src["allowed"] else "kept out"
+        print(f"source {src['id']}: {src['origin']}; license {src['license']} (from {src['license_from']}); "
+              f"policy: {decision}, {src['reason']}")
+        print(f"documents: {', '.join(f'{n:,} {k}' for k, n in counts.items()) or 'none'}; "
+              f"{source['tokens']:,} tokens in the corpus")
+        for r in source["kept_out"]:
+            print(f"  {r['documents']:>6,} {r['status']} by {r['rule']} (e.g. document {r['example']['id']} "
+                  f"{r['example']['path']})")
+            for reason in r["reasons"]:
+                print(f"         {reason['documents']:>6,}  {reason['reason']}")
+        return
     docs = why(args.data, args.ref)
     if args.json:
         print(json.dumps(docs, indent=2))
@@ -228,9 +245,61 @@ def cmd_data_why(args) -> None:
             print(f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}")
 
 
-# <train commands>
-# <eval commands>
-# <serve commands>
+def cmd_train(args) -> None:
+    from .train import load_recipe, train
+    from .train.loop import default_threads
+    default_threads()
+    config = load_recipe(args.recipe, args.overrides, data=args.data, out=args.out, max_steps=args.max_steps)
+    train(config, resume=args.resume, progress=not args.quiet)
+
+
+def cmd_speedrun(args) -> None:
+    from .train.speedrun import SpeedrunConfig, speedrun
+    report = speedrun(SpeedrunConfig(out=args.out, recipe=args.recipe, overrides=tuple(args.overrides),
+                                     progress=not args.quiet))
+    print(f"report: {report}")
+
+
+def cmd_eval(args) -> None:
+    from .eval import EvalConfig, evaluate, load_model, render
+    config = EvalConfig(tasks=tuple(args.tasks or ()), limit=args.limit, num_fewshot=args.num_fewshot,
+                        batch_size=args.batch_size, max_tokens=args.max_tokens,
+                        decontaminate=args.decontaminate, ngram=args.ngram,
+                        perplexity=tuple(args.perplexity or ()), window=args.window,
+                        progress=not args.quiet and sys.stderr.isatty())
+    from .eval.tasks import resolve_tasks
+    for task in resolve_tasks(list(config.tasks)) if config.tasks else []:
+        task.items(limit=1, num_fewshot=config.num_fewshot)     # bad names, shots, missing data: fail now
+    runs = [evaluate(load_model(m, dtype=args.dtype), config, model_name=m) for m in args.model]
+    if args.out:
+        from .eval.harness import write_json
+        write_json(args.out, runs[0] if len(runs) == 1 else runs)
+    if args.json:
+        print(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
+    else:
+        render(runs)
+
+
+def cmd_serve(args) -> None:
+    import torch
+
+    from .serve import BatcherConfig, load
+    from .serve.api import ServeConfig, run
+    api_key = args.api_key or os.environ.get("LAMINA_API_KEY") or None
+    if args.threads is not None:
+        if args.threads < 1:
+            raise LaminaError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    engine = BatcherConfig(max_slots=args.max_concurrency, max_len=args.max_len,
+                           kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, compile=args.compile)
+    config = ServeConfig(host=args.host, port=args.port, api_key=api_key,
+                         model_name=args.served_model_name or args.model,
+                         max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
+                         request_timeout_s=args.timeout, engine=engine)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"lamina: warning: serving on {args.host} without an API key: anyone who can reach "
+              "this port can use the model (set --api-key or LAMINA_API_KEY)", file=sys.stderr)
+    run(load(args.model, dtype=args.dtype), config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="COMMAND")
     t = tsub.add_parser("train", help="train a byte-level BPE tokenizer (Llama 3 pattern and special tokens)")
     t.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="text files, .jsonl files (one JSON object per line), or directories of them")
+                   help="text files, .jsonl files (one JSON object per line), directories of them, or corpora "
+                   "built by `lamina data build` (their training documents)")
     t.add_argument("--vocab-size", type=int, required=True,
                    help="all tokens: 256 bytes + learned merges + special-token slots")
     t.add_argument("--out", required=True, help="directory to create: tokenizer.model (tiktoken ranks), "
@@ -311,20 +381,85 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", required=True, help=data_help)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_trace)
-    d = dsub.add_parser("why", help="whether a document made it in, and if not which rule stopped it")
-    d.add_argument("ref", metavar="DOC_OR_PATH", help="document id, sha256, a file on disk, or a recorded path")
+    d = dsub.add_parser("why", help="whether a document made it in and if not which rule stopped it; "
+                                    "or, for a source, what was kept out of it and why")
+    d.add_argument("ref", metavar="DOC_OR_SOURCE", help="document id, sha256, a file on disk, a recorded path, "
+                                                        "or a source id (py:certifi, shakespeare, ...)")
     d.add_argument("--data", required=True, help=data_help)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_why)
 
-    # <train parsers>
-    # <eval parsers>
-    # <serve parsers>
+    p = sub.add_parser("train", help="pretrain a model on token shards (resumable; torchrun for several processes)")
+    p.add_argument("recipe", help="a recipe in recipes/ by name (debug, speedrun, ...) or a .toml file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe settings to change, values in TOML (lr=3e-4 optimizer=\"muon\" model_overrides.dim=128)")
+    p.add_argument("--data", default=None, help="a corpus directory made by `lamina data build`")
+    p.add_argument("--out", default=None, help="run directory (checkpoints/, metrics.jsonl, loss.png)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides the recipe)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("speedrun", help="the main job: corpus → tokenizer → pretraining → validation, samples, report")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training recipe settings to change")
+    p.add_argument("--out", default="runs/speedrun", help="run directory to create (default runs/speedrun)")
+    p.add_argument("--recipe", default="speedrun", help="training recipe (default speedrun)")
+    p.add_argument("--quiet", action="store_true", help="no progress displays")
+    p.set_defaults(func=cmd_speedrun)
+    p = sub.add_parser("eval", help="benchmarks (the LLaMA paper's suite, MMLU, GSM8K, LAMBADA), perplexity, contamination")
+    p.add_argument("model", nargs="+", help=model_help + "; several give one table, a row each")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="boolq piqa siqa hellaswag winogrande arc_easy arc_challenge openbookqa mmlu gsm8k lambada, "
+                        "or the group llama-zero-shot (the first eight); commas work too")
+    p.add_argument("--limit", type=int, default=None, help="the first N items of each task (of each MMLU subject)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="solved examples in the prompt (default: MMLU 5, GSM8K 8, others 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
+    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per forward pass, which bounds memory (default 4096)")
+    p.add_argument("--decontaminate", metavar="DATA", default=None,
+                   help="a corpus directory (`lamina data build`) the model trained on: report the share of items "
+                        "that share an n-gram with its training documents, and the score on the rest")
+    p.add_argument("--ngram", type=int, default=13, help="words in a shared run that counts as seen (default 13)")
+    p.add_argument("--perplexity", nargs="+", metavar="PATH", default=None,
+                   help="perplexity and bits per byte on text files or corpus directories (validation split)")
+    p.add_argument("--window", type=int, default=2048, help="tokens per perplexity window (default 2048)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument("--json", action="store_true", help="print lm-eval-shaped JSON instead of the table")
+    p.add_argument("--out", default=None, help="also write the JSON results to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible API server with continuous batching and a web chat page")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $LAMINA_API_KEY)")
+    p.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL as given)")
+    p.add_argument("--max-concurrency", type=int, default=8,
+                   help="requests decoded together, one KV-cache slot each (default 8)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for a slot; beyond it the server answers 429 (default 64)")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="tokens per request, prompt + reply (default: the model's context, within --kv-cache-mb)")
+    p.add_argument("--kv-cache-mb", type=float, default=1024, help="KV-cache memory budget for all slots (default 1024)")
+    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: what fits)")
+    p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens accepted (default: what fits)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds before a request is ended (default 600)")
+    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, fast decode)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`lamina train debug --data D lr=1e-3`)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except LaminaError as e:

@@ -185,3 +185,17 @@ def test_an_existing_corpus_is_never_overwritten(sources, config, tmp_path):
     build_corpus(sources[:1], config=config, out=tmp_path / "c")
     with pytest.raises(LaminaError, match="already exists"):
         build_corpus(sources[:1], config=config, out=tmp_path / "c")
+
+
+def test_workers_find_the_same_duplicates_across_batches(make_source, config, tmp_path):
+    docs = {f"d{i:03d}.txt": prose(i) for i in range(150)}              # several batches of 64
+    docs.update({"x-copy.txt": prose(3), "y-near.txt": prose(7).replace("mill", "mills", 1)})
+    src = make_source("many", "MIT", docs)
+    one = build_corpus([src], config=config, out=tmp_path / "one")
+    two = build_corpus([src], config=replace(config, workers=2), out=tmp_path / "two")
+    reasons = dict(two.ledger.q("SELECT path, reason FROM documents WHERE status != 'kept'"))
+    assert reasons == {"x-copy.txt": "exact-dedup: same text as document 4",
+                       "y-near.txt": "near-dedup: near duplicate of document 8"}
+    assert _content(one.out) == _content(two.out)
+    assert [f for n, f in _files(one.out).items() if n != "build.json"] == \
+        [f for n, f in _files(two.out).items() if n != "build.json"]

@@ -123,3 +123,38 @@ def test_a_folder_of_text_jsonl_and_parquet_becomes_one_source(tmp_path, config)
     assert {"a.txt", "c.parquet:0", "c.parquet:1"} <= paths
     assert sum(p.startswith("b.jsonl") for p in paths) == 2
     assert build.ledger.tokens_by_license().keys() == {"CC0-1.0"}
+
+
+def test_why_a_source_counts_what_was_kept_out_of_it_by_rule(tmp_path, capsys):
+    from lamina.data import why_source
+    mine = folder_source(write_docs(tmp_path / "mine", {"a.txt": prose(1), "b.txt": prose(2), "dup.txt": prose(1),
+                                                        "e.txt": b""}), id="mine", license="MIT")
+    gpl = folder_source(write_docs(tmp_path / "gpl", {"g1.txt": prose(3), "g2.txt": prose(4)}), id="gpl-src",
+                        license="GPL-3.0-only")
+    build_corpus([mine, gpl, builtin("py:word2number")], out=tmp_path / "c").ledger.close()
+    data = str(tmp_path / "c")
+    s = why_source(data, "mine")
+    assert s["documents"] == {"kept": 2, "quarantined": 1, "rejected": 1} and s["tokens"] > 0
+    assert s["source"]["license_from"] == "declared for the folder"
+    assert [(r["rule"], r["status"], r["documents"]) for r in s["kept_out"]] == \
+        [("decode", "quarantined", 1), ("exact-dedup", "rejected", 1)]
+    assert s["kept_out"][1]["reasons"] == [{"reason": "exact-dedup: same text as document 1", "documents": 1}]
+    assert s["kept_out"][1]["example"]["path"] == "dup.txt"
+    g = why_source(data, "gpl-src")
+    assert g["tokens"] == 0 and g["documents"] == {"rejected": 2}
+    assert g["kept_out"][0]["reasons"] == [{"reason": "license: copyleft license GPL-3.0-only not allowed by policy",
+                                            "documents": 2}]
+    assert why_source(data, "no-such-source") is None
+    sources = {src["id"]: src for src in report(data)["sources"]}
+    assert sources["py:word2number"]["license_from"] == "License field (license text)"      # recorded in the ledger
+
+    assert main(["data", "why", "gpl-src", "--data", data]) == 0
+    out = capsys.readouterr().out
+    assert "license GPL-3.0-only (from declared for the folder); policy: kept out, copyleft" in out
+    assert "2 rejected by license" in out
+    assert main(["data", "why", "py:word2number", "--json", "--data", data]) == 0
+    assert json.loads(capsys.readouterr().out)["source"]["license"] == "MIT"
+    assert main(["data", "why", "1", "--data", data]) == 0                                 # digits: a document id
+    assert "document 1 mine:a.txt: in the corpus" in capsys.readouterr().out
+    assert main(["data", "why", "no-such-source", "--data", data]) == 1
+    assert "no such document" in capsys.readouterr().err

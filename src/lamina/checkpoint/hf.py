@@ -126,6 +126,17 @@ def write_hf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
              max_shard_bytes: int = 4 << 30, made_by: dict | None = None) -> Path:
     """Write a model directory that transformers, vLLM and llama.cpp's converter read as is.
     The directory appears whole or not at all."""
+    with atomic_directory(dst) as tmp:
+        write_hf_files(tmp, config, weights, tokenizer, dtype=dtype, max_shard_bytes=max_shard_bytes,
+                       made_by=made_by)
+    return Path(dst)
+
+
+def write_hf_files(folder: Path, config: ModelConfig, weights: dict[str, Tensor],
+                   tokenizer: Tokenizer | None = None, *, dtype: torch.dtype | None = None,
+                   max_shard_bytes: int = 4 << 30, made_by: dict | None = None) -> None:
+    """The files of a model directory, into an existing (temporary) folder; lamina.json last,
+    with the hashes of everything before it."""
     dtype = dtype or next(iter(weights.values())).dtype
     tensors = {from_lamina(k, "hf"): v.to(dtype).contiguous() for k, v in weights.items()
                if not (config.tie_embeddings and k == "output.weight")}
@@ -138,25 +149,23 @@ def write_hf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             size = 0
         shards[-1][name] = t
         size += nbytes
-    with atomic_directory(dst) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
-        gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
-               "do_sample": False}
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
-        if len(shards) == 1:
-            save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
-        else:
-            weight_map = {}
-            for n, shard in enumerate(shards, 1):
-                name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-                save_file(shard, tmp / name, metadata={"format": "pt"})
-                weight_map.update(dict.fromkeys(shard, name))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            (tmp / INDEX).write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        files = {f.name: sha256(f) for f in sorted(tmp.iterdir())}
-        record = {"lamina_version": __version__, "made_by": made_by or {}, "files": files}
-        (tmp / "lamina.json").write_text(json.dumps(record, indent=2))
-    return Path(dst)
+    (folder / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
+    gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+           "do_sample": False}
+    (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    if len(shards) == 1:
+        save_file(shards[0], folder / "model.safetensors", metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for n, shard in enumerate(shards, 1):
+            name = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, folder / name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        (folder / INDEX).write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(folder)
+    files = {f.name: sha256(f) for f in sorted(folder.iterdir()) if f.is_file()}
+    record = {"lamina_version": __version__, "made_by": made_by or {}, "files": files}
+    (folder / "lamina.json").write_text(json.dumps(record, indent=2))

@@ -4,12 +4,15 @@ token shards, and the ledger that traces every training token to its document, s
 from .build import Build, BuildConfig, build_corpus
 from .ledger import Ledger
 from .loader import TokenShards
+from .license_text import identify_license
 from .licenses import NOASSERTION, Policy, Verdict, distribution_license, normalize_license
 from .recipes import RECIPES, Recipe, recipe
-from .report import report, trace, why
+from .report import report, trace, why, why_source
 from .shards import open_shard, read_manifest
 from .sources import RawDocument, Source, builtin, folder_source
 
 __all__ = ["Build", "BuildConfig", "Ledger", "NOASSERTION", "Policy", "RECIPES", "RawDocument", "Recipe",
            "Source", "TokenShards", "Verdict", "build_corpus", "builtin", "distribution_license", "folder_source",
-           "normalize_license", "open_shard", "read_manifest", "recipe", "report", "trace", "why"]
+           "identify_license",
+           "normalize_license", "open_shard", "read_manifest", "recipe", "report", "trace", "why",
+           "why_source"]

@@ -15,8 +15,9 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,11 +31,15 @@ from .licenses import Policy
 from .shards import MANIFEST, token_dtype, write_shard
 from .sources import Source
 
+TOKENIZER_DIR = "tokenizer"   # where a corpus keeps the tokenizer it trained ("bpe:N")
+
 
 @dataclass(frozen=True, kw_only=True)
 class BuildConfig:
     """How a corpus is made; saved as build.json beside the shards."""
-    tokenizer: str = "smollm2-135m-instruct"   # a packaged tokenizer name or a tokenizer path
+    # a packaged tokenizer name, a tokenizer path, or "bpe:VOCAB": train a byte-level BPE of that
+    # size on this build's training documents (after policy, filters and dedup), kept in tokenizer/
+    tokenizer: str = "smollm2-135m-instruct"
     seed: int = 0
     validation_fraction: float = 0.02          # of documents, chosen by content hash and seed
     shard_tokens: int = 1 << 24                # a shard closes once it holds this many tokens
@@ -51,6 +56,8 @@ class BuildConfig:
             raise LaminaError(f"shard_tokens {self.shard_tokens} must be positive")
         if self.workers < 1:
             raise LaminaError(f"workers {self.workers} must be at least 1")
+        if self.tokenizer.startswith("bpe:") and not self.tokenizer[4:].isdigit():
+            raise LaminaError(f"tokenizer {self.tokenizer!r}: write bpe:VOCAB_SIZE, e.g. bpe:8192")
         if any(w < 0 for w in self.weights.values()):
             raise LaminaError(f"mixing weights must not be negative: {self.weights}")
 
@@ -60,6 +67,10 @@ class Build:
     out: Path
     ledger: Ledger
     stats: dict
+
+
+def _split(config: BuildConfig, content_hash: str) -> str:
+    return "validation" if _unit(config.seed, "split", content_hash) < config.validation_fraction else "train"
 
 
 def _unit(seed: int, *parts: object) -> float:
@@ -76,6 +87,8 @@ class Judged:
     verdicts: list[tuple[str, bool, str]]
     scrubs: dict[str, int] = field(default_factory=dict)
     text: str | None = None                     # the cleaned text, while it may still be kept
+    text_hash: str | None = None                # sha256 of `text`, for exact dedup
+    signature: np.ndarray | None = None         # MinHash of `text`, for near dedup
 
     def fail(self, status: str, name: str, why: str) -> Judged:
         self.verdicts.append((name, False, why))
@@ -83,9 +96,10 @@ class Judged:
         return self
 
 
-def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig) -> Judged:
-    """Every per-document stage (deny list, decode, normalise, clean, quality, PII): a pure
-    function of the document, so it runs on any core; dedup, which needs state, comes after."""
+def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig, near: NearDuplicates | None = None) -> Judged:
+    """Every per-document stage (deny list, decode, normalise, clean, quality, PII) and the
+    hashes dedup compares (text sha256, MinHash signature when `near` is given): a pure function
+    of the document, so it runs on any core; dedup itself, which needs state, comes after."""
     j = Judged("kept", "passed every filter", [])
     v = policy.decide_hash(hashlib.sha256(data).hexdigest())
     if not v.allowed:
@@ -106,20 +120,35 @@ def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig) -> Judg
     j.verdicts.append((name, True, check.reason))
     j.text, j.scrubs = clean.scrub_pii(text)
     j.verdicts.append(("pii", True, ", ".join(f"{n} {k}" for k, n in sorted(j.scrubs.items())) or "nothing to scrub"))
+    j.text_hash = hashlib.sha256(j.text.encode()).hexdigest()
+    j.signature = near.signature(j.text) if near is not None else None
     return j
+
+
+_worker: tuple[Policy, BuildConfig, NearDuplicates | None] | None = None   # set once in each worker process
+
+
+def _start_worker(policy: Policy, config: BuildConfig) -> None:
+    global _worker
+    _worker = (policy, config, NearDuplicates(seed=config.seed) if config.near_dedup else None)
+
+
+def _filter_batch(kind: str, datas: list[bytes]) -> list[Judged]:
+    """`_filter` over a batch, in a worker: policy and config arrive once, at its start."""
+    return [_filter(kind, data, *_worker) for data in datas]
 
 
 def _dedup(j: Judged, key: str, seen: dict[str, str], near: NearDuplicates | None) -> Judged:
     """Drop `j` if its text repeats (exactly, or nearly) a document kept before it."""
     if j.text is None:
         return j
-    text_hash = hashlib.sha256(j.text.encode()).hexdigest()
+    text_hash = j.text_hash or hashlib.sha256(j.text.encode()).hexdigest()
     if text_hash in seen:
         return j.fail("rejected", "exact-dedup", f"same text as document {seen[text_hash]}")
     seen[text_hash] = key
     j.verdicts.append(("exact-dedup", True, "first of its text"))
     if near is not None:
-        twin = near.check(key, j.text)
+        twin = near.check(key, j.text, j.signature)
         if twin is not None:
             return j.fail("rejected", "near-dedup", f"near duplicate of document {twin}")
         j.verdicts.append(("near-dedup", True, "no near duplicate seen before"))
@@ -170,39 +199,65 @@ def _partial(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def _source_batches(sources: list[Source], policy: Policy, ledger: Ledger) -> Iterator[tuple[Source, object, list]]:
+    """(source, the policy's verdict on it, a batch of its raw documents), source by source."""
+    for source in sources:
+        verdict = policy.decide_source(source.id, source.license)
+        ledger.add_source(source, verdict.allowed, verdict.reason)
+        for batch in _batched(source.documents(), 64):
+            yield source, verdict, batch
+
+
+def _judged_batches(sources: list[Source], policy: Policy, config: BuildConfig, ledger: Ledger,
+                    pool: ProcessPoolExecutor | None, near: NearDuplicates | None) -> Iterator[tuple]:
+    """Each batch with its `_filter` results, in source order. With a pool, batches are filtered
+    ahead, a few per worker in flight, while this process records and dedups the earlier ones."""
+    pending: deque = deque()
+    for source, verdict, batch in _source_batches(sources, policy, ledger):
+        if not verdict.allowed:
+            judged = Future()
+            judged.set_result([Judged("rejected", f"license: {verdict.reason}", []) for _ in batch])
+        elif pool is not None:
+            judged = pool.submit(_filter_batch, source.kind, [raw.data for raw in batch])
+        else:
+            judged = Future()
+            judged.set_result([_filter(source.kind, raw.data, policy, config, near) for raw in batch])
+        pending.append((source, verdict, batch, judged))
+        while len(pending) > (2 * config.workers if pool else 0):
+            source, verdict, batch, judged = pending.popleft()
+            yield source, verdict, batch, judged.result()
+    for source, verdict, batch, judged in pending:
+        yield source, verdict, batch, judged.result()
+
+
 def judge_documents(sources: list[Source], policy: Policy, config: BuildConfig, ledger: Ledger,
                     progress: bool = False) -> tuple[list[tuple[int, Source, str, str]], int]:
     """Stage 1: every document of every source through the policy, the filters and dedup, each
-    verdict into the ledger. Returns the kept (doc id, source, content hash, text) and the count seen."""
+    verdict into the ledger. Returns the kept (doc id, source, content hash, text) and the count seen.
+    The filters (and the hashes dedup compares) run on `config.workers` processes; dedup runs
+    here, in document order, so the result does not depend on the number of workers."""
     seen: dict[str, str] = {}
     near = NearDuplicates(seed=config.seed) if config.near_dedup else None
     kept: list[tuple[int, Source, str, str]] = []
     doc_id = 0
-    pool = ProcessPoolExecutor(config.workers, mp_context=mp.get_context("fork")) if config.workers > 1 else None
+    pool = ProcessPoolExecutor(config.workers, mp_context=mp.get_context("fork"), initializer=_start_worker,
+                               initargs=(policy, config)) if config.workers > 1 else None
     bar = _progress(progress)
+    tasks: dict[str, object] = {}
     try:
-        for source in sources:
-            verdict = policy.decide_source(source.id, source.license)
-            ledger.add_source(source, verdict.allowed, verdict.reason)
-            task = bar.add_task(source.id, total=None) if bar else None
-            for batch in _batched(source.documents(), 64):
-                if not verdict.allowed:
-                    judged = [Judged("rejected", f"license: {verdict.reason}", []) for _ in batch]
-                else:
-                    args = ([source.kind] * len(batch), [raw.data for raw in batch], [policy] * len(batch),
-                            [config] * len(batch))
-                    judged = list(pool.map(_filter, *args, chunksize=4) if pool else map(_filter, *args))
-                for raw, j in zip(batch, judged):
-                    doc_id += 1
-                    j.verdicts.insert(0, ("license", verdict.allowed, verdict.reason))
-                    j = _dedup(j, str(doc_id), seen, near)
-                    content_hash = hashlib.sha256(raw.data).hexdigest()
-                    ledger.add_document(doc_id, source.id, raw.path, content_hash, len(raw.data), j.status,
-                                        j.reason, j.verdicts, j.scrubs)
-                    if j.text is not None:
-                        kept.append((doc_id, source, content_hash, j.text))
-                if bar:
-                    bar.update(task, advance=len(batch))
+        for source, verdict, batch, judged in _judged_batches(sources, policy, config, ledger, pool, near):
+            for raw, j in zip(batch, judged):
+                doc_id += 1
+                j.verdicts.insert(0, ("license", verdict.allowed, verdict.reason))
+                j = _dedup(j, str(doc_id), seen, near)
+                content_hash = hashlib.sha256(raw.data).hexdigest()
+                ledger.add_document(doc_id, source.id, raw.path, content_hash, len(raw.data), j.status,
+                                    j.reason, j.verdicts, j.scrubs)
+                if j.text is not None:
+                    kept.append((doc_id, source, content_hash, j.text))
+            if bar:
+                task = tasks.get(source.id) or tasks.setdefault(source.id, bar.add_task(source.id, total=None))
+                bar.update(task, advance=len(batch))
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -221,13 +276,14 @@ def write_shards(kept: list[tuple[int, Source, str, str]], tokenizer, config: Bu
     for start in range(0, len(kept), 256):
         batch = kept[start:start + 256]
         for (did, source, content_hash, _), toks in zip(batch, tokenizer.encode_batch([k[3] for k in batch], bos=False)):
-            split = "validation" if _unit(config.seed, "split", content_hash) < config.validation_fraction else "train"
+            split = _split(config, content_hash)
             ledger.set_tokens(did, len(toks) + 1, split)
             ids = np.asarray([bos] + toks, dtype=dtype)
             for _ in range(_copies(config, source, content_hash)):
                 splits[split].append(ids)
                 owners[split].append(did)
-    manifest = {"dtype": dtype.name, "bos_id": bos, "tokenizer": config.tokenizer, "shards": {}}
+    name = TOKENIZER_DIR if config.tokenizer.startswith("bpe:") else config.tokenizer
+    manifest = {"dtype": dtype.name, "bos_id": bos, "tokenizer": name, "shards": {}}
     for split, docs in splits.items():
         order = np.random.default_rng([config.seed, split == "train"]).permutation(len(docs))
         for index, group in enumerate(_groups([len(d) for d in docs], order.tolist(), config.shard_tokens)):
@@ -236,6 +292,18 @@ def write_shards(kept: list[tuple[int, Source, str, str]], tokenizer, config: Bu
             ledger.add_shard(name, split, dtype.name, [(s, e, owners[split][j]) for (s, e), j in zip(ranges, group)])
             manifest["shards"][name] = {"split": split, "tokens": ranges[-1][1]}
     return manifest
+
+
+def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: BuildConfig, folder: Path,
+                           progress: bool = False):
+    """Stage 1b for `tokenizer = "bpe:N"`: a byte-level BPE learned from the kept training
+    documents only (validation documents stay unseen), written to `folder`."""
+    from ..tokenizer.train import bpe_tokenizer, write_tokenizer
+    texts = (text for _, _, content_hash, text in kept if _split(config, content_hash) == "train")
+    tok = bpe_tokenizer(texts, int(config.tokenizer[4:]), progress=progress)
+    folder.mkdir()
+    write_tokenizer(tok, folder, {"made_by": "lamina data build", "trained_on": "the build's training documents"})
+    return tok
 
 
 def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
@@ -248,8 +316,9 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
     ids = [s.id for s in sources]
     if len(set(ids)) != len(ids):
         raise LaminaError(f"source ids repeat: {ids}")
-    tokenizer = load_tokenizer(config.tokenizer)
-    if tokenizer.bos_id is None:
+    trained = config.tokenizer.startswith("bpe:")
+    tokenizer = None if trained else load_tokenizer(config.tokenizer)
+    if tokenizer is not None and tokenizer.bos_id is None:
         raise LaminaError(f"tokenizer {config.tokenizer} has no BOS token to separate documents")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     tmp = _partial(out)
@@ -257,6 +326,8 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
     tmp.mkdir(parents=True)
     ledger = Ledger.create(tmp / Ledger.FILE)
     kept, seen = judge_documents(sources, policy, config, ledger, progress)
+    if trained:
+        tokenizer = train_corpus_tokenizer(kept, config, tmp / TOKENIZER_DIR, progress)
     manifest = write_shards(kept, tokenizer, config, ledger, tmp)
 
     # seal: config, manifest, ledger, fsync; then the rename that makes the corpus real
@@ -267,9 +338,10 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     ledger.commit()
     ledger.close()
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     os.rename(tmp, out)
     stats = {"documents": seen, "kept": len(kept), "tokens": sum(v["tokens"] for v in manifest["shards"].values())}
     return Build(out=out, ledger=Ledger.open(out), stats=stats)

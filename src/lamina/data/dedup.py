@@ -43,9 +43,10 @@ class NearDuplicates:
             np.minimum(sig, permuted.min(axis=0), out=sig)
         return sig
 
-    def check(self, key: str, text: str) -> str | None:
-        """The key of an earlier near duplicate of `text`, or None (then `text` is remembered)."""
-        sig = self.signature(text).reshape(self.bands, self.rows)                # (bands, rows)
+    def check(self, key: str, text: str, signature: np.ndarray | None = None) -> str | None:
+        """The key of an earlier near duplicate of `text`, or None (then `text` is remembered).
+        `signature`, when given, is `self.signature(text)` computed elsewhere (in a worker)."""
+        sig = (self.signature(text) if signature is None else signature).reshape(self.bands, self.rows)  # (bands, rows)
         keys = [row.tobytes() for row in sig]
         for band, k in zip(self.buckets, keys):
             if k in band:

@@ -1,6 +1,7 @@
 """The ledger: an SQLite file that says where every training token came from.
 
-Tables: `sources` (id, kind, origin, SPDX license, attribution, the policy's decision and reason),
+Tables: `sources` (id, kind, origin, SPDX license and where it was read, attribution, the policy's
+decision and reason),
 `documents` (source, path, content hash, byte and token counts, status, split, reason),
 `verdicts` (every filter's verdict on every document, with its reason), `scrubs` (PII
 replacements by kind), `shards` (file, split, dtype, tokens) and `ranges` (which token range of
@@ -16,8 +17,8 @@ from pathlib import Path
 from ..errors import LaminaError
 
 SCHEMA = """
-CREATE TABLE sources (id TEXT PRIMARY KEY, kind TEXT, origin TEXT, license TEXT, attribution TEXT,
-                      allowed INTEGER, reason TEXT);
+CREATE TABLE sources (id TEXT PRIMARY KEY, kind TEXT, origin TEXT, license TEXT, license_from TEXT,
+                      attribution TEXT, allowed INTEGER, reason TEXT);
 CREATE TABLE documents (id INTEGER PRIMARY KEY, source_id TEXT REFERENCES sources(id), path TEXT,
                         content_hash TEXT, bytes INTEGER, tokens INTEGER, status TEXT, split TEXT,
                         reason TEXT);
@@ -60,8 +61,8 @@ class Ledger:
 
     # -- writing -----------------------------------------------------------------------------
     def add_source(self, source, allowed: bool, reason: str) -> None:
-        self.db.execute("INSERT INTO sources VALUES (?,?,?,?,?,?,?)", (source.id, source.kind, source.origin,
-                        source.license, source.attribution, int(allowed), reason))
+        self.db.execute("INSERT INTO sources VALUES (?,?,?,?,?,?,?,?)", (source.id, source.kind, source.origin,
+                        source.license, source.license_from, source.attribution, int(allowed), reason))
 
     def add_document(self, doc_id: int, source_id: str, path: str, content_hash: str, nbytes: int,
                      status: str, reason: str, verdicts: list[tuple[str, bool, str]],
@@ -110,10 +111,10 @@ class Ledger:
         return [{"source": s, "status": st, "reason": r, "documents": n, "bytes": b} for s, st, r, n, b in rows]
 
     def source(self, source_id: str) -> dict | None:
-        rows = self.q("SELECT id, kind, origin, license, attribution, allowed, reason FROM sources WHERE id=?", source_id)
+        keys = ("id", "kind", "origin", "license", "license_from", "attribution", "allowed", "reason")
+        rows = self.q(f"SELECT {', '.join(keys)} FROM sources WHERE id=?", source_id)
         if not rows:
             return None
-        keys = ("id", "kind", "origin", "license", "attribution", "allowed", "reason")
         return dict(zip(keys, rows[0]))
 
     def document(self, doc_id: int) -> dict:

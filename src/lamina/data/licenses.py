@@ -1,7 +1,8 @@
 """Licenses as SPDX expressions, and the policy that decides what may be trained on.
 
 A source's license is read from what it declares (an SPDX expression, a Python distribution's
-`License-Expression`, `License` field or trove classifiers) and normalised to SPDX; anything we
+`License-Expression`, `License` field or trove classifiers, else the license text in its `License`
+field, see license_text.py) and normalised to SPDX, together with where it was read; anything we
 cannot name becomes `NOASSERTION`, which no policy allows. `Policy.decide` returns a verdict with
 its reason, and the ledger stores both."""
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-NOASSERTION = "NOASSERTION"
+from .license_text import NOASSERTION, identify_license
 
 # the issue's default allow-list: public domain, CC0, MIT, BSD variants, Apache-2.0, PSF, ISC, CC-BY
 PERMISSIVE = frozenset({
@@ -29,7 +30,7 @@ _ALIASES = {
     "apache": "Apache-2.0", "apache 2.0": "Apache-2.0", "apache-2.0": "Apache-2.0",
     "apache license 2.0": "Apache-2.0", "apache software license": "Apache-2.0",
     "apache license, version 2.0": "Apache-2.0", "apache 2": "Apache-2.0",
-    "psf": "PSF-2.0", "psf-2.0": "PSF-2.0", "python software foundation license": "PSF-2.0",
+    "psf": "PSF-2.0", "psf-2.0": "PSF-2.0", "psfl": "PSF-2.0", "python software foundation license": "PSF-2.0",
     "isc": "ISC", "isc license": "ISC", "isc license (iscl)": "ISC", "zlib": "Zlib",
     "public domain": "LicenseRef-Public-Domain", "cc0": "CC0-1.0", "cc0-1.0": "CC0-1.0",
     "cc0 1.0 universal (cc0 1.0) public domain dedication": "CC0-1.0", "unlicense": "Unlicense",
@@ -67,21 +68,42 @@ def normalize_license(text: str | None) -> str:
 
 def distribution_license(metadata) -> str:
     """The SPDX license of an installed distribution from its core metadata (PEP 639 first)."""
+    return license_from_metadata(metadata)[0]
+
+
+def license_from_metadata(metadata) -> tuple[str, str]:
+    """(SPDX expression, where it was read) from core metadata: `License-Expression`, then a short
+    `License` field, then the `License ::` classifiers, then a license text pasted into the
+    `License` field; (NOASSERTION, why) when none of them names one."""
     if metadata.get("License-Expression"):
-        return normalize_license(metadata["License-Expression"])
-    declared = metadata.get("License") or ""
-    if declared and "\n" not in declared.strip() and len(declared) < 80:
+        spdx = normalize_license(metadata["License-Expression"])
+        if spdx != NOASSERTION:
+            return spdx, "License-Expression"
+    declared = (metadata.get("License") or "").strip()
+    if declared and "\n" not in declared and len(declared) < 80:
         spdx = normalize_license(declared)
         if spdx != NOASSERTION:
-            return spdx
-    classifiers = sorted({normalize_license(c) for c in metadata.get_all("Classifier") or []
-                          if c.startswith("License :: ") and c != "License :: OSI Approved"})
-    classifiers = [c for c in classifiers if c != NOASSERTION]
-    if len(classifiers) == 1:
-        return classifiers[0]
+            return spdx, "License field"
+    found = sorted({(normalize_license(c), c) for c in metadata.get_all("Classifier") or []
+                    if c.startswith("License :: ") and c != "License :: OSI Approved"})
+    classifiers = sorted({spdx for spdx, _ in found if spdx != NOASSERTION})
     if classifiers:                     # several classifiers: the distribution offers a choice
-        return " OR ".join(classifiers)
-    return NOASSERTION
+        return " OR ".join(classifiers), "classifier " + "; ".join(c for spdx, c in found if spdx != NOASSERTION)
+    if declared:
+        spdx = identify_license(declared)
+        if spdx != NOASSERTION:
+            return spdx, "License field (license text)"
+    return NOASSERTION, "no license in the metadata"
+
+
+def names_bsd_without_clauses(metadata) -> bool:
+    """True when the metadata says "BSD" (License field or classifier) but not which BSD: the
+    alias above guesses BSD-3-Clause, and a license file, where there is one, can say."""
+    if metadata.get("License-Expression"):
+        return False
+    declared = (metadata.get("License") or "").strip().lower()
+    classifiers = {c for c in metadata.get_all("Classifier") or [] if c.startswith("License :: ")} - {"License :: OSI Approved"}
+    return declared in ("bsd", "bsd license") or (not declared and classifiers == {"License :: OSI Approved :: BSD License"})
 
 
 # -- SPDX expressions: id, AND, OR, WITH, parentheses (https://spdx.github.io/spdx-spec/v2.3/SPDX-license-expressions/)

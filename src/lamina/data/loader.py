@@ -26,13 +26,20 @@ class TokenShards:
 
     def random_batch(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         """`batch_size` windows from uniformly random token positions; targets are inputs shifted by one."""
+        return self.batch(self.random_windows(rng, batch_size, seq_len), seq_len)
+
+    def random_windows(self, rng: np.random.Generator, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+        """(shard index, start) of `batch_size` windows of seq_len + 1 tokens, uniform over positions."""
         usable = np.array([max(0, len(s) - seq_len) for s in self.shards], dtype=np.float64)   # window starts
         if usable.sum() == 0:
             raise LaminaError(f"every shard is shorter than seq_len + 1 = {seq_len + 1} tokens")
         which = rng.choice(len(self.shards), size=batch_size, p=usable / usable.sum())
-        rows = [self._window(int(i), int(rng.integers(0, usable[i])), seq_len) for i in which]
-        xy = np.stack(rows)                                              # (B, T + 1)
-        return xy[:, :-1], xy[:, 1:]                                     # (B, T), (B, T)
+        return [(int(i), int(rng.integers(0, usable[i]))) for i in which]
+
+    def batch(self, windows: list[tuple[int, int]], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (inputs, targets) of these windows, each (B, T)."""
+        xy = np.stack([self._window(shard, start, seq_len) for shard, start in windows])   # (B, T + 1)
+        return xy[:, :-1], xy[:, 1:]
 
     def sequential_batches(self, batch_size: int, seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Every whole window of every shard once, in order (a shard's tail shorter than a window is skipped)."""

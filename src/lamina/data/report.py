@@ -1,5 +1,6 @@
 """Questions the ledger answers: what is in a corpus (report), where a training token came from
-(trace), and whether a document made it in and if not which rule stopped it (why)."""
+(trace), whether a document made it in and if not which rule stopped it (why), and what was kept
+out of a source and by which rules (why_source)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,38 @@ def why(data_dir: str | Path, ref: str) -> list[dict]:
             d["source"] = ledger.source(d["source_id"])
             d["in_corpus"] = d["status"] == "kept"
         return docs
+    finally:
+        ledger.close()
+
+
+def why_source(data_dir: str | Path, source_id: str) -> dict | None:
+    """What became of a source's documents: its license (and where it was read), the policy's
+    decision, documents by status, tokens in the corpus, and the documents kept out counted by
+    the rule (filter) that stopped them, each with its commonest reasons and an example. None when
+    `source_id` is not a source of this corpus."""
+    ledger = Ledger.open(data_dir)
+    try:
+        source = ledger.source(source_id)
+        if source is None:
+            return None
+        status = dict(ledger.q("SELECT status, COUNT(*) FROM documents WHERE source_id=? GROUP BY status "
+                               "ORDER BY status", source_id))
+        # each document kept out has exactly one failed verdict: the rule that stopped it
+        failed = ledger.q("SELECT v.filter, d.status, d.reason, d.id, d.path, d.bytes FROM verdicts v JOIN documents d "
+                          "ON d.id = v.doc_id WHERE d.source_id=? AND v.passed=0 ORDER BY d.id", source_id)
+        rules: dict[str, dict] = {}
+        for rule, st, reason, doc_id, path, nbytes in failed:
+            r = rules.setdefault(rule, {"rule": rule, "status": st, "documents": 0, "bytes": 0, "reasons": {},
+                                        "example": {"id": doc_id, "path": path}})
+            r["documents"] += 1
+            r["bytes"] += nbytes
+            r["reasons"][reason] = r["reasons"].get(reason, 0) + 1
+        kept_out = sorted(rules.values(), key=lambda r: (-r["documents"], r["rule"]))
+        for r in kept_out:      # the commonest reasons first; near-duplicate reasons name their twin, so cap the list
+            r["reasons"] = [{"reason": k, "documents": n} for k, n in
+                            sorted(r["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+        return {"data": str(data_dir), "source": source, "documents": status,
+                "tokens": ledger.tokens_by_source().get(source_id, 0), "kept_out": kept_out}
     finally:
         ledger.close()
 

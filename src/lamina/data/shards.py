@@ -39,3 +39,11 @@ def open_shard(data_dir: str | Path, name: str) -> np.memmap:
     if name not in manifest["shards"]:
         raise LaminaError(f"{name}: not a shard of {data_dir}; it has {', '.join(manifest['shards']) or 'none'}")
     return np.memmap(Path(data_dir) / name, dtype=np.dtype(manifest["dtype"]), mode="r")
+
+
+def tokenizer_ref(data_dir: str | Path) -> str:
+    """The tokenizer a corpus was cut with: its own tokenizer/ folder when the build trained one,
+    else the packaged name or path it was given."""
+    ref = read_manifest(data_dir)["tokenizer"]
+    local = Path(data_dir) / ref
+    return str(local) if local.exists() else ref

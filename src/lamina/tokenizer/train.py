@@ -104,22 +104,69 @@ def train_bpe(texts, vocab_size: int, *, min_frequency: int = 2, progress: bool 
     return ranks_from_backend(backend)
 
 
-def train_tokenizer(config: TrainConfig) -> Tokenizer:
-    """Train, then write config.out: tokenizer.model (ranks), tokenizer.json, tokenizer_config.json."""
-    from ..checkpoint.files import atomic_directory
-    files = input_files(config.inputs)
-    ranks = train_bpe(read_texts(files, config.text_field), config.vocab_size - config.special_slots,
-                      min_frequency=config.min_frequency, progress=config.progress)
-    tok = Tokenizer(ranks=Ranks(ranks, LLAMA3_PATTERN, llama3_special_tokens(len(ranks), config.special_slots)),
+def bpe_tokenizer(texts, vocab_size: int, *, special_slots: int = LLAMA3_SPECIAL_SLOTS,
+                  min_frequency: int = 2, progress: bool = False) -> Tokenizer:
+    """A Llama 3-style tokenizer (BPE ranks, then named and reserved special tokens, BOS added,
+    Llama 3's chat format) learned from `texts`; deterministic for the same texts."""
+    ranks = train_bpe(texts, vocab_size - special_slots, min_frequency=min_frequency, progress=progress)
+    tok = Tokenizer(ranks=Ranks(ranks, LLAMA3_PATTERN, llama3_special_tokens(len(ranks), special_slots)),
                     bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>", add_bos=True,
                     chat_template=LLAMA3.template)
-    if tok.vocab_size < config.vocab_size:
+    if tok.vocab_size < vocab_size:
         print(f"lamina: the input only supports {len(ranks)} BPE tokens; the vocabulary has "
-              f"{tok.vocab_size} tokens, not {config.vocab_size}", file=sys.stderr)
-    with atomic_directory(config.out) as tmp:
-        tok.ranks.save(tmp / RANK_FILE)
-        tok.save(tmp)
-        (tmp / "lamina_tokenizer.json").write_text(json.dumps(
-            {"made_by": "lamina tokenizer train", "config": vars(config) | {"inputs": list(config.inputs)},
-             "files": [str(f) for f in files], "vocab_size": tok.vocab_size}, indent=2))
+              f"{tok.vocab_size} tokens, not {vocab_size}", file=sys.stderr)
     return tok
+
+
+def write_tokenizer(tok: Tokenizer, folder: Path, record: dict) -> None:
+    """tokenizer.model (ranks), tokenizer.json, tokenizer_config.json and lamina_tokenizer.json
+    (what made it) into an existing folder."""
+    tok.ranks.save(folder / RANK_FILE)
+    tok.save(folder)
+    (folder / "lamina_tokenizer.json").write_text(json.dumps(record | {"vocab_size": tok.vocab_size}, indent=2))
+
+
+def train_tokenizer(config: TrainConfig) -> Tokenizer:
+    """Train, then write config.out: tokenizer.model (ranks), tokenizer.json, tokenizer_config.json.
+    An input that is a corpus built by `lamina data build` contributes its training documents."""
+    from ..checkpoint.files import atomic_directory
+    files, corpora = corpus_inputs(config.inputs)
+    texts = _chain(*(corpus_texts(c) for c in corpora), read_texts(files, config.text_field) if files else ())
+    tok = bpe_tokenizer(texts, config.vocab_size, special_slots=config.special_slots,
+                        min_frequency=config.min_frequency, progress=config.progress)
+    with atomic_directory(config.out) as tmp:
+        write_tokenizer(tok, tmp, {"made_by": "lamina tokenizer train",
+                                   "config": vars(config) | {"inputs": list(config.inputs)},
+                                   "files": [str(f) for f in files] + [str(c) for c in corpora]})
+    return tok
+
+
+def _chain(*iterables) -> Iterator[str]:
+    for it in iterables:
+        yield from it
+
+
+def corpus_inputs(inputs) -> tuple[list[Path], list[Path]]:
+    """Split inputs into text files and corpus directories (a `manifest.json` from `lamina data build`)."""
+    corpora = [Path(i) for i in inputs if (Path(i) / "manifest.json").is_file()]
+    rest = [i for i in inputs if Path(i) not in corpora]
+    return (input_files(rest) if rest else []), corpora
+
+
+def corpus_texts(corpus: Path) -> Iterator[str]:
+    """The training documents of a built corpus, decoded from its token shards (documents start
+    at BOS), so a tokenizer can be trained on exactly what passed the license policy and filters."""
+    import numpy as np
+
+    from .load import load as load_tokenizer
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    ref = manifest["tokenizer"]
+    tok = load_tokenizer(corpus / ref if (corpus / ref).exists() else ref)
+    bos = manifest["bos_id"]
+    for name, shard in sorted(manifest["shards"].items()):
+        if shard["split"] != "train":
+            continue
+        ids = np.memmap(corpus / name, dtype=manifest["dtype"], mode="r")
+        starts = np.flatnonzero(ids == bos).tolist() + [len(ids)]
+        for a, b in zip(starts, starts[1:]):
+            yield tok.decode(ids[a + 1:b].tolist())

@@ -1,0 +1,107 @@
+"""What a run shows and leaves behind: a progress bar (step, loss, tokens/s, MFU, ETA), metrics
+as JSON lines, a loss-curve PNG, and optionally TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "loss.png"
+
+
+class MetricsLog:
+    """Appends one JSON object per line to run/metrics.jsonl; on resume, lines from steps after
+    the restored checkpoint (written before the crash) are dropped first."""
+
+    def __init__(self, run: Path, resume_step: int | None, tensorboard: bool) -> None:
+        self.path = run / METRICS_FILE
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                from ..errors import LaminaError
+                raise LaminaError("tensorboard = true needs the tensorboard package "
+                                  "(pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=resume_step)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = run / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+def plot_loss(run: Path) -> Path:
+    """Training and validation loss against tokens seen, as run/loss.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = read_metrics(run)
+    train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", markersize=4)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = run / CURVE_FILE
+    tmp = out.with_name(f".{out.name}.partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+class Bar:
+    """A rich progress bar whose description carries the latest numbers."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.progress = None
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                                 TextColumn("eta"), TimeRemainingColumn())
+        self.task = self.progress.add_task("", total=total, completed=start)
+        self.progress.start()
+
+    def update(self, step: int, loss: float, tokens_per_s: float, mfu: float) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=step,
+                                 description=f"loss {loss:.3f}  {tokens_per_s:,.0f} tok/s  MFU {mfu:.0%}")
+
+    def print(self, text: str) -> None:
+        if self.progress:
+            self.progress.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
