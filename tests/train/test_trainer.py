@@ -255,3 +255,12 @@ def test_an_existing_run_is_not_overwritten_without_resume(corpus, tmp_path):
     train(_config(corpus, tmp_path / "run", max_steps=2, save_every=2, eval_every=2), progress=False)
     with pytest.raises(LaminaError, match="--resume"):
         train(_config(corpus, tmp_path / "run", max_steps=2), progress=False)
+
+
+def test_activation_checkpointing_changes_memory_not_results(corpus, tmp_path):
+    plain = train(_config(corpus, tmp_path / "plain", max_steps=3, save_every=3, eval_every=3), progress=False)
+    recomputed = train(_config(corpus, tmp_path / "ckpt", max_steps=3, save_every=3, eval_every=3,
+                               activation_checkpointing=True), progress=False)
+    a, b = (load_file(r.checkpoint / "model.safetensors") for r in (plain, recomputed))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
