@@ -1,5 +1,10 @@
-"""A preallocated key/value cache, written in place at given slots, so a decode step has static
-shapes (what `torch.compile` needs) and never reallocates."""
+"""Preallocated key/value caches, written in place, so a decode step has static shapes (what
+`torch.compile` needs) and never reallocates.
+
+`KVCache` holds one batch that advances together: every row writes the same cache positions.
+`SlotCache` holds `n_slots` independent sequences for continuous batching: each row writes at its
+own positions, a request prefills into a free slot while others decode, and a finished request's
+slot is reused. Both answer `update(layer_id, k, v, slots)` with the layer's cache to attend over."""
 
 from __future__ import annotations
 
@@ -9,14 +14,17 @@ from torch import Tensor
 from .config import ModelConfig
 
 
+def _layers(config: ModelConfig, shape: tuple[int, ...], dtype, device) -> list[Tensor]:
+    # One tensor per layer rather than one stacked buffer: under torch.compile an in-place write
+    # into a view of a shared buffer makes inductor copy the whole buffer every step.
+    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+
+
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        # One tensor per layer rather than one stacked buffer: under torch.compile an in-place
-        # write into a view of a shared buffer makes inductor copy the whole buffer every step.
         shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.k, self.v = _layers(config, shape, dtype, device), _layers(config, shape, dtype, device)
 
     @property
     def max_len(self) -> int:
@@ -29,3 +37,66 @@ class KVCache:
         k_cache.index_copy_(2, slots, k)
         v_cache.index_copy_(2, slots, v)
         return k_cache, v_cache
+
+
+class SlotCache:
+    """`n_slots` sequences of up to `max_len` tokens each, (n_slots, KV, max_len, D) per layer.
+
+    `update` writes a batch of B rows into slots 0..B-1, each row at its own positions: the
+    scheduler keeps the running requests in the first slots, so a decode step reads a prefix of
+    the cache (a view, no gather). `rows(start, count)` is a run of slots seen alone, for
+    prefilling the requests that join."""
+
+    def __init__(self, config: ModelConfig, n_slots: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (n_slots, config.n_kv_heads, max_len, config.head_dim)
+        self.k, self.v = _layers(config, shape, dtype, device), _layers(config, shape, dtype, device)
+
+    @property
+    def n_slots(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
+
+    @staticmethod
+    def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
+        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * dtype.itemsize
+
+    def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Write row b of k, v (B, KV, T, D) into slot b at positions `slots[b]` (slots: (B, T));
+        return slots 0..B-1 of the layer's cache, (B, KV, max_len, D)."""
+        return SlotRows(self, 0, k.shape[0]).update(layer_id, k, v, slots)
+
+    def rows(self, start: int, count: int) -> "SlotRows":
+        return SlotRows(self, start, count)
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` positions of slot `src` into slot `dst` (compaction)."""
+        for t in self.k + self.v:
+            t[dst, :, :length] = t[src, :, :length]
+
+
+class SlotRows:
+    """Slots start..start+count-1 of a SlotCache as a cache of their own: requests that join
+    together prefill into consecutive free slots in one forward."""
+
+    def __init__(self, cache: SlotCache, start: int, count: int):
+        self.cache, self.start, self.count = cache, start, count
+
+    def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (count, KV, T, D) at positions `slots` (count, T) of these slots; return
+        them, (count, KV, max_len, D)."""
+        rows = torch.arange(self.start, self.start + self.count, device=k.device)[:, None]
+        k_cache, v_cache = self.cache.k[layer_id], self.cache.v[layer_id]
+        k_cache[rows, :, slots] = k.transpose(1, 2)                             # (B, T, KV, D)
+        v_cache[rows, :, slots] = v.transpose(1, 2)
+        return k_cache[self.start:self.start + self.count], v_cache[self.start:self.start + self.count]
+
+
+Cache = KVCache | SlotCache | SlotRows   # what the model's cache path accepts

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import Cache
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -57,7 +57,7 @@ class Attention(nn.Module):
         self.wv = Linear(c.dim, c.n_kv_heads * c.head_dim)
         self.wo = Linear(c.n_heads * c.head_dim, c.dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
@@ -93,7 +93,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None,
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, cache, slots, mask)
         return x + self.feed_forward(self.ffn_norm(x))
@@ -112,13 +112,14 @@ class Transformer(nn.Module):
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: KVCache | None = None,
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None,
                 last_only: bool = False) -> Tensor:
         """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`.
 
         Without a cache this is the plain causal forward of training. With one, the caller gives
-        each token's `positions` (B, T), the cache `slots` (T,) it is written to, and a boolean
+        each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
+        whose rows advance together; (B, T), each row its own, for a SlotCache), and a boolean
         attention `mask` (B, 1, T, L) over the cache's first L slots (True = may attend)."""
         B, T = tokens.shape
         if positions is None:

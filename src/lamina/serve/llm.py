@@ -16,6 +16,7 @@ from ..model import Transformer, from_state_dict
 from ..tokenizer import Tokenizer, render_chat
 from .engine import Engine
 from .sampling import SamplingParams
+from .text import TextStream
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -28,29 +29,6 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return DTYPES[name]
     except KeyError:
         raise LaminaError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
-
-
-class TextStream:
-    """Turns tokens into text as they arrive, holding back bytes of an unfinished UTF-8
-    character (the prefix/read-offset scheme of HF text-generation-inference)."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = self.read = 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        text = self.tokenizer.decode(self.ids[self.prefix:])
-        if len(text) > len(before) and not text.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(before):]
-        return ""
-
-    def flush(self) -> str:
-        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
-        return self.tokenizer.decode(self.ids[self.prefix:])[len(before):]
 
 
 class LLM:

@@ -1,0 +1,225 @@
+"""`lamina serve`: an OpenAI-compatible HTTP API (FastAPI on uvicorn) over the continuous batcher,
+with Prometheus metrics and a web chat page.
+
+Routes: POST /v1/chat/completions and /v1/completions (streamed as server-sent events ending in
+`data: [DONE]` when asked), GET /v1/models, /health, /metrics, and the chat page at /. Safe by
+default: it binds 127.0.0.1; with an API key every route but /health and the page's static files
+(which hold nothing and cannot be fetched with a header by a browser) needs `Authorization:
+Bearer KEY`; prompts, max_tokens, concurrency and the waiting line are capped (429 when full);
+every request has a deadline; a request whose client has gone is dropped at the next token; and
+chat messages are rendered by lamina's sandboxed chat formats, so control-token text a user
+types stays text."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import socket
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from ..errors import LaminaError
+from .batcher import Batcher, BatcherConfig
+from .completions import Completions, Limits
+from .llm import LLM
+from .metrics import Metrics, MetricsMiddleware
+from .protocol import APIError, ChatBody, CompletionBody, check_model, error_body, validation_message
+
+log = logging.getLogger("lamina.serve")
+WEB_FILES = {"/": ("index.html", "text/html"), "/web/chat.js": ("chat.js", "text/javascript"),
+             "/web/chat.css": ("chat.css", "text/css")}
+OPEN_PATHS = {"/health", *WEB_FILES}   # no API key needed
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    host: str = "127.0.0.1"             # loopback only unless told otherwise
+    port: int = 8000
+    api_key: str | None = None          # required as `Authorization: Bearer KEY` when set
+    model_name: str = "lamina"          # the `model` clients name
+    max_prompt_tokens: int | None = None   # None: whatever fits in a slot with one reply token
+    max_tokens: int | None = None       # cap on a request's max_tokens (None: what fits in a slot)
+    default_max_tokens: int = 1024      # a chat request that sets no max_tokens gets at most this
+    request_timeout_s: float = 600.0    # a request still running after this is ended
+    max_body_bytes: int = 4 << 20       # larger request bodies are refused (413)
+    engine: BatcherConfig = field(default_factory=BatcherConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("max_prompt_tokens", "max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise LaminaError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.default_max_tokens < 1:
+            raise LaminaError("default max tokens must be at least 1")
+        if self.request_timeout_s <= 0:
+            raise LaminaError(f"the request timeout must be positive, got {self.request_timeout_s}")
+        if not 0 <= self.port < 65536:
+            raise LaminaError(f"port {self.port} is not a TCP port")
+
+
+class Gate:
+    """ASGI middleware in front of everything: refuses oversized bodies and requests without the
+    API key, in the OpenAI error format."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.key, self.max_body = app, api_key, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_body:
+            return await self._refuse(send, 413, f"the request body is over {self.max_body} bytes",
+                                      "request_too_large")
+        if self.key and scope["path"] not in OPEN_PATHS:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = given.partition(" ")
+            if not given:
+                return await self._refuse(send, 401, "no API key given: send the header "
+                                          "'Authorization: Bearer YOUR_KEY'", "invalid_api_key")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
+                return await self._refuse(send, 401, "incorrect API key provided", "invalid_api_key")
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(send, status: int, message: str, code: str):
+        body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours, pydantic's or Starlette's, as an OpenAI-style body."""
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        message, param = validation_message(e.errors())
+        return JSONResponse(error_body(message, param=param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
+        return JSONResponse(error_body(message, code=code), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, e: Exception):
+        log.exception("request failed")
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+
+def create_app(llm: LLM, config: ServeConfig = ServeConfig()) -> FastAPI:
+    batcher = Batcher(llm.model, llm.tokenizer, config.engine)
+    metrics = Metrics(batcher)
+    max_len = batcher.max_len
+    limits = Limits(max_len=max_len, max_prompt=min(config.max_prompt_tokens or max_len, max_len - 1),
+                    max_tokens=min(config.max_tokens or max_len, max_len - 1),
+                    default_max_tokens=config.default_max_tokens, timeout_s=config.request_timeout_s)
+    completions = Completions(batcher, llm.tokenizer, metrics, config.model_name, limits)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if config.engine.compile:
+            await asyncio.to_thread(batcher.warmup)
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="lamina", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher, app.state.metrics, app.state.config = batcher, metrics, config
+
+    add_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatBody, http: Request):
+        check_model(body.model, config.model_name)
+        return await completions.respond(http, body, completions.chat_prompt(body), chat=True)
+
+    @app.post("/v1/completions")
+    async def text_completions(body: CompletionBody, http: Request):
+        check_model(body.model, config.model_name)
+        return await completions.respond(http, body, completions.completion_prompt(body), chat=False)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str):
+        check_model(name, config.model_name)
+        return model_card()
+
+    def model_card() -> dict:
+        return {"id": config.model_name, "object": "model", "created": created, "owned_by": "lamina",
+                "max_model_len": max_len}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    for path, (name, media) in WEB_FILES.items():
+        app.add_api_route(path, page(name, media), methods=["GET"], include_in_schema=False)
+
+    app.add_middleware(Gate, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)   # outermost: counts refusals too
+    return app
+
+
+def page(name: str, media: str):
+    """A route returning one file of the chat page, shipped inside the package (lamina/serve/web)."""
+    body = resources.files("lamina.serve").joinpath("web", name).read_bytes()
+
+    async def route():
+        return Response(body, media_type=media, headers=PAGE_HEADERS)
+    return route
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound socket for the server, or one clear error (port taken, address not here)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise LaminaError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def run(llm: LLM, config: ServeConfig, sock: socket.socket | None = None) -> None:
+    """Serve until interrupted (Ctrl-C), on `sock` if given (see `listen`)."""
+    import uvicorn
+    sock = sock or listen(config.host, config.port)
+    app = create_app(llm, config)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
+                                           timeout_graceful_shutdown=5))
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"lamina: serving {config.model_name} at http://{host}:{sock.getsockname()[1]} "
+          "(OpenAI API under /v1, web chat at /); Ctrl-C stops", file=sys.stderr, flush=True)
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it shut down on: a normal end
+        pass

@@ -1,0 +1,377 @@
+"""Continuous batching: requests join and leave the running batch at token boundaries.
+
+Each running request holds one slot of a `SlotCache`. A step of the `Batcher` (1) drops requests
+whose client is gone or whose deadline passed, (2) prefills waiting requests into free slots,
+(3) decodes one token for every running request in one batched forward, each row at its own
+position, and (4) retires finished requests, moving the last slots into the holes so that the
+running requests always sit in slots 0..n-1 and a decode step reads a prefix of the cache. The
+compiled decode batch is one row or all slots (padded), and the attended cache length is rounded
+up to a block, so a compiled graph is reused across steps.
+
+Every request keeps its own sampling parameters, random generator (a seed gives the same tokens
+alone or in a batch), stop tokens and stop strings. Greedy output equals the same prompt run
+alone up to float rounding: a row's logits do not depend on the other rows, but a batched matmul
+may sum in another order (differences of about 1e-5 in fp32 logits), which can only change a
+token where the two best logits tie that closely."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import LaminaError
+from ..model import Transformer
+from ..model.kv_cache import SlotCache
+from ..tokenizer import Tokenizer
+from .engine import CACHE_BLOCK, compile_decode_step
+from .sampling import SamplingParams, next_token
+from .text import StopMatcher, TextStream
+
+log = logging.getLogger("lamina.serve")
+PREFILL_TOKENS = 4096   # most (padded) prompt tokens prefilled in one forward
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatcherConfig:
+    max_slots: int = 8            # requests decoded together; each holds one KV-cache slot
+    max_len: int | None = None    # tokens per slot, prompt + reply (None: the model's context, within the budget)
+    kv_cache_mb: float = 1024.0   # memory budget for the keys and values of all slots
+    max_queue: int = 64           # requests waiting for a slot; more are refused
+    compile: bool = False         # torch.compile the decode step (slow start, fast decode)
+
+    def __post_init__(self) -> None:
+        if self.max_slots < 1:
+            raise LaminaError(f"max concurrency must be at least 1, got {self.max_slots}")
+        if self.max_len is not None and self.max_len < 2:
+            raise LaminaError(f"max length must be at least 2 tokens, got {self.max_len}")
+        if self.kv_cache_mb <= 0:
+            raise LaminaError(f"the KV-cache budget must be positive, got {self.kv_cache_mb} MB")
+        if self.max_queue < 0:
+            raise LaminaError(f"max queue must be >= 0, got {self.max_queue}")
+
+
+def slot_length(config: BatcherConfig, context: int, bytes_per_token: int) -> int:
+    """Tokens per slot: as asked (or the model's context), at most what the budget holds."""
+    fits = int(config.kv_cache_mb * 2**20) // (bytes_per_token * config.max_slots)
+    want = min(config.max_len or context, context)
+    if config.max_len is not None and config.max_len > fits:
+        raise LaminaError(f"{config.max_slots} slots of {config.max_len} tokens need "
+                          f"{config.max_slots * config.max_len * bytes_per_token / 2**20:.0f} MB of "
+                          f"KV cache, over the {config.kv_cache_mb:g} MB budget; raise the budget "
+                          "or lower the max length or concurrency")
+    if fits < 2:
+        raise LaminaError(f"a {config.kv_cache_mb:g} MB KV-cache budget does not hold "
+                          f"{config.max_slots} slots; raise it")
+    return min(want, fits)
+
+
+class QueueFull(LaminaError):
+    """Every slot is busy and the waiting line is full: try again later (HTTP 429)."""
+
+
+@dataclass
+class Output:
+    """What a request produced since its last output; `finish_reason` is set on the last one:
+    "stop" (stop token or string), "length" (max tokens or slot full), "abort" (cancelled),
+    "timeout" (deadline passed) or "error"."""
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    prompt: list[int]
+    params: SamplingParams
+    stop: tuple[str, ...] = ()
+    deadline: float | None = None                          # time.monotonic() to give up at
+    on_output: Callable[[Output], None] = lambda out: None  # called on the engine's thread
+    id: int = field(default_factory=lambda: next(_ids))
+    cancelled: bool = False
+    tokens: list[int] = field(default_factory=list)       # generated, stop token excluded
+    finish_reason: str | None = None
+    # engine state
+    slot: int = -1
+    generator: torch.Generator | None = None
+    seen: Tensor | None = None
+    text: TextStream | None = None
+    matcher: StopMatcher | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens of this sequence so far (prompt + generated)."""
+        return len(self.prompt) + len(self.tokens)
+
+
+def prefill_groups(rows: list[Request], budget: int = PREFILL_TOKENS) -> list[list[Request]]:
+    """Consecutive runs of joining requests whose padded batch stays within `budget` tokens."""
+    groups: list[list[Request]] = []
+    for r in rows:
+        g = groups[-1] if groups else None
+        if g and (len(g) + 1) * max(len(r.prompt), *(len(x.prompt) for x in g)) <= budget:
+            g.append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def bucket(n: int, slots: int, compiled: bool) -> int:
+    """Rows of the decode batch for n running requests. Compiled, every shape costs a compilation
+    (tens of seconds on 2 cores), so there are two: one row, whose matmuls become multi-core GEMV
+    kernels, or all slots, padded (decode reads every weight once a step whatever the rows, so
+    padding rows cost little). Eager, exactly n."""
+    return n if not compiled else 1 if n == 1 else slots
+
+
+class Batcher:
+    """The continuous-batching engine: `submit` requests from any thread, `start` a thread that
+    runs `step` while there is work (or call `step` yourself), `cancel` a request whose client left."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: BatcherConfig = BatcherConfig()):
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        dtype, device = model.tok_embeddings.weight.dtype, model.tok_embeddings.weight.device
+        per_token = SlotCache.bytes_per_token(model.config, dtype)
+        self.max_len = slot_length(config, model.config.max_seq_len, per_token)
+        self.cache = SlotCache(model.config, config.max_slots, self.max_len, dtype, device)
+        if config.compile:
+            # One graph per (batch rows, cache-length block); allow them all.
+            limit = 2 * -(-self.max_len // CACHE_BLOCK)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+            torch._dynamo.config.accumulated_recompile_limit = max(
+                torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
+        self._decode = compile_decode_step(model) if config.compile else model
+        self.running: list[Request] = []    # running[i] holds slot i
+        self.waiting: deque[Request] = deque()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.stats = {"requests": 0, "finished": 0, "aborted": 0, "timed_out": 0, "errors": 0,
+                      "prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
+
+    # -- the client side (any thread) -------------------------------------------------------
+    def submit(self, request: Request) -> Request:
+        if not request.prompt:
+            raise LaminaError("the prompt is empty")
+        if len(request.prompt) >= self.max_len:
+            raise LaminaError(f"the prompt has {len(request.prompt)} tokens; at most "
+                              f"{self.max_len - 1} fit (server max length {self.max_len})")
+        with self._cond:
+            # Up to max_slots requests run; up to max_queue more wait for a slot.
+            if len(self.running) + len(self.waiting) >= self.config.max_slots + self.config.max_queue:
+                raise QueueFull(f"the server is at capacity ({self.config.max_slots} running, "
+                                f"{len(self.waiting)} waiting); try again later")
+            self.waiting.append(request)
+            self.stats["requests"] += 1
+            self._cond.notify()
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop computing a request (its client is gone); it leaves at the next token boundary."""
+        request.cancelled = True
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def n_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    @torch.inference_mode()
+    def warmup(self) -> None:
+        """Compile the decode step for every batch size the scheduler uses, at the first cache
+        block, before serving (longer caches compile when first reached). Call before `start`."""
+        if self.running or self._thread is not None:
+            raise RuntimeError("warm up before serving")
+        sizes = sorted({bucket(n, self.config.max_slots, True) for n in range(1, self.config.max_slots + 1)})
+        for B in sizes:   # inputs built as a real step builds them, so the graphs' guards hold
+            self._decode_batch([0] * B, [0] * B)
+
+    def start(self) -> Batcher:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="lamina-batcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self.waiting or self.running or self._stopping):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+            try:
+                self.step()
+            except Exception:   # a bug must not take the server down with every client hanging
+                log.exception("engine step failed; ending the running requests")
+                for r in self.running:
+                    self._finish(r, "error")
+                self.stats["errors"] += len(self.running)
+                self.running = []
+        for r in list(self.running) + list(self.waiting):
+            self._finish(r, "abort")
+        self.running, self.waiting = [], deque()
+
+    # -- the engine side (one thread) -------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One token boundary: drop, admit and prefill, decode one token for all, retire."""
+        now = time.monotonic()
+        for r in self.running:
+            self._gone(r, now)
+        self._retire()
+        with self._cond:
+            for r in [r for r in self.waiting if self._gone(r, now)]:
+                self.waiting.remove(r)
+            joining = []
+            free = self.config.max_slots - len(self.running)
+            while self.waiting and len(joining) < free:
+                joining.append(self.waiting.popleft())
+        for r in joining:
+            r.slot = len(self.running)
+            self.running.append(r)
+            self._init_request(r)
+        for group in prefill_groups(joining):
+            for r, t in zip(group, self._sample(self._prefill(group), group)):
+                self._accept(r, t)
+        self._retire()
+        if self.running:
+            rows = self.running
+            tokens = self._sample(self._decode_step(rows), rows)
+            for r, t in zip(rows, tokens):
+                self._accept(r, t)
+            self.stats["steps"] += 1
+            self._retire()
+
+    def _gone(self, r: Request, now: float) -> bool:
+        """Finish a request whose client left or whose deadline passed; True if so."""
+        if r.cancelled:
+            self.stats["aborted"] += 1
+            self._finish(r, "abort")
+        elif r.deadline is not None and now > r.deadline:
+            self.stats["timed_out"] += 1
+            self._finish(r, "timeout")
+        return r.finish_reason is not None
+
+    def _prefill(self, rows: list[Request]) -> Tensor:
+        """Write the prompts of requests in consecutive slots into the cache, left-padded into one
+        batch; logits (k, V) of each prompt's last token."""
+        k, T = len(rows), max(len(r.prompt) for r in rows)
+        dev = self.cache.k[0].device
+        pads = torch.tensor([T - len(r.prompt) for r in rows], device=dev)[:, None]  # (k, 1)
+        tokens = torch.zeros(k, T, dtype=torch.long, device=dev)
+        for i, r in enumerate(rows):
+            tokens[i, T - len(r.prompt):] = torch.tensor(r.prompt, device=dev)
+        at = torch.arange(T, device=dev)[None] - pads                               # (k, T), < 0 on padding
+        # Padding writes the slot's last position, which no real token reaches (a request ends
+        # when its length reaches max_len) and no mask covers.
+        slots = torch.where(at >= 0, at, self.max_len - 1)                         # (k, T)
+        key = torch.arange(T, device=dev)
+        mask = (key[None, None] <= at[..., None]) | ((at[..., None] < 0) & (key == 0))  # (k, T, T)
+        self.stats["prompt_tokens"] += sum(len(r.prompt) for r in rows)
+        logits = self.model(tokens, at.clamp(min=0), self.cache.rows(rows[0].slot, k), slots,
+                            mask[:, None], last_only=True)                          # (k, 1, V)
+        return logits[:, -1]
+
+    def _init_request(self, r: Request) -> None:
+        """Per-request state: random generator (seeded if asked), repetition memory, text."""
+        if not r.params.greedy:
+            r.generator = torch.Generator(device=self.cache.k[0].device)
+            r.generator.manual_seed(r.params.seed) if r.params.seed is not None else r.generator.seed()
+        if r.params.repetition_penalty != 1.0:
+            r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool)
+            r.seen[0, r.prompt] = True
+        r.text, r.matcher = TextStream(self.tokenizer), StopMatcher(r.stop)
+
+    def _decode_step(self, rows: list[Request]) -> Tensor:
+        """Logits (n, V) of the next token of every running request, one batched forward."""
+        return self._decode_batch([r.tokens[-1] for r in rows], [r.length - 1 for r in rows])
+
+    def _decode_batch(self, last: list[int], at: list[int]) -> Tensor:
+        """Logits (n, V) for tokens `last` at positions `at` of slots 0..n-1, padded to the
+        decode batch (padding rows write position 0 of free slots and attend to it alone)."""
+        n = len(last)
+        B = bucket(n, self.config.max_slots, self.config.compile)
+        dev = self.cache.k[0].device
+        L = min(-(-(max(at) + 1) // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
+        tokens = torch.tensor(last + [0] * (B - n), device=dev)[:, None]            # (B, 1)
+        positions = torch.tensor(at + [0] * (B - n), device=dev)[:, None]           # (B, 1)
+        mask = torch.arange(L, device=dev)[None] <= positions                       # (B, L)
+        logits = self._decode(tokens, positions, self.cache, positions, mask[:, None, None])
+        return logits[:n, -1]                                                       # (n, V)
+
+    def _sample(self, logits: Tensor, rows: list[Request]) -> list[int]:
+        """Each row's next token with its own parameters and generator."""
+        tokens = logits.argmax(-1).tolist()
+        for i, r in enumerate(rows):
+            if not r.params.greedy or r.seen is not None:
+                tokens[i] = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator))
+        return tokens
+
+    def _accept(self, r: Request, token: int) -> None:
+        """Add a sampled token to a request: emit its text, or finish it."""
+        if r.finish_reason is not None:
+            return
+        if token in r.params.stop_token_ids:
+            return self._finish(r, "stop", self._drain(r)[0])
+        r.tokens.append(token)
+        self.stats["generated_tokens"] += 1
+        if r.seen is not None:
+            r.seen[0, token] = True
+        text, stopped = r.matcher.feed(r.text.push(token))
+        if stopped:
+            return self._finish(r, "stop", text)
+        if len(r.tokens) >= r.params.max_new_tokens or r.length >= self.max_len:
+            tail, stopped = self._drain(r)
+            return self._finish(r, "stop" if stopped else "length", text + tail)
+        if text:
+            r.on_output(Output(text, None, len(r.prompt), len(r.tokens)))
+
+    @staticmethod
+    def _drain(r: Request) -> tuple[str, bool]:
+        """The text still held back at the end of a request, cut at a stop string if any."""
+        tail, stopped = r.matcher.feed(r.text.flush())
+        return (tail, True) if stopped else (tail + r.matcher.flush(), False)
+
+    def _finish(self, r: Request, reason: str, text: str = "") -> None:
+        if r.finish_reason is not None:
+            return
+        r.finish_reason = reason
+        self.stats["finished"] += 1
+        r.on_output(Output(text, reason, len(r.prompt), len(r.tokens)))
+
+    def _retire(self) -> None:
+        """Free the slots of finished requests, moving the last running ones into the holes."""
+        alive = [r for r in self.running if r.finish_reason is None]
+        if len(alive) == len(self.running):
+            return
+        n = len(alive)
+        holes = [i for i, r in enumerate(self.running[:n]) if r.finish_reason is not None]
+        movers = [r for r in self.running[n:] if r.finish_reason is None]
+        for hole, r in zip(holes, movers):
+            self.cache.move(r.slot, hole, r.length)
+            r.slot = hole
+        self.running = sorted(alive, key=lambda r: r.slot)

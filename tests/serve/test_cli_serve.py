@@ -1,0 +1,78 @@
+"""`lamina serve` as a user runs it: a separate process on the packaged model, its API key from
+the environment, and bad flags ending in one `lamina: error:` line."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx2
+import openai
+import pytest
+
+from lamina.cli import main
+
+MODEL = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_lamina_serve_runs_with_the_key_from_the_environment_and_stops_on_ctrl_c():
+    port = free_port()
+    env = {**os.environ, "LAMINA_API_KEY": "from-env", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "serve", MODEL, "--port", str(port),
+                             "--max-concurrency", "2", "--max-len", "256", "--threads", "2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "lamina serve did not come up"
+            try:
+                if httpx2.get(url + "/health").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.2)
+        assert httpx2.get(url + "/v1/models").status_code == 401
+        client = openai.OpenAI(base_url=url + "/v1", api_key="from-env", max_retries=0)
+        assert client.models.list().data[0].id == MODEL
+        r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4,
+                                      temperature=0)
+        assert r.usage.completion_tokens == 4 and r.choices[0].text
+        with pytest.raises(openai.BadRequestError, match="context length is 256"):
+            client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=255)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, out
+    assert f"lamina: serving {MODEL} at http://127.0.0.1:{port}" in out
+
+
+def test_a_port_in_use_is_one_error_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", MODEL, "--port", str(port), "--max-len", "64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"lamina: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["/no/such/model"], "no such file"),
+    ([MODEL, "--max-concurrency", "0"], "max concurrency must be at least 1"),
+    ([MODEL, "--timeout", "0"], "timeout must be positive"),
+    ([MODEL, "--port", "70000"], "not a TCP port"),
+])
+def test_bad_serve_flags_end_in_one_error_line(capsys, argv, message):
+    assert main(["serve", *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lamina: error:") and message in err and "\n" not in err
