@@ -284,7 +284,7 @@ def cmd_serve(args) -> None:
     import torch
 
     from .serve import BatcherConfig, load
-    from .serve.api import ServeConfig, run
+    from .serve.api import ServeConfig, listen, run
     api_key = args.api_key or os.environ.get("LAMINA_API_KEY") or None
     if args.threads is not None:
         if args.threads < 1:
@@ -299,7 +299,8 @@ def cmd_serve(args) -> None:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"lamina: warning: serving on {args.host} without an API key: anyone who can reach "
               "this port can use the model (set --api-key or LAMINA_API_KEY)", file=sys.stderr)
-    run(load(args.model, dtype=args.dtype), config)
+    sock = listen(config.host, config.port)   # a port in use fails before the model loads
+    run(load(args.model, dtype=args.dtype), config, sock)
 
 
 def build_parser() -> argparse.ArgumentParser:
