@@ -6,8 +6,9 @@ forward + backward + AdamW step on identical shapes, side by side in one run
 
 Both systems start from the same weights (lamina's init, written as an HF directory), see the
 same batches (random token ids), and take the same optimizer (AdamW, same hyperparameters);
-lamina runs its trainer's step as `lamina train` does on CPU — torch.compile'd model, fused
-AdamW — and transformers its eager model with torch.optim.AdamW's defaults. Systems alternate
+lamina runs its trainer's step as `lamina train` does on CPU — eager, fused AdamW — and once more
+with the model torch.compile'd (`compile = "on"`); transformers runs its eager model with
+torch.optim.AdamW's defaults. Systems alternate
 each round, the first (warm-up, compile) round is dropped, medians are reported. MFU is model
 FLOPs (6N + attention, lamina.train.accounting) per second over a matmul measured in the same
 run. Rows go to bench/results/train.json."""
@@ -64,7 +65,7 @@ def hf_step(model, opt):
     return step
 
 
-def build(name: str, compile: bool, tmp: Path):
+def build(name: str, tmp: Path):
     from transformers import LlamaForCausalLM
     config = preset(name).replace(vocab_size=4096 if name == "lamina-speedrun" else preset(name).vocab_size)
     ours = init_weights(Transformer(config), seed=0).train()
@@ -73,13 +74,16 @@ def build(name: str, compile: bool, tmp: Path):
         write_hf(hf_dir, config, weights(ours))
     theirs = LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="sdpa").train()
     train_config = TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.1)
-    optimizers = build_optimizers(ours, train_config, torch.device("cpu"))
+    compiled = init_weights(Transformer(config), seed=0).train()
     decay = [p for n, p in theirs.named_parameters() if p.ndim == 2 and "embed" not in n and "lm_head" not in n]
     rest = [p for n, p in theirs.named_parameters() if not (p.ndim == 2 and "embed" not in n and "lm_head" not in n)]
     hf_opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                                lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
-    forward = torch.compile(ours) if compile else ours
-    return config, {"lamina": lamina_step(ours, optimizers, forward), "transformers": hf_step(theirs, hf_opt)}
+    cpu = torch.device("cpu")
+    return config, {
+        "lamina": lamina_step(ours, build_optimizers(ours, train_config, cpu), ours),
+        "lamina+compile": lamina_step(compiled, build_optimizers(compiled, train_config, cpu), torch.compile(compiled)),
+        "transformers": hf_step(theirs, hf_opt)}
 
 
 def main() -> None:
@@ -88,7 +92,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="training steps per system per round")
     ap.add_argument("--rounds", type=int, default=3, help="measured rounds (after one warm-up round)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--eager", action="store_true", help="lamina without torch.compile")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -97,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.presets.split(","):
             batch, seq = SHAPES.get(name, (4, 256))
-            config, steps = build(name, not args.eager, Path(tmp))
+            config, steps = build(name, Path(tmp))
             g = torch.Generator().manual_seed(0)
             x = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=g)
             x, y = x[:, :-1].contiguous(), x[:, 1:].contiguous()
@@ -117,12 +120,12 @@ def main() -> None:
                 rows.append({"system": system, "preset": name, "batch": batch, "seq_len": seq,
                              "step_s": s, "tokens_per_s": tps, "mfu": tps * per_token / peak,
                              "ratio_vs_transformers": base / s,
-                             "setting": "fp32, " + ("eager" if args.eager or system == "transformers" else "torch.compile")
-                             + (", fused AdamW" if system == "lamina" else ", AdamW (default)")})
+                             "setting": "fp32, " + ("torch.compile" if "compile" in system else "eager")
+                             + (", AdamW (default)" if system == "transformers" else ", fused AdamW")})
     print(f"matmul: {peak / 1e9:.0f} GFLOP/s fp32 on {args.threads} threads")
-    print(f"{'system':<13} {'preset':<16} {'setting':<34} {'tokens/s':>9} {'MFU':>6} {'vs transformers':>16}")
+    print(f"{'system':<15} {'preset':<16} {'setting':<34} {'tokens/s':>9} {'MFU':>6} {'vs transformers':>16}")
     for r in rows:
-        print(f"{r['system']:<13} {r['preset']:<16} {r['setting']:<34} {r['tokens_per_s']:9.0f} "
+        print(f"{r['system']:<15} {r['preset']:<16} {r['setting']:<34} {r['tokens_per_s']:9.0f} "
               f"{r['mfu']:6.1%} {r['ratio_vs_transformers']:15.2f}x")
     record = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
               "threads": args.threads, "torch": torch.__version__, "matmul_gflops": peak / 1e9,
