@@ -1,0 +1,243 @@
+"""Log-likelihood of continuations, computed so that work shared between requests is done once.
+
+A benchmark asks for log P(continuation | context) for every choice of every item. lm-eval's
+reference backend runs each (context + continuation) as its own row. Here the tokens are cut the
+way lm-eval cuts them (`encode_pair`), and then:
+
+- the *preamble* that every item of a block shares (MMLU's five solved examples, ~600 tokens) is
+  run once, batch 1, and its keys/values are shared by every row that follows;
+- each item's *context* (what its choices share) is run once, as one row, and only its last
+  position goes through the output layer;
+- the choices' *suffixes* (the continuation tokens but the last) are packed side by side into
+  that same row, each attending to the context and to itself only (a tree mask), at the
+  positions they would have had alone.
+
+Items are sorted by length and batched under a token budget. The keys and values a request sees
+are those of its own tokens at its own positions, so the scores equal the one-row-per-request
+computation up to float rounding (tests/eval/test_scoring.py, and per item against lm-eval in
+tests/eval/test_parity.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model import KVCache, Transformer
+
+MIN_PREAMBLE = 32       # a shared preamble shorter than this is not worth a forward of its own
+
+
+@dataclass(frozen=True)
+class Request:
+    """Score `continuation` after `context` (token ids). Requests with equal `item` are the
+    choices of one question; equal `block` means they may share a long common preamble."""
+    context: tuple[int, ...]
+    continuation: tuple[int, ...]
+    item: int = 0
+    block: int = 0
+
+
+def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
+                prefix_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of (context, continuation) exactly as lm-eval's causal backends cut them:
+    trailing spaces of the context move to the continuation; the continuation is what encoding
+    the whole adds after the context's own encoding; an empty context becomes `prefix_id`."""
+    if not context:
+        cont = encode(continuation)
+        return ((prefix_id,), tuple(cont)) if cont[:1] != [prefix_id] else (tuple(cont[:1]), tuple(cont[1:]))
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole, ctx = encode(context + continuation), encode(context)
+    return tuple(ctx), tuple(whole[len(ctx):])
+
+
+def common_prefix(seqs: list[tuple[int, ...]]) -> int:
+    """Length of the longest common prefix of token sequences."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+class SharedPrefixCache:
+    """A KV cache (the interface of `lamina.model.KVCache`) whose first `A` slots hold a preamble
+    stored once, (1, KV, A, D), and seen by every row; the slots after it are per row."""
+
+    def __init__(self, prefix: KVCache | None, rows: int, room: int, config,
+                 dtype: torch.dtype, device: torch.device):
+        self.prefix_k = prefix.k if prefix is not None else None
+        self.prefix_v = prefix.v if prefix is not None else None
+        self.offset = prefix.max_len if prefix is not None else 0
+        self.rows = KVCache(config, rows, room, dtype=dtype, device=device)
+
+    def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        k_rows, v_rows = self.rows.update(layer_id, k, v, slots - self.offset)    # (B, KV, R, D)
+        if self.prefix_k is None:
+            return k_rows, v_rows
+        B = k_rows.shape[0]
+        k_all = torch.cat([self.prefix_k[layer_id].expand(B, -1, -1, -1), k_rows], dim=2)
+        v_all = torch.cat([self.prefix_v[layer_id].expand(B, -1, -1, -1), v_rows], dim=2)
+        return k_all, v_all                                                        # (B, KV, A+R, D)
+
+
+@dataclass
+class _Item:
+    """One item's share of the work: its context (the tokens all its requests share, after the
+    block's preamble) and each request's suffix, with where its scores come from."""
+    index: list[int]            # request indices
+    context: list[int]          # tokens after the preamble, up to the shared length
+    start: int                  # absolute position of context[0] (= the preamble length)
+    suffixes: list[list[int]]   # per request: input tokens after the shared part
+    targets: list[list[int]]    # per request: the continuation tokens to score
+    first: list[int]            # per request: index in [last context position] + suffix of its first score
+
+    @property
+    def width(self) -> int:
+        return sum(len(s) for s in self.suffixes)
+
+
+class Scorer:
+    """Batched, prefix-sharing log-likelihoods on a lamina `Transformer`."""
+
+    def __init__(self, model: Transformer, *, batch_size: int = 32, max_tokens: int = 4096,
+                 max_len: int | None = None):
+        self.model = model
+        self.batch_size, self.max_tokens = batch_size, max_tokens
+        self.max_len = max_len or model.config.max_seq_len
+        weight = model.tok_embeddings.weight
+        self.dtype, self.device = weight.dtype, weight.device
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: list[Request], progress: Callable[[int], None] | None = None
+                      ) -> list[tuple[float, bool]]:
+        """(sum of log-probabilities of the continuation, whether greedy decoding would produce
+        it) for every request, in order. `progress(n)` is called as items finish."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        by_block: dict[int, dict[int, list[int]]] = {}
+        for i, r in enumerate(requests):
+            if not r.continuation:
+                raise ValueError("a request needs at least one continuation token")
+            by_block.setdefault(r.block, {}).setdefault(r.item, []).append(i)
+        for items in by_block.values():
+            for batch, preamble in self._plan(requests, list(items.values())):
+                self._run(batch, preamble, results)
+                if progress:
+                    progress(len(batch))
+        return results  # type: ignore[return-value]
+
+    # -- planning --------------------------------------------------------------------------------
+    def _plan(self, requests: list[Request], groups: list[list[int]]):
+        """Split a block into items, find its preamble, and yield (batch of items, preamble)."""
+        inputs, ctx_lens = {}, {}
+        for g in groups:
+            for i in g:
+                r = requests[i]
+                full = (r.context + r.continuation)[-(self.max_len + 1):]   # lm-eval truncates left
+                inputs[i] = full[:-1]
+                ctx_lens[i] = len(full) - len(r.continuation)
+        shared = [min(common_prefix([inputs[i] for i in g]), min(ctx_lens[i] for i in g)) for g in groups]
+        heads = [inputs[g[0]][:n] for g, n in zip(groups, shared)]
+        A = min(common_prefix(heads), min(shared) - 1)
+        A = A if A >= MIN_PREAMBLE else 0
+        preamble = self._prefill(list(heads[0][:A])) if A else None
+        items = []
+        for g, n in zip(groups, shared):
+            full = [requests[i].context + requests[i].continuation for i in g]
+            items.append(_Item(
+                index=g, context=list(inputs[g[0]][A:n]), start=A,
+                suffixes=[list(inputs[i][n:]) for i in g],
+                targets=[list(f[-len(requests[i].continuation):]) for i, f in zip(g, full)],
+                first=[ctx_lens[i] - 1 - (n - 1) for i in g]))
+        items.sort(key=lambda it: (len(it.context) + it.width), reverse=True)
+        batch: list[_Item] = []
+        for it in items:
+            trial = batch + [it]
+            C = max(len(x.context) for x in trial)
+            X = max(x.width for x in trial)
+            if batch and (len(trial) > self.batch_size or len(trial) * (C + X) > self.max_tokens):
+                yield batch, preamble
+                batch = [it]
+            else:
+                batch = trial
+        if batch:
+            yield batch, preamble
+
+    # -- running ---------------------------------------------------------------------------------
+    def _prefill(self, tokens: list[int]) -> KVCache:
+        """The keys and values of a preamble, batch 1."""
+        A, dev = len(tokens), self.device
+        cache = KVCache(self.model.config, 1, A, dtype=self.dtype, device=dev)
+        slots = torch.arange(A, device=dev)
+        mask = (slots[None, :] <= slots[:, None])[None, None]                      # (1, 1, A, A)
+        self.model(torch.tensor([tokens], device=dev), slots[None], cache, slots, mask, last_only=True)
+        return cache
+
+    def _run(self, batch: list[_Item], preamble: KVCache | None, results: list) -> None:
+        A = batch[0].start
+        C = max(len(it.context) for it in batch)
+        X = max(it.width for it in batch)
+        cache = SharedPrefixCache(preamble, len(batch), C + X, self.model.config, self.dtype, self.device)
+        last, valid = self._contexts(batch, cache, A, C)
+        logp = self._suffixes(batch, cache, A, C, X, valid) if X else None
+        for b, it in enumerate(batch):
+            at = 0
+            for i, s, target, first in zip(it.index, it.suffixes, it.targets, it.first):
+                rows = torch.cat([last[b:b + 1], logp[b, at:at + len(s)]]) if s else last[b:b + 1]
+                picked = rows[first:first + len(target)]                            # (n, V)
+                t = torch.tensor(target, device=self.device)
+                results[i] = (float(picked.gather(1, t[:, None]).sum()),
+                              bool((picked.argmax(-1) == t).all()))
+                at += len(s)
+
+    def _contexts(self, batch: list[_Item], cache: SharedPrefixCache, A: int, C: int) -> tuple[Tensor, Tensor]:
+        """Stage 1: each item's context, left-padded so its last token sits at column C - 1.
+        Returns the log-probabilities after it (B, V) and which columns are real (B, C)."""
+        dev, B = self.device, len(batch)
+        tokens = torch.zeros(B, C, dtype=torch.long, device=dev)
+        positions = torch.zeros(B, C, dtype=torch.long, device=dev)
+        valid = torch.zeros(B, C, dtype=torch.bool, device=dev)
+        for b, it in enumerate(batch):
+            n = len(it.context)
+            tokens[b, C - n:] = torch.tensor(it.context, device=dev)
+            positions[b, C - n:] = torch.arange(A, A + n, device=dev)
+            valid[b, C - n:] = True
+        col = torch.arange(C, device=dev)
+        own = (col[None, :] <= col[:, None])[None] & valid[:, None, :]            # (B, C, C)
+        own |= torch.eye(C, dtype=torch.bool, device=dev)[None]                    # padding sees itself
+        mask = torch.cat([torch.ones(B, C, A, dtype=torch.bool, device=dev), own], dim=2)
+        slots = torch.arange(A, A + C, device=dev)
+        last = self.model(tokens, positions, cache, slots, mask[:, None], last_only=True)  # (B, 1, V)
+        return F.log_softmax(last[:, 0].float(), dim=-1), valid
+
+    def _suffixes(self, batch: list[_Item], cache: SharedPrefixCache, A: int, C: int, X: int,
+                  valid: Tensor) -> Tensor:
+        """Stage 2: the suffixes side by side after the context, each attending to the preamble,
+        its item's context and itself (a tree mask). Returns log-probabilities (B, X, V)."""
+        dev, B = self.device, len(batch)
+        tokens = torch.zeros(B, X, dtype=torch.long, device=dev)
+        positions = torch.zeros(B, X, dtype=torch.long, device=dev)
+        owner = torch.full((B, X), -1, dtype=torch.long, device=dev)                # which request
+        for b, it in enumerate(batch):
+            at, base = 0, A + len(it.context)
+            for j, s in enumerate(it.suffixes):
+                tokens[b, at:at + len(s)] = torch.tensor(s, device=dev)
+                positions[b, at:at + len(s)] = torch.arange(base, base + len(s), device=dev)
+                owner[b, at:at + len(s)] = j
+                at += len(s)
+        col = torch.arange(X, device=dev)
+        same = (owner[:, :, None] == owner[:, None, :]) & (owner[:, :, None] >= 0)
+        tree = same & (col[None, None, :] <= col[None, :, None])                    # (B, X, X)
+        tree |= torch.eye(X, dtype=torch.bool, device=dev)[None]
+        mask = torch.cat([torch.ones(B, X, A, dtype=torch.bool, device=dev),
+                          valid[:, None, :].expand(B, X, C), tree], dim=2)          # (B, X, A+C+X)
+        slots = torch.arange(A + C, A + C + X, device=dev)
+        logits = self.model(tokens, positions, cache, slots, mask[:, None])         # (B, X, V)
+        return F.log_softmax(logits.float(), dim=-1)
