@@ -63,6 +63,7 @@ class EnergyMeter:
 
     def __init__(self, device: torch.device, devices: int, cores: int, watts: float = 0.0) -> None:
         self.device, self.devices, self.cores = device, devices, cores
+        self._given = bool(watts)
         self.watts = watts or DEFAULT_WATTS[device.type] * (cores if device.type == "cpu" else 1)
         self.method, self._read = self._pick()
         self._start = self._read()
@@ -87,7 +88,11 @@ class EnergyMeter:
             except (OSError, ValueError):
                 pass
         clock = time.perf_counter
-        return f"estimate: {self.watts:g} W per device × time", lambda: clock() * self.watts
+        basis = (f"{DEFAULT_WATTS['cpu']:g} W per core × {self.cores} cores" if self.device.type == "cpu"
+                 else f"{self.watts:g} W per GPU")
+        if self._given:
+            basis = f"{self.watts:g} W as configured"
+        return f"estimate: {basis} × time (no power counter readable)", lambda: clock() * self.watts
 
     def joules(self) -> float:
         """Since this meter started, for this process's device."""
