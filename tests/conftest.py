@@ -22,3 +22,15 @@ def smollm2_llm(smollm2):
     from lamina.model import from_state_dict
     from lamina.serve import LLM
     return LLM(from_state_dict(smollm2.config, smollm2.weights), smollm2.tokenizer, checkpoint=smollm2)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_corpus(tmp_path_factory):
+    """Public-domain Shakespeare, cut with a small BPE trained on it (`tokenizer = "bpe:768"`, so
+    the debug preset's embeddings stay small): a real corpus with a ledger, in a few seconds."""
+    from lamina.data import build_corpus, builtin
+    from lamina.data.build import BuildConfig
+    out = tmp_path_factory.mktemp("corpus") / "shakespeare"
+    build_corpus([builtin("shakespeare")], out=out,
+                 config=BuildConfig(tokenizer="bpe:768", validation_fraction=0.05, near_dedup=False))
+    return out

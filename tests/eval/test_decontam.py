@@ -79,3 +79,11 @@ def test_harness_reports_the_seen_share_and_the_clean_score_beside_the_full_one(
     full = out["results"]["arc_easy"]["acc"] * 8
     planted_acc = full - seen["clean"]["acc"] * 7
     assert planted_acc in (0.0, 1.0)    # the clean score is the full score without exactly that item
+
+
+def test_a_corpus_with_its_own_tokenizer_reads_back_its_documents(shakespeare_corpus):
+    """A corpus that trained its own BPE (`bpe:N`, kept in DIR/tokenizer/) is read back with it."""
+    from lamina.eval.decontam import training_documents
+    docs = list(training_documents(shakespeare_corpus))
+    assert docs and all(isinstance(text, str) for _, text in docs)
+    assert sum("Enter" in text for _, text in docs) > len(docs) // 2      # stage directions: the plays, decoded

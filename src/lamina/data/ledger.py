@@ -92,6 +92,11 @@ class Ledger:
     def q(self, sql: str, *args) -> list[tuple]:
         return self.db.execute(sql, args).fetchall()
 
+    def split_ranges(self, split: str) -> list[tuple[str, int, int, int]]:
+        """(shard, start, end, doc id) of every document range in the `split` shards, in shard order."""
+        return self.q("SELECT r.shard, r.start, r.end, r.doc_id FROM ranges r JOIN shards s ON s.name = r.shard "
+                      "WHERE s.split = ? ORDER BY r.shard, r.start", split)
+
     def tokens_by(self, column: str) -> dict[str, int]:
         col = {"license": "s.license", "source": "s.id", "kind": "s.kind"}[column]
         rows = self.q(f"SELECT {col}, SUM(r.end - r.start) FROM ranges r JOIN documents d ON d.id = r.doc_id "

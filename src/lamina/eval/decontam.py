@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..data import Ledger, open_shard, read_manifest
+from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
 from ..tokenizer import load as load_tokenizer
 
@@ -39,11 +40,10 @@ def training_documents(corpus: str | Path, split: str = "train") -> Iterator[tup
     from the shards through the ledger's token ranges (BOS dropped) and decoded."""
     corpus = Path(corpus)
     manifest = read_manifest(corpus)
-    tokenizer = load_tokenizer(manifest["tokenizer"])
+    tokenizer = load_tokenizer(tokenizer_ref(corpus))      # a packaged name, or the corpus's own tokenizer/
     ledger = Ledger.open(corpus)
     try:
-        ranges = ledger.q("SELECT r.shard, r.start, r.end, r.doc_id FROM ranges r JOIN shards s "
-                          "ON s.name = r.shard WHERE s.split = ? ORDER BY r.shard, r.start", split)
+        ranges = ledger.split_ranges(split)
     finally:
         ledger.close()
     seen: set[int] = set()

@@ -77,8 +77,7 @@ def corpus_documents(corpus: str | Path, tokenizer: Tokenizer, limit: int | None
     bos = manifest["bos_id"]
     ledger = Ledger.open(corpus)
     try:
-        ranges = ledger.q("SELECT r.shard, r.start, r.end FROM ranges r JOIN shards s ON s.name = r.shard "
-                          "WHERE s.split = ? ORDER BY r.shard, r.start", split)
+        ranges = [(shard, start, end) for shard, start, end, _ in ledger.split_ranges(split)]
     finally:
         ledger.close()
     if not ranges:
