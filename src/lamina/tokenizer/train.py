@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from itertools import chain
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ def train_tokenizer(config: TrainConfig) -> Tokenizer:
     An input that is a corpus built by `lamina data build` contributes its training documents."""
     from ..checkpoint.files import atomic_directory
     files, corpora = corpus_inputs(config.inputs)
-    texts = _chain(*(corpus_texts(c) for c in corpora), read_texts(files, config.text_field) if files else ())
+    texts = chain(*(corpus_texts(c) for c in corpora), read_texts(files, config.text_field) if files else ())
     tok = bpe_tokenizer(texts, config.vocab_size, special_slots=config.special_slots,
                         min_frequency=config.min_frequency, progress=config.progress)
     with atomic_directory(config.out) as tmp:
@@ -139,11 +140,6 @@ def train_tokenizer(config: TrainConfig) -> Tokenizer:
                                    "config": vars(config) | {"inputs": list(config.inputs)},
                                    "files": [str(f) for f in files] + [str(c) for c in corpora]})
     return tok
-
-
-def _chain(*iterables) -> Iterator[str]:
-    for it in iterables:
-        yield from it
 
 
 def corpus_inputs(inputs) -> tuple[list[Path], list[Path]]:
@@ -158,15 +154,15 @@ def corpus_texts(corpus: Path) -> Iterator[str]:
     at BOS), so a tokenizer can be trained on exactly what passed the license policy and filters."""
     import numpy as np
 
+    from ..data.shards import open_shard, read_manifest, tokenizer_ref
     from .load import load as load_tokenizer
-    manifest = json.loads((corpus / "manifest.json").read_text())
-    ref = manifest["tokenizer"]
-    tok = load_tokenizer(corpus / ref if (corpus / ref).exists() else ref)
+    manifest = read_manifest(corpus)
+    tok = load_tokenizer(tokenizer_ref(corpus))
     bos = manifest["bos_id"]
     for name, shard in sorted(manifest["shards"].items()):
         if shard["split"] != "train":
             continue
-        ids = np.memmap(corpus / name, dtype=manifest["dtype"], mode="r")
+        ids = open_shard(corpus, name)
         starts = np.flatnonzero(ids == bos).tolist() + [len(ids)]
         for a, b in zip(starts, starts[1:]):
             yield tok.decode(ids[a + 1:b].tolist())

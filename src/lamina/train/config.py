@@ -69,9 +69,8 @@ class TrainConfig:
     device_power_watts: float = 0.0      # when power cannot be measured: watts per device (0: a stated default)
 
     def __post_init__(self) -> None:
-        for name in ("model_overrides",):
-            if not isinstance(getattr(self, name), dict):
-                raise LaminaError(f"{name} must be a table of ModelConfig fields")
+        if not isinstance(self.model_overrides, dict):
+            raise LaminaError("model_overrides must be a table of ModelConfig fields")
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "samples", tuple(self.samples))
         if self.model not in PRESETS:

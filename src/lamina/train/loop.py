@@ -9,6 +9,7 @@ bit for bit on CPU, as one that never stopped."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import time
@@ -151,7 +152,7 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
     if cluster.main:
         state.remove_partial(run)
         run.mkdir(parents=True, exist_ok=True)
-        (run / "train_config.json").write_text(_json(config.to_dict()))
+        (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run, progress.step if resume and done else None, config.tensorboard) if cluster.main else None
 
     dtype = torch.bfloat16 if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda") else torch.float32
@@ -317,11 +318,6 @@ def generate_samples(model: Transformer, tokenizer, config: TrainConfig, device:
         out.append(prompt + tokenizer.decode(ids[start:], skip_special=True))
     model.train()
     return out
-
-
-def _json(d: dict) -> str:
-    import json
-    return json.dumps(d, indent=2) + "\n"
 
 
 def default_threads() -> None:

@@ -38,18 +38,17 @@ def speedrun(config: SpeedrunConfig) -> Path:
     train_config = load_recipe(config.recipe, list(config.overrides), data=str(out / "data"),
                                out=str(out / "train"))          # a bad recipe fails before any work
     started = time.perf_counter()
-    say = print
-    say(f"[1/3] data: building the {DATA_RECIPE} corpus with a {config.vocab_size}-token BPE trained on it")
+    print(f"[1/3] data: building the {DATA_RECIPE} corpus with a {config.vocab_size}-token BPE trained on it")
     corpus = data_recipe(DATA_RECIPE)
     build_config = dataclasses.replace(corpus.config, tokenizer=f"bpe:{config.vocab_size}")
     build = build_corpus(corpus.load_sources(), out=out / "data", policy=corpus.policy, config=build_config,
                          recipe=f"{DATA_RECIPE} (speedrun)", progress=config.progress)
-    say(f"      {build.stats['tokens']:,} tokens from {build.stats['kept']} of {build.stats['documents']} documents")
+    print(f"      {build.stats['tokens']:,} tokens from {build.stats['kept']} of {build.stats['documents']} documents")
     data_seconds = time.perf_counter() - started
-    say(f"[2/3] pretraining: {train_config.model}, {train_config.total_steps} steps of "
+    print(f"[2/3] pretraining: {train_config.model}, {train_config.total_steps} steps of "
         f"{train_config.batch_size} x {train_config.seq_len} tokens")
     result = train(train_config, progress=config.progress)
-    say("[3/3] report")
+    print("[3/3] report")
     report = write_report(out, result, build.ledger, data_seconds, time.perf_counter() - started)
     build.ledger.close()
     return report

@@ -63,10 +63,9 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
          tokenizer, made_by: dict, keep: int) -> Path:
     """Write checkpoints/step-N whole or not at all, then drop all but the newest `keep`."""
     dst = checkpoint_dir(run, progress.step)
-    weights = {k: v for k, v in model_state.items()}
     tensors, groups = _flatten_optimizer(optim_state)
     with atomic_directory(dst) as tmp:
-        write_hf_files(tmp, model_config, weights, tokenizer, made_by=made_by)
+        write_hf_files(tmp, model_config, model_state, tokenizer, made_by=made_by)
         state = tmp / STATE_DIR
         state.mkdir()
         tensors["torch_rng"] = torch.get_rng_state()
@@ -108,8 +107,8 @@ def load(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], 
         raise LaminaError(f"{path}: cannot resume from this checkpoint ({e})") from None
     options = StateDictOptions(full_state_dict=True, strict=True)
     model_state = dict(weights)
-    if "output.weight" in get_model_state_dict(model) and "output.weight" not in model_state:
-        model_state["output.weight"] = model_state["tok_embeddings.weight"]   # tied
+    if "output.weight" not in model_state:          # tied: the checkpoint keeps one copy
+        model_state["output.weight"] = model_state["tok_embeddings.weight"]
     set_model_state_dict(model, model_state, options=options)
     set_optimizer_state_dict(model, optimizers, _unflatten_optimizer(tensors, meta["param_groups"]), options=options)
     torch.set_rng_state(tensors["torch_rng"])
