@@ -16,8 +16,10 @@ import asyncio
 import hmac
 import json
 import logging
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -126,7 +128,10 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
 
-def create_app(llm: LLM, config: ServeConfig = ServeConfig()) -> FastAPI:
+def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: bool = True) -> FastAPI:
+    """The app, over a new `Batcher` (app.state.batcher). With `engine_thread` the app warms the
+    engine up and runs it on a thread of its own while it serves; without, the caller runs
+    `batcher.run()` (as `run` does, on the main thread)."""
     batcher = Batcher(llm.model, llm.tokenizer, config.engine)
     metrics = Metrics(batcher)
     max_len = batcher.max_len
@@ -138,6 +143,9 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig()) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if not engine_thread:
+            yield
+            return
         if config.engine.compile:
             await asyncio.to_thread(batcher.warmup)
         batcher.start()
@@ -210,16 +218,45 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run(llm: LLM, config: ServeConfig, sock: socket.socket | None = None) -> None:
-    """Serve until interrupted (Ctrl-C), on `sock` if given (see `listen`)."""
+    """Serve until interrupted (Ctrl-C or SIGTERM), on `sock` if given (see `listen`).
+
+    The engine computes on this thread, the one that loaded the model, and uvicorn serves HTTP on
+    another: PyTorch's CPU kernels are twice as fast on the thread whose OpenMP team already exists
+    (see `Batcher.run`)."""
     import uvicorn
     sock = sock or listen(config.host, config.port)
-    app = create_app(llm, config)
+    app = create_app(llm, config, engine_thread=False)
+    batcher: Batcher = app.state.batcher
+    if config.engine.compile:
+        print("lamina: compiling the decode step ...", file=sys.stderr, flush=True)
+        batcher.warmup()
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
                                            timeout_graceful_shutdown=5))
+
+    def http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:
+            batcher.stop()   # the server is gone (stopped, or failed to start): so is the engine
+
+    def on_term(signum, frame) -> None:
+        server.should_exit = True
+        batcher.stop()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    thread = threading.Thread(target=http, name="lamina-http", daemon=True)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"lamina: serving {config.model_name} at http://{host}:{sock.getsockname()[1]} "
           "(OpenAI API under /v1, web chat at /); Ctrl-C stops", file=sys.stderr, flush=True)
+    thread.start()
     try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:   # uvicorn re-raises the Ctrl-C it shut down on: a normal end
+        batcher.run()
+    except KeyboardInterrupt:   # Ctrl-C: a normal end
         pass
+    finally:
+        server.should_exit = True
+        batcher.stop()
+        thread.join()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
