@@ -43,7 +43,7 @@ SHAPES = {"lamina-speedrun": (16, 256), "smollm2-135m": (4, 256)}   # (batch, se
 
 def lamina_step(model, optimizers, forward):
     def step(x, y):
-        loss = F.cross_entropy(forward(x).flatten(0, 1), y.flatten())
+        loss = forward(x, targets=y)   # the trainer's loss: fused head + cross-entropy
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for opt in optimizers:

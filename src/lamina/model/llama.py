@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .kv_cache import Cache
+from .loss import linear_cross_entropy
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 
@@ -114,8 +115,10 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None,
-                last_only: bool = False) -> Tensor:
-        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`.
+                last_only: bool = False, targets: Tensor | None = None) -> Tensor:
+        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`; with
+        `targets` (B, T), the mean cross-entropy against them instead (targets of -100 count for
+        nothing), computed without the logits tensor (`lamina.model.loss`).
 
         Without a cache this is the plain causal forward of training. With one, the caller gives
         each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
@@ -130,6 +133,8 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)     # (B, 1, T, D)
         for layer in self.layers:
             h = layer(h, cos, sin, cache, slots, mask)
+        if targets is not None:
+            return linear_cross_entropy(self.norm(h).flatten(0, 1), self.output.weight, targets.flatten())
         if last_only:
             h = h[:, -1:]
         return self.output(self.norm(h)).float()

@@ -205,8 +205,7 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
                 sync = (contextlib.nullcontext() if i == plan.accum - 1 or cluster.world == 1
                         or config.parallel == "fsdp" else wrapped.no_sync())
                 with sync, autocast():
-                    logits = forward(x[rows])                                   # (b, T, vocab)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y[rows].flatten())
+                    loss = forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
                     (loss / plan.accum).backward()
                 loss_sum += loss.item()
             loss_value = distributed.mean(loss_sum / plan.accum, cluster, device)

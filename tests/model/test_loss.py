@@ -1,0 +1,71 @@
+"""The fused head + cross-entropy (`model(tokens, targets=...)`) against the plain way: logits from
+the model, then `F.cross_entropy`. Same loss and gradients, with ignored targets, tied and untied
+heads, several chunks, bf16 autocast, and without autograd."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lamina.model import Transformer, init_weights, preset
+from lamina.model import loss as loss_module
+
+
+def model_and_batch(tie: bool, vocab: int = 512):
+    config = preset("debug").replace(tie_embeddings=tie, vocab_size=vocab)
+    model = init_weights(Transformer(config), seed=0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, vocab, (3, 50), generator=g)
+    y = torch.randint(0, vocab, (3, 50), generator=g)
+    y[0, :7] = -100                    # prompt tokens of a fine-tuning example: not trained on
+    y[2, -3:] = -100
+    return model, x, y
+
+
+def grads(model, loss) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fused_loss_and_gradients_equal_the_plain_ones(tie, monkeypatch):
+    # 64-row chunks: the 150 tokens take three, the last one short.
+    monkeypatch.setitem(loss_module.CHUNK_BYTES, "cpu", 64 * 4 * 512)
+    model, x, y = model_and_batch(tie)
+    plain = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    fused = model(x, targets=y)
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+    want, got = grads(model, plain), grads(model, fused)
+    assert want.keys() == got.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_fused_loss_under_bf16_autocast_matches_the_plain_one():
+    model, x, y = model_and_batch(tie=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = F.cross_entropy(model(x).flatten(0, 1).float(), y.flatten())
+        fused = model(x, targets=y)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, plain, rtol=1e-3, atol=1e-3)
+    want, got = grads(model, plain), grads(model, fused)
+    for name in want:
+        assert got[name].dtype == torch.float32
+        scale = float(want[name].abs().max())
+        assert float((got[name] - want[name]).abs().max()) <= 0.03 * scale, name
+
+
+def test_without_autograd_only_the_loss_is_computed():
+    model, x, y = model_and_batch(tie=False)
+    with torch.no_grad():
+        fused = model(x, targets=y)
+        plain = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    assert not fused.requires_grad
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_all_targets_ignored_gives_nan_like_cross_entropy():
+    model, x, y = model_and_batch(tie=True)
+    y = torch.full_like(y, -100)
+    assert torch.isnan(model(x, targets=y))
+    assert torch.isnan(F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
