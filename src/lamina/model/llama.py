@@ -115,10 +115,13 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None,
-                last_only: bool = False, targets: Tensor | None = None) -> Tensor:
-        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`; with
-        `targets` (B, T), the mean cross-entropy against them instead (targets of -100 count for
-        nothing), computed without the logits tensor (`lamina.model.loss`).
+                last_only: bool = False, targets: Tensor | None = None,
+                outputs: Tensor | None = None) -> Tensor:
+        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`, or
+        (n, vocab) for the n positions where the boolean `outputs` (B, T) is True, in row-major
+        order (only those go through the output layer). With `targets` (B, T), the mean
+        cross-entropy against them instead (targets of -100 count for nothing), computed without
+        the logits tensor (`lamina.model.loss`).
 
         Without a cache this is the plain causal forward of training. With one, the caller gives
         each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
@@ -137,6 +140,8 @@ class Transformer(nn.Module):
             return linear_cross_entropy(self.norm(h).flatten(0, 1), self.output.weight, targets.flatten())
         if last_only:
             h = h[:, -1:]
+        elif outputs is not None:
+            h = h[outputs]                                             # (n, dim)
         return self.output(self.norm(h)).float()
 
 
