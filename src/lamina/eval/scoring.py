@@ -208,8 +208,9 @@ class Scorer:
         query, key = owner[:, :, None], owner[:, None, :]
         # A context token sees the context before it; a suffix token sees the whole context and
         # its own suffix up to itself (a tree mask); padding sees itself only.
-        sees = (key == -1) & (query >= -1) & ((query >= 0) | (col[None, None, :] <= col[None, :, None]))
-        sees |= (query == key) & (query >= 0) & (col[None, None, :] <= col[None, :, None])
+        causal = col[None, None, :] <= col[None, :, None]                  # (1, T, T)
+        sees = (key == -1) & (query >= -1) & ((query >= 0) | causal)
+        sees |= (query == key) & (query >= 0) & causal
         sees |= torch.eye(T, dtype=torch.bool, device=dev)[None]
         mask = torch.cat([torch.ones(B, T, A, dtype=torch.bool, device=dev), sees], dim=2)  # (B, T, A+T)
         scoring = owner >= 0                                              # suffix tokens score the next
