@@ -105,6 +105,10 @@ class _Item:
     def width(self) -> int:
         return sum(len(s) for s in self.suffixes)
 
+    @property
+    def length(self) -> int:
+        return len(self.context) + self.width
+
 
 class Scorer:
     """Batched, prefix-sharing log-likelihoods on a lamina `Transformer`."""
@@ -158,13 +162,11 @@ class Scorer:
                 suffixes=[list(inputs[i][n:]) for i in g],
                 targets=[list(f[-len(requests[i].continuation):]) for i, f in zip(g, full)],
                 first=[ctx_lens[i] - 1 - (n - 1) for i in g]))
-        items.sort(key=lambda it: (len(it.context) + it.width), reverse=True)
+        items.sort(key=lambda it: len(it.context) + it.width, reverse=True)
         batch: list[_Item] = []
         for it in items:
             trial = batch + [it]
-            C = max(len(x.context) for x in trial)
-            X = max(x.width for x in trial)
-            if batch and (len(trial) > self.batch_size or len(trial) * (C + X) > self.max_tokens):
+            if batch and (len(trial) > self.batch_size or len(trial) * batch[0].length > self.max_tokens):
                 yield batch, preamble
                 batch = [it]
             else:
@@ -183,25 +185,23 @@ class Scorer:
         return cache
 
     def _run(self, batch: list[_Item], preamble: KVCache | None, results: list) -> None:
-        """One forward for a batch: each row holds an item's context, left-padded so its last token
-        sits at column C - 1, then its requests' suffixes side by side from column C. Only the
-        positions that score a token go through the output layer."""
+        """One forward for a batch: each row holds an item's context, then its requests' suffixes
+        side by side, then padding up to the longest row (items come sorted by length, so there is
+        little). Only the positions that score a token go through the output layer."""
         A, dev, B = batch[0].start, self.device, len(batch)
-        C = max(len(it.context) for it in batch)
-        X = max(it.width for it in batch)
-        T = C + X
+        T = max(it.length for it in batch)
         tokens = torch.zeros(B, T, dtype=torch.long, device=dev)
         positions = torch.zeros(B, T, dtype=torch.long, device=dev)
         owner = torch.full((B, T), -2, dtype=torch.long, device=dev)   # -1: context; j >= 0: suffix j
         for b, it in enumerate(batch):
             n = len(it.context)
-            tokens[b, C - n:C] = torch.tensor(it.context, device=dev)
-            positions[b, C - n:C] = torch.arange(A, A + n, device=dev)
-            owner[b, C - n:C] = -1
-            at, base = C, A + n
+            tokens[b, :n] = torch.tensor(it.context, device=dev)
+            positions[b, :n] = torch.arange(A, A + n, device=dev)
+            owner[b, :n] = -1
+            at = n
             for j, suffix in enumerate(it.suffixes):
                 tokens[b, at:at + len(suffix)] = torch.tensor(suffix, device=dev)
-                positions[b, at:at + len(suffix)] = torch.arange(base, base + len(suffix), device=dev)
+                positions[b, at:at + len(suffix)] = torch.arange(A + n, A + n + len(suffix), device=dev)
                 owner[b, at:at + len(suffix)] = j
                 at += len(suffix)
         col = torch.arange(T, device=dev)
@@ -213,8 +213,9 @@ class Scorer:
         sees |= (query == key) & (query >= 0) & causal
         sees |= torch.eye(T, dtype=torch.bool, device=dev)[None]
         mask = torch.cat([torch.ones(B, T, A, dtype=torch.bool, device=dev), sees], dim=2)  # (B, T, A+T)
+        ends = torch.tensor([len(it.context) - 1 for it in batch], device=dev)
         scoring = owner >= 0                                              # suffix tokens score the next
-        scoring[:, C - 1] = True                                          # the context's last scores the first
+        scoring[torch.arange(B, device=dev), ends] = True                 # the context's last scores the first
         cache = SharedPrefixCache(preamble, B, T, self.model.config, self.dtype, self.device)
         logits = self.model(tokens, positions, cache, torch.arange(A, A + T, device=dev), mask[:, None],
                             outputs=scoring)                              # (n, V)
@@ -226,9 +227,9 @@ class Scorer:
         row_of = row.tolist()
         rows, targets, sizes = [], [], []
         for b, it in enumerate(batch):
-            at = C
+            at = len(it.context)
             for s, target, first in zip(it.suffixes, it.targets, it.first):
-                seq = [C - 1] + list(range(at, at + len(s)))              # the positions scoring s
+                seq = [len(it.context) - 1] + list(range(at, at + len(s)))   # the positions scoring s
                 rows += [row_of[b][c] for c in seq[first:first + len(target)]]
                 targets += target
                 sizes.append(len(target))
