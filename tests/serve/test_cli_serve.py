@@ -23,6 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def interactive_sigint() -> None:
+    """Deliver Ctrl-C as a terminal does: a test run started in the background of a
+    non-interactive shell (`.ci/run &`) hands its children SIGINT ignored, and Python keeps that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_lamina_serve_runs_with_the_key_from_the_environment_and_stops_on_a_signal(stop):
@@ -30,7 +36,8 @@ def test_lamina_serve_runs_with_the_key_from_the_environment_and_stops_on_a_sign
     env = {**os.environ, "LAMINA_API_KEY": "from-env", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "serve", MODEL, "--port", str(port),
                              "--max-concurrency", "2", "--max-len", "256", "--threads", "2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=interactive_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
