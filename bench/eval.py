@@ -3,14 +3,15 @@ transformers backend on the same model, items and batch size, side by side in on
 table of SmolLM2-135M-Instruct's scores on the suite (shared/BENCHMARKS.md).
 
     .venv/bin/python -m bench.eval [--items 500] [--runs 3] [--batch-size 16] [--score-limit N]
-        [--tasks hellaswag mmlu] [--skip-speed] [--skip-scores]
+        [--tasks hellaswag mmlu] [--skip-speed] [--skip-scores] [--count-only]
 
 Both systems get the same requests: lamina builds its items (lamina.eval.tasks), lm-eval builds
 the same documents from its own task YAMLs (pointed at the packaged data); what is timed is
 scoring them (tokenizing included): lamina's prefix-sharing scorer, and `HFLM.loglikelihood`.
 Systems alternate within each round (A B A B ...), a small warm-up round is dropped, the table
-shows medians. Each round also checks that both give the same accuracy. MMLU takes the first
-ceil(items / 57) questions of every subject, cut to `--items`. Then `lamina eval` runs the suite
+shows medians. Each round also checks that both give the same accuracy, and each row says how
+much its system computed (`work`: token positions and weight-matmul FLOPs per item, counted).
+MMLU takes the first ceil(items / 57) questions of every subject, cut to `--items`. Then `lamina eval` runs the suite
 (`--score-limit` items per task; none = every item) for the score table. Rows go to
 bench/results/eval.json."""
 
@@ -34,8 +35,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from lamina.eval import EvalConfig, Scorer, evaluate, load_model  # noqa: E402
-from lamina.eval.harness import item_metrics, score_items  # noqa: E402
+from lamina.eval.harness import encode_requests, item_metrics, score_items  # noqa: E402
 from lamina.eval.tasks import MMLU_SUBJECTS, TASKS  # noqa: E402
+from lamina.train.accounting import matmul_params  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 RESULTS = Path(__file__).parent / "results" / "eval.json"
@@ -89,6 +91,49 @@ def time_lm_eval(hf, instance_lists) -> tuple[float, float]:
     return seconds, correct / total
 
 
+def work(scorer, llm, items) -> dict:
+    """What each system computes for these items, counted from their token ids without running
+    the model: token positions per item through the blocks (padding included) and through the
+    output layer, and the FLOPs of the weight matmuls (2 per weight per position; attention's
+    few percent left out). lamina's rows come from the scorer's own plan; lm-eval's HF backend
+    runs each request as a row (context + continuation - 1 tokens, cut at the model's length),
+    sorted longest first and padded to the longest of each batch, with logits at every
+    position; requests whose input tokens are equal (MMLU's one-token answers after one question)
+    share a row, as lm-eval's logits cache does."""
+    c = llm.model.config
+    head = c.vocab_size * c.dim
+    body = matmul_params(c) - head
+    requests = encode_requests(llm, items)
+    blocks: dict[int, dict[int, list[int]]] = {}
+    for i, r in enumerate(requests):
+        blocks.setdefault(r.block, {}).setdefault(r.item, []).append(i)
+    ours = scored = theirs = 0
+    for groups in blocks.values():
+        preamble, batches = scorer.plan(requests, list(groups.values()))
+        ours += len(preamble) + sum(len(b) * b[0].length for b in batches)
+        scored += sum(it.width + 1 for b in batches for it in b)   # the context's last + each suffix token
+        rows = {(requests[i].context + requests[i].continuation)[-(c.max_seq_len + 1):-1]
+                for g in groups.values() for i in g}           # requests with equal input share a row
+        lengths = sorted(map(len, rows), reverse=True)
+        theirs += sum(len(lengths[k:k + scorer.batch_size]) * lengths[k]
+                      for k in range(0, len(lengths), scorer.batch_size))
+    n = len(items)
+    flops_ours, flops_theirs = 2 * (ours * body + scored * head), 2 * theirs * (body + head)
+    return {"positions_per_item": {"lamina": ours / n, "lm-eval (HF)": theirs / n},
+            "output_positions_per_item": {"lamina": scored / n, "lm-eval (HF)": theirs / n},
+            "gflop_per_item": {"lamina": flops_ours / n / 1e9, "lm-eval (HF)": flops_theirs / n / 1e9},
+            "flop_ratio": flops_theirs / flops_ours}
+
+
+def with_work(row: dict, counted: dict) -> dict:
+    """A speed row's share of `work`'s counts, and the FLOP rate its timing implies."""
+    system = row["system"]
+    return {"positions_per_item": counted["positions_per_item"][system],
+            "output_positions_per_item": counted["output_positions_per_item"][system],
+            "gflop_per_item": counted["gflop_per_item"][system],
+            "gflop_per_s": counted["gflop_per_item"][system] * row["items_per_s"]}
+
+
 def speed(args, llm, hf) -> list[dict]:
     scorer = Scorer(llm.model, batch_size=args.batch_size)
     rows = []
@@ -106,10 +151,13 @@ def speed(args, llm, hf) -> list[dict]:
             times["lm-eval (HF)"].append(s)
             print(f"  {task}: lamina {times['lamina'][-1]:.1f} s, lm-eval {times['lm-eval (HF)'][-1]:.1f} s", flush=True)
         peer = len(items) / statistics.median(times["lm-eval (HF)"])
+        counted = work(scorer, llm, items)
         for system, ts in times.items():
             rate = len(items) / statistics.median(ts)
-            rows.append({"system": system, "task": task, "items": len(items), "batch_size": args.batch_size,
-                         "items_per_s": rate, "seconds": ts, "ratio_vs_lm_eval": rate / peer, "acc": accs[system]})
+            row = {"system": system, "task": task, "items": len(items), "batch_size": args.batch_size,
+                   "items_per_s": rate, "seconds": ts, "ratio_vs_lm_eval": rate / peer, "acc": accs[system]}
+            rows.append(row | with_work(row, counted))
+        print(f"  {task}: lm-eval computes {counted['flop_ratio']:.2f}x lamina's matmul FLOPs", flush=True)
     return rows
 
 
@@ -129,10 +177,23 @@ def main() -> None:
     ap.add_argument("--score-limit", type=int, default=None, help="items per task for the score table (default all)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-scores", action="store_true")
+    ap.add_argument("--count-only", action="store_true",
+                    help="only count each system's work on the items (no timing), print it and add it "
+                         "to the timed rows of the same items in the results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lamina.eval.lm_eval_model import hf_reference
     llm = load_model(MODEL)
+    if args.count_only:
+        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"speed": []}
+        for task in args.tasks:
+            counted = work(Scorer(llm.model, batch_size=args.batch_size), llm, workload(task, args.items)[0])
+            print(task, json.dumps(counted, indent=1))
+            for row in old["speed"]:          # the timed rows of the same work get the counts too
+                if row["task"] == task and row["items"] == args.items and row["batch_size"] == args.batch_size:
+                    row.update(with_work(row, counted))
+        RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+        return
     record = {"model": MODEL, "dtype": "float32", "threads": args.threads, "machine": platform.machine(),
               "date": datetime.date.today().isoformat(), "runs": args.runs}
     if not args.skip_speed:

@@ -60,6 +60,20 @@ def test_shared_prefix_scores_equal_one_forward_per_request(debug_model, preambl
         assert greedy == ref_greedy
 
 
+def test_plan_finds_the_preamble_and_batches_items_by_length_within_the_budgets(debug_model):
+    requests = random_requests(3, 40, preamble=MIN_PREAMBLE + 8)
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.item, []).append(i)
+    preamble, batches = Scorer(debug_model, batch_size=6, max_tokens=400).plan(requests, list(groups.values()))
+    assert preamble == list(requests[0].context[:len(preamble)]) and len(preamble) >= MIN_PREAMBLE + 8
+    lengths = [it.length for batch in batches for it in batch]
+    assert lengths == sorted(lengths, reverse=True)               # longest first, so rows pad little
+    assert sorted(i for batch in batches for it in batch for i in it.index) == list(range(len(requests)))
+    for batch in batches:
+        assert len(batch) <= 6 and (len(batch) == 1 or len(batch) * batch[0].length <= 400)
+
+
 def test_contexts_longer_than_the_model_are_cut_from_the_left_as_lm_eval_does(debug_model):
     max_len = debug_model.config.max_seq_len
     rng = random.Random(3)

@@ -75,8 +75,8 @@ def progress_bar(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int],
         yield start
 
 
-def score_items(scorer: Scorer, llm: LLM, items: list[Item], advance=None) -> list[list[tuple[float, bool]]]:
-    """(log-likelihood, greedy) of every request of every item, cut as lm-eval cuts them."""
+def encode_requests(llm: LLM, items: list[Item]) -> list[Request]:
+    """Every request of every item in token ids, cut as lm-eval cuts them."""
     tok = llm.tokenizer
     prefix = tok.bos_id if tok.bos_id is not None else tok.eos_id
     blocks: dict[str, int] = {}
@@ -86,7 +86,12 @@ def score_items(scorer: Scorer, llm: LLM, items: list[Item], advance=None) -> li
         for ctx, cont in it.requests:
             c, k = encode_pair(tok.encode, ctx, cont, prefix)
             requests.append(Request(c, k, item=i, block=block))
-    out = iter(scorer.loglikelihood(requests, advance))
+    return requests
+
+
+def score_items(scorer: Scorer, llm: LLM, items: list[Item], advance=None) -> list[list[tuple[float, bool]]]:
+    """(log-likelihood, greedy) of every request of every item, cut as lm-eval cuts them."""
+    out = iter(scorer.loglikelihood(encode_requests(llm, items), advance))
     return [[next(out) for _ in it.requests] for it in items]
 
 

@@ -133,15 +133,18 @@ class Scorer:
                 raise ValueError("a request needs at least one continuation token")
             by_block.setdefault(r.block, {}).setdefault(r.item, []).append(i)
         for items in by_block.values():
-            for batch, preamble in self._plan(requests, list(items.values())):
+            tokens, batches = self.plan(requests, list(items.values()))
+            preamble = self._prefill(tokens) if tokens else None
+            for batch in batches:
                 self._run(batch, preamble, results)
                 if progress:
                     progress(len(batch))
         return results  # type: ignore[return-value]
 
     # -- planning --------------------------------------------------------------------------------
-    def _plan(self, requests: list[Request], groups: list[list[int]]):
-        """Split a block into items, find its preamble, and yield (batch of items, preamble)."""
+    def plan(self, requests: list[Request], groups: list[list[int]]) -> tuple[list[int], list[list[_Item]]]:
+        """Split a block (`groups`: each item's request indices) into items, find the preamble
+        they share, and batch them: (preamble tokens, batches of items)."""
         inputs, ctx_lens = {}, {}
         for g in groups:
             for i in g:
@@ -153,7 +156,6 @@ class Scorer:
         heads = [inputs[g[0]][:n] for g, n in zip(groups, shared)]
         A = min(common_prefix(heads), min(shared) - 1)
         A = A if A >= MIN_PREAMBLE else 0
-        preamble = self._prefill(list(heads[0][:A])) if A else None
         items = []
         for g, n in zip(groups, shared):
             full = [requests[i].context + requests[i].continuation for i in g]
@@ -162,17 +164,15 @@ class Scorer:
                 suffixes=[list(inputs[i][n:]) for i in g],
                 targets=[list(f[-len(requests[i].continuation):]) for i, f in zip(g, full)],
                 first=[ctx_lens[i] - 1 - (n - 1) for i in g]))
-        items.sort(key=lambda it: len(it.context) + it.width, reverse=True)
-        batch: list[_Item] = []
+        items.sort(key=lambda it: it.length, reverse=True)
+        batches: list[list[_Item]] = [[]]
         for it in items:
-            trial = batch + [it]
-            if batch and (len(trial) > self.batch_size or len(trial) * batch[0].length > self.max_tokens):
-                yield batch, preamble
-                batch = [it]
+            batch = batches[-1]
+            if batch and (len(batch) == self.batch_size or (len(batch) + 1) * batch[0].length > self.max_tokens):
+                batches.append([it])
             else:
-                batch = trial
-        if batch:
-            yield batch, preamble
+                batch.append(it)
+        return list(heads[0][:A]), batches
 
     # -- running ---------------------------------------------------------------------------------
     def _prefill(self, tokens: list[int]) -> KVCache:
