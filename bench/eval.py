@@ -11,8 +11,9 @@ scoring them (tokenizing included): lamina's prefix-sharing scorer, and `HFLM.lo
 Systems alternate within each round (A B A B ...), a small warm-up round is dropped, the table
 shows medians. Each round also checks that both give the same accuracy, and each row says how
 much its system computed (`work`: token positions and weight-matmul FLOPs per item, counted).
-MMLU takes the first ceil(items / 57) questions of every subject, cut to `--items`. Then `lamina eval` runs the suite
-(`--score-limit` items per task; none = every item) for the score table. Rows go to
+MMLU takes the first ceil(items / 57) questions of every subject, cut to `--items`. Then
+`lamina eval` runs the suite (`--score-limit` items per task; none = every item) for the score
+table. Rows go to
 bench/results/eval.json."""
 
 from __future__ import annotations
@@ -104,16 +105,12 @@ def work(scorer, llm, items) -> dict:
     head = c.vocab_size * c.dim
     body = matmul_params(c) - head
     requests = encode_requests(llm, items)
-    blocks: dict[int, dict[int, list[int]]] = {}
-    for i, r in enumerate(requests):
-        blocks.setdefault(r.block, {}).setdefault(r.item, []).append(i)
     ours = scored = theirs = 0
-    for groups in blocks.values():
-        preamble, batches = scorer.plan(requests, list(groups.values()))
+    for preamble, batches in scorer.plan(requests):
         ours += len(preamble) + sum(len(b) * b[0].length for b in batches)
         scored += sum(it.width + 1 for b in batches for it in b)   # the context's last + each suffix token
-        rows = {(requests[i].context + requests[i].continuation)[-(c.max_seq_len + 1):-1]
-                for g in groups.values() for i in g}           # requests with equal input share a row
+        block = [requests[i] for b in batches for it in b for i in it.index]
+        rows = {(r.context + r.continuation)[-(c.max_seq_len + 1):-1] for r in block}  # equal inputs share a row
         lengths = sorted(map(len, rows), reverse=True)
         theirs += sum(len(lengths[k:k + scorer.batch_size]) * lengths[k]
                       for k in range(0, len(lengths), scorer.batch_size))
@@ -185,14 +182,15 @@ def main() -> None:
     from lamina.eval.lm_eval_model import hf_reference
     llm = load_model(MODEL)
     if args.count_only:
-        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"speed": []}
+        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else None
         for task in args.tasks:
             counted = work(Scorer(llm.model, batch_size=args.batch_size), llm, workload(task, args.items)[0])
             print(task, json.dumps(counted, indent=1))
-            for row in old["speed"]:          # the timed rows of the same work get the counts too
+            for row in old["speed"] if old else []:   # the timed rows of the same work get the counts too
                 if row["task"] == task and row["items"] == args.items and row["batch_size"] == args.batch_size:
                     row.update(with_work(row, counted))
-        RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+        if old:
+            RESULTS.write_text(json.dumps(old, indent=2) + "\n")
         return
     record = {"model": MODEL, "dtype": "float32", "threads": args.threads, "machine": platform.machine(),
               "date": datetime.date.today().isoformat(), "runs": args.runs}

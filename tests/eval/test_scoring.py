@@ -62,10 +62,7 @@ def test_shared_prefix_scores_equal_one_forward_per_request(debug_model, preambl
 
 def test_plan_finds_the_preamble_and_batches_items_by_length_within_the_budgets(debug_model):
     requests = random_requests(3, 40, preamble=MIN_PREAMBLE + 8)
-    groups: dict[int, list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(r.item, []).append(i)
-    preamble, batches = Scorer(debug_model, batch_size=6, max_tokens=400).plan(requests, list(groups.values()))
+    [(preamble, batches)] = Scorer(debug_model, batch_size=6, max_tokens=400).plan(requests)   # one block
     assert preamble == list(requests[0].context[:len(preamble)]) and len(preamble) >= MIN_PREAMBLE + 8
     lengths = [it.length for batch in batches for it in batch]
     assert lengths == sorted(lengths, reverse=True)               # longest first, so rows pad little

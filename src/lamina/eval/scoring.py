@@ -126,14 +126,10 @@ class Scorer:
                       ) -> list[tuple[float, bool]]:
         """(sum of log-probabilities of the continuation, whether greedy decoding would produce
         it) for every request, in order. `progress(n)` is called as items finish."""
+        if any(not r.continuation for r in requests):
+            raise ValueError("a request needs at least one continuation token")
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        by_block: dict[int, dict[int, list[int]]] = {}
-        for i, r in enumerate(requests):
-            if not r.continuation:
-                raise ValueError("a request needs at least one continuation token")
-            by_block.setdefault(r.block, {}).setdefault(r.item, []).append(i)
-        for items in by_block.values():
-            tokens, batches = self.plan(requests, list(items.values()))
+        for tokens, batches in self.plan(requests):
             preamble = self._prefill(tokens) if tokens else None
             for batch in batches:
                 self._run(batch, preamble, results)
@@ -142,9 +138,17 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     # -- planning --------------------------------------------------------------------------------
-    def plan(self, requests: list[Request], groups: list[list[int]]) -> tuple[list[int], list[list[_Item]]]:
+    def plan(self, requests: list[Request]) -> list[tuple[list[int], list[list[_Item]]]]:
+        """The work, without running the model: for each block of requests, (the preamble tokens
+        its items share, its items in batches)."""
+        by_block: dict[int, dict[int, list[int]]] = {}
+        for i, r in enumerate(requests):
+            by_block.setdefault(r.block, {}).setdefault(r.item, []).append(i)
+        return [self._plan_block(requests, list(items.values())) for items in by_block.values()]
+
+    def _plan_block(self, requests: list[Request], groups: list[list[int]]) -> tuple[list[int], list[list[_Item]]]:
         """Split a block (`groups`: each item's request indices) into items, find the preamble
-        they share, and batch them: (preamble tokens, batches of items)."""
+        they share, and batch them longest first under the budgets."""
         inputs, ctx_lens = {}, {}
         for g in groups:
             for i in g:
