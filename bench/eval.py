@@ -152,7 +152,7 @@ def speed(args, llm, hf) -> list[dict]:
         for system, ts in times.items():
             rate = len(items) / statistics.median(ts)
             row = {"system": system, "task": task, "items": len(items), "batch_size": args.batch_size,
-                   "items_per_s": rate, "runs": len(ts), "seconds": ts, "ratio_vs_lm_eval": rate / peer, "acc": accs[system]}
+                   "items_per_s": rate, "seconds": ts, "ratio_vs_lm_eval": rate / peer, "acc": accs[system]}
             rows.append(row | with_work(row, counted))
         print(f"  {task}: lm-eval computes {counted['flop_ratio']:.2f}x lamina's matmul FLOPs", flush=True)
     return rows
