@@ -266,7 +266,7 @@ def cmd_eval(args) -> None:
                         batch_size=args.batch_size, max_tokens=args.max_tokens,
                         decontaminate=args.decontaminate, ngram=args.ngram,
                         perplexity=tuple(args.perplexity or ()), window=args.window,
-                        progress=not args.quiet and sys.stderr.isatty())
+                        progress=not args.quiet)
     from .eval.tasks import resolve_tasks
     for task in resolve_tasks(list(config.tasks)) if config.tasks else []:
         task.items(limit=1, num_fewshot=config.num_fewshot)     # bad names, shots, missing data: fail now

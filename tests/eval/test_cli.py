@@ -38,9 +38,13 @@ def test_nothing_to_do_and_a_bad_corpus_are_clear_errors(capsys, tmp_path):
 @pytest.mark.slow
 def test_json_has_lm_eval_shape_with_standard_errors(capsys, tmp_path):
     out_file = tmp_path / "r.json"
-    code, out, _ = run(capsys, "smollm2-135m-instruct", "--tasks", "arc_easy", "boolq", "--limit", "4",
-                       "--json", "--quiet", "--out", str(out_file))
+    code, out, err = run(capsys, "smollm2-135m-instruct", "--tasks", "arc_easy", "boolq", "--limit", "4",
+                         "--json", "--out", str(out_file))
     assert code == 0
+    # stderr is not a terminal here: progress comes as plain lines, a start and an end per task
+    lines = err.splitlines()
+    assert lines[:2] == ["arc_easy: 0/4", lines[1]] and lines[1].startswith("arc_easy: 4/4 (100%), 0m")
+    assert lines[2] == "boolq: 0/4" and lines[3].startswith("boolq: 4/4 (100%)") and len(lines) == 4
     results = json.loads(out)
     assert json.loads(out_file.read_text()) == results
     arc = results["results"]["arc_easy"]
@@ -83,3 +87,21 @@ def test_gsm8k_generates_until_the_next_question_and_scores_the_extracted_answer
     result = aggregate(run)
     assert set(result) == {"exact_match", "exact_match_stderr", "exact_match_flexible",
                            "exact_match_flexible_stderr", "n", "split"} and result["n"] == 2
+
+
+def test_progress_off_a_terminal_is_plain_lines_with_the_time_left(monkeypatch):
+    import io
+
+    from lamina.eval import harness
+    monkeypatch.setattr(harness, "LOG_EVERY_S", 0.0)     # a line at every advance
+    stream = io.StringIO()                               # not a terminal
+    with harness.progress_bar(True, stream) as start:
+        advance = start("hellaswag", 10)
+        advance(4)
+        advance(6)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "hellaswag: 0/10"
+    assert lines[1].startswith("hellaswag: 4/10 (40%), 0m") and lines[1].endswith("left")
+    assert lines[2].startswith("hellaswag: 10/10 (100%), 0m") and "left" not in lines[2]
+    with harness.progress_bar(False, stream) as start:
+        assert start is None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TextIO
 
 from ..errors import LaminaError
 from ..serve import LLM
@@ -61,18 +62,55 @@ class TaskRun:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
-    """A rich progress display; yields `start(description, total) -> advance(n)`, or None."""
+def progress_bar(enabled: bool, stream: TextIO | None = None
+                 ) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
+    """Progress of each task; yields `start(description, total) -> advance(n)`, or None when not
+    `enabled`. On a terminal it is a rich bar; otherwise (a log file, nohup, CI) a plain line now
+    and then, so that a run of an hour says how far it is."""
     if not enabled:
         yield None
         return
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield lambda description, total: _progress_lines(stream, description, total)
+        return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
+                  TimeRemainingColumn(), transient=True, console=Console(file=stream)) as bar:
         def start(description: str, total: int) -> Callable[[int], None]:
             tid = bar.add_task(description, total=total)
             return lambda n: bar.update(tid, advance=n)
         yield start
+
+
+LOG_EVERY_S = 60.0     # seconds between plain progress lines
+
+
+def _progress_lines(stream: TextIO, description: str, total: int) -> Callable[[int], None]:
+    """`advance(n)` for a stream that is not a terminal: a line when the task starts, one a minute
+    while it runs (done, elapsed, the time left at the rate so far) and one when it ends."""
+    t0 = last = time.monotonic()
+    done = 0
+    print(f"{description}: 0/{total:,}", file=stream, flush=True)
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if done < total and now - last < LOG_EVERY_S:
+            return
+        last, elapsed = now, now - t0
+        line = f"{description}: {done:,}/{total:,} ({100 * done / max(total, 1):.0f}%), {_clock(elapsed)} elapsed"
+        if done < total:
+            line += f", about {_clock(elapsed * (total - done) / done)} left"
+        print(line, file=stream, flush=True)
+    return advance
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def encode_requests(llm: LLM, items: list[Item]) -> list[Request]:
