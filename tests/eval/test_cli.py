@@ -92,8 +92,9 @@ def test_gsm8k_generates_until_the_next_question_and_scores_the_extracted_answer
 def test_progress_off_a_terminal_is_plain_lines_with_the_time_left(monkeypatch):
     import io
 
+    from lamina import progress
     from lamina.eval import harness
-    monkeypatch.setattr(harness, "LOG_EVERY_S", 0.0)     # a line at every advance
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)        # a line at every advance
     stream = io.StringIO()                               # not a terminal
     with harness.progress_bar(True, stream) as start:
         advance = start("hellaswag", 10)

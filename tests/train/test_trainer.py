@@ -177,10 +177,18 @@ def test_transformers_loads_a_training_checkpoint_with_equal_logits(corpus, tmp_
         torch.testing.assert_close(ours.model(ids), hf(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-def test_metrics_loss_curve_and_tensorboard_are_written(corpus, tmp_path):
+def test_metrics_loss_curve_and_tensorboard_are_written(corpus, tmp_path, capsys, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lamina import progress
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)     # a progress line at every logged step
     result = train(_config(corpus, tmp_path / "run", max_steps=4, save_every=4, eval_every=2, tensorboard=True),
-                   progress=False)
+                   progress=True)
+    # stdout is not a terminal here: the bar's numbers come as plain lines
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: ")]
+    assert lines[0] == "train: 0/4" and len(lines) == 5
+    assert lines[2].startswith("train: 2/4 (50%), loss ") and " tok/s, MFU " in lines[2] and lines[2].endswith(" left")
+    assert lines[4].startswith("train: 4/4 (100%), loss ") and "left" not in lines[4]
     rows = [json.loads(line) for line in (result.run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert all({"tokens_per_s", "mfu", "lr", "grad_norm"} <= r.keys() for r in rows if "loss" in r)

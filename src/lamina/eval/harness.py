@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from ..errors import LaminaError
+from ..progress import Lines
 from ..serve import LLM
 from .generation import generate_until
 from .metrics import aggregate_choice, choice_metrics, extract_gsm8k, mean, normalize_answer, perplexity
@@ -72,7 +73,7 @@ def progress_bar(enabled: bool, stream: TextIO | None = None
         return
     stream = stream or sys.stderr
     if not stream.isatty():
-        yield lambda description, total: _progress_lines(stream, description, total)
+        yield lambda description, total: Lines(stream, description, total).advance
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -82,35 +83,6 @@ def progress_bar(enabled: bool, stream: TextIO | None = None
             tid = bar.add_task(description, total=total)
             return lambda n: bar.update(tid, advance=n)
         yield start
-
-
-LOG_EVERY_S = 60.0     # seconds between plain progress lines
-
-
-def _progress_lines(stream: TextIO, description: str, total: int) -> Callable[[int], None]:
-    """`advance(n)` for a stream that is not a terminal: a line when the task starts, one a minute
-    while it runs (done, elapsed, the time left at the rate so far) and one when it ends."""
-    t0 = last = time.monotonic()
-    done = 0
-    print(f"{description}: 0/{total:,}", file=stream, flush=True)
-
-    def advance(n: int) -> None:
-        nonlocal done, last
-        done += n
-        now = time.monotonic()
-        if done < total and now - last < LOG_EVERY_S:
-            return
-        last, elapsed = now, now - t0
-        line = f"{description}: {done:,}/{total:,} ({100 * done / max(total, 1):.0f}%), {_clock(elapsed)} elapsed"
-        if done < total:
-            line += f", about {_clock(elapsed * (total - done) / done)} left"
-        print(line, file=stream, flush=True)
-    return advance
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 def encode_requests(llm: LLM, items: list[Item]) -> list[Request]:

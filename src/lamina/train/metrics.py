@@ -1,11 +1,15 @@
-"""What a run shows and leaves behind: a progress bar (step, loss, tokens/s, MFU, ETA), metrics
-as JSON lines, a loss-curve PNG, and optionally TensorBoard event files."""
+"""What a run shows and leaves behind: a progress bar (step, loss, tokens/s, MFU, ETA; plain lines
+off a terminal), metrics as JSON lines, a loss-curve PNG, and optionally TensorBoard event files."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
+from typing import TextIO
+
+from ..progress import Lines
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
@@ -79,11 +83,16 @@ def plot_loss(run: Path) -> Path:
 
 
 class Bar:
-    """A rich progress bar whose description carries the latest numbers."""
+    """Training progress: a rich bar whose description carries the latest numbers, or, off a
+    terminal, plain lines with the same numbers (`lamina.progress.Lines`)."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.progress = None
+    def __init__(self, total: int, start: int, enabled: bool, stream: TextIO | None = None) -> None:
+        self.progress = self.lines = None
         if not enabled:
+            return
+        stream = stream or sys.stdout
+        if not stream.isatty():
+            self.lines = Lines(stream, "train", total, done=start)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -92,9 +101,11 @@ class Bar:
         self.progress.start()
 
     def update(self, step: int, loss: float, tokens_per_s: float, mfu: float) -> None:
+        numbers = f"loss {loss:.3f}  {tokens_per_s:,.0f} tok/s  MFU {mfu:.0%}"
         if self.progress:
-            self.progress.update(self.task, completed=step,
-                                 description=f"loss {loss:.3f}  {tokens_per_s:,.0f} tok/s  MFU {mfu:.0%}")
+            self.progress.update(self.task, completed=step, description=numbers)
+        elif self.lines:
+            self.lines.update(step, numbers.replace("  ", ", "))
 
     def print(self, text: str) -> None:
         if self.progress:
