@@ -51,7 +51,10 @@ def random_requests(seed: int, n_items: int, preamble: int = 0) -> list[Request]
 
 @pytest.mark.parametrize("preamble", [0, MIN_PREAMBLE + 8])
 @pytest.mark.parametrize("batch_size,max_tokens", [(1, 4096), (5, 300)])
-def test_shared_prefix_scores_equal_one_forward_per_request(debug_model, preamble, batch_size, max_tokens):
+def test_shared_prefix_scores_equal_one_forward_per_request(debug_model, preamble, batch_size, max_tokens,
+                                                            monkeypatch):
+    from lamina.model import loss
+    monkeypatch.setattr(loss, "VOCAB_CHUNK", 100)   # the output layer in 6 chunks of the 512-token vocabulary
     requests = random_requests(preamble + batch_size, 16, preamble)
     ours = Scorer(debug_model, batch_size=batch_size, max_tokens=max_tokens).loglikelihood(requests)
     for r, (ll, greedy) in zip(requests, ours):

@@ -70,3 +70,27 @@ def test_all_targets_ignored_gives_nan_like_cross_entropy():
     y = torch.full_like(y, -100)
     assert torch.isnan(model(x, targets=y))
     assert torch.isnan(F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 4096])   # many chunks, a ragged last one, one chunk
+def test_target_logprobs_equal_log_softmax_and_argmax(chunk, monkeypatch):
+    monkeypatch.setattr(loss_module, "VOCAB_CHUNK", chunk)
+    torch.manual_seed(0)
+    h, weight = torch.randn(50, 16), torch.randn(300, 16)
+    logits = h @ weight.T
+    targets = torch.randint(0, 300, (50,))
+    targets[:10] = logits[:10].argmax(dim=1)                  # some targets are the argmax
+    logp, greedy = loss_module.linear_target_logprobs(h, weight, targets)
+    ref = F.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    assert torch.allclose(logp, ref, atol=1e-5, rtol=0)
+    assert torch.equal(greedy, logits.argmax(dim=1) == targets) and greedy[:10].all()
+
+
+def test_target_logprobs_break_ties_as_argmax_does(monkeypatch):
+    # the largest logit appears three times, in different chunks: argmax takes the first
+    monkeypatch.setattr(loss_module, "VOCAB_CHUNK", 2)
+    h = torch.ones(2, 1)
+    weight = torch.tensor([[0.0], [2.0], [1.0], [2.0], [2.0]])
+    logp, greedy = loss_module.linear_target_logprobs(h, weight, torch.tensor([1, 3]))
+    assert greedy.tolist() == [True, False]
+    assert logp[0] == pytest.approx(logp[1]) == pytest.approx(2 - torch.logsumexp(weight[:, 0], 0).item())

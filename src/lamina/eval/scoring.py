@@ -12,7 +12,9 @@ way lm-eval cuts them (`encode_pair`), and then:
   that same row, each attending to the context and to itself only (a tree mask), at the
   positions they would have had alone; one forward runs contexts and suffixes together, and only
   the positions that score a continuation token go through the output layer (a fifth of the
-  model's weights for SmolLM2, and the log-softmax over its 49k-token vocabulary).
+  model's weights for SmolLM2, and the log-softmax over its 49k-token vocabulary), a chunk of
+  the vocabulary at a time, so that their logits are never held whole
+  (`lamina.model.loss.linear_target_logprobs`).
 
 Items are sorted by length and batched under a token budget. The keys and values a request sees
 are those of its own tokens at its own positions, so the scores equal the one-row-per-request
@@ -25,10 +27,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..model import KVCache, Transformer
+from ..model.loss import linear_target_logprobs
 
 MIN_PREAMBLE = 32       # a shared preamble shorter than this is not worth a forward of its own
 
@@ -221,13 +223,10 @@ class Scorer:
         scoring = owner >= 0                                              # suffix tokens score the next
         scoring[torch.arange(B, device=dev), ends] = True                 # the context's last scores the first
         cache = SharedPrefixCache(preamble, B, T, self.model.config, self.dtype, self.device)
-        logits = self.model(tokens, positions, cache, torch.arange(A, A + T, device=dev), mask[:, None],
-                            outputs=scoring)                              # (n, V)
-        # F.log_softmax, as lm-eval does: its sum of exponentials is more exact than logsumexp's or
-        # a plain exp().sum() (7e-4 nats apart over 42 tokens of SmolLM2).
-        best, logp = logits.argmax(dim=-1), F.log_softmax(logits, dim=-1)       # (n,), (n, V)
+        hidden = self.model(tokens, positions, cache, torch.arange(A, A + T, device=dev), mask[:, None],
+                            outputs=scoring, head=False)                  # (n, dim)
         row = torch.full((B, T), -1, dtype=torch.long, device=dev)
-        row[scoring] = torch.arange(logits.shape[0], device=dev)
+        row[scoring] = torch.arange(hidden.shape[0], device=dev)
         row_of = row.tolist()
         rows, targets, sizes = [], [], []
         for b, it in enumerate(batch):
@@ -239,8 +238,10 @@ class Scorer:
                 sizes.append(len(target))
                 at += len(s)
         r, t = torch.tensor(rows, device=dev), torch.tensor(targets, device=dev)
-        lls = logp[r, t].split(sizes)
-        greedy = (best[r] == t).split(sizes)
+        # The output layer on the scored rows only, chunk by chunk over the vocabulary: the
+        # log-softmax at each target and whether it is the argmax, never the (rows, vocab) logits.
+        logp, greedy = linear_target_logprobs(hidden[r], self.model.output.weight, t)
+        lls, greedy = logp.split(sizes), greedy.split(sizes)
         index = [i for it in batch for i in it.index]
         for i, ll, g in zip(index, lls, greedy):
             results[i] = (float(ll.sum()), bool(g.all()))

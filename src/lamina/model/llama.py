@@ -116,12 +116,14 @@ class Transformer(nn.Module):
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | None = None,
                 last_only: bool = False, targets: Tensor | None = None,
-                outputs: Tensor | None = None) -> Tensor:
+                outputs: Tensor | None = None, head: bool = True) -> Tensor:
         """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`, or
         (n, vocab) for the n positions where the boolean `outputs` (B, T) is True, in row-major
         order (only those go through the output layer). With `targets` (B, T), the mean
         cross-entropy against them instead (targets of -100 count for nothing), computed without
-        the logits tensor (`lamina.model.loss`).
+        the logits tensor (`lamina.model.loss`). With `head=False`, the final-normed hidden states
+        (..., dim) of the same positions instead of their logits, for a caller that applies the
+        output layer its own way (`lamina.model.loss.linear_target_logprobs`).
 
         Without a cache this is the plain causal forward of training. With one, the caller gives
         each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
@@ -142,7 +144,7 @@ class Transformer(nn.Module):
             h = h[:, -1:]
         elif outputs is not None:
             h = h[outputs]                                             # (n, dim)
-        return self.output(self.norm(h)).float()
+        return self.output(self.norm(h)).float() if head else self.norm(h)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
