@@ -103,17 +103,16 @@ def linear_target_logprobs(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[
     their sum is 8e-6 nats from a float64 computation of the whole head, F.log_softmax's 7e-4
     (its float32 sum of 49k exponentials runs about 2e-5 nats a token high)."""
     n, vocab = h.shape[0], weight.shape[0]
-    running_max = torch.full((n,), float("-inf"), device=h.device)
-    sum_exp = torch.zeros(n, dtype=torch.float64, device=h.device)
-    best = torch.full((n,), float("-inf"), device=h.device)
-    best_at = torch.zeros(n, dtype=torch.long, device=h.device)
+    running_max = torch.full((n,), float("-inf"), device=h.device)     # the largest logit so far
+    best_at = torch.zeros(n, dtype=torch.long, device=h.device)          # and where it is
+    sum_exp = torch.zeros(n, dtype=torch.float64, device=h.device)       # sum of exp(logit - running_max)
     picked = torch.zeros(n, device=h.device)
     rows = torch.arange(n, device=h.device)
     for lo in range(0, vocab, VOCAB_CHUNK):
         z = (h @ weight[lo:lo + VOCAB_CHUNK].T).float()                      # (n, c)
         top, at = z.max(dim=1)
-        better = top > best                                                 # an earlier chunk wins ties
-        best, best_at = torch.where(better, top, best), torch.where(better, at + lo, best_at)
+        better = top > running_max                                          # an earlier chunk wins ties
+        best_at = torch.where(better, at + lo, best_at)
         inside = (targets >= lo) & (targets < lo + z.shape[1])
         picked = torch.where(inside, z[rows, (targets - lo).clamp(0, z.shape[1] - 1)], picked)
         new_max = torch.maximum(running_max, top)

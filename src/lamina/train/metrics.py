@@ -88,15 +88,16 @@ class Bar:
 
     def __init__(self, total: int, start: int, enabled: bool, stream: TextIO | None = None) -> None:
         self.progress = self.lines = None
+        self.stream = stream or sys.stdout
         if not enabled:
             return
-        stream = stream or sys.stdout
-        if not stream.isatty():
-            self.lines = Lines(stream, "train", total, done=start)
+        if not self.stream.isatty():
+            self.lines = Lines(self.stream, "train", total, done=start)
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                 TextColumn("eta"), TimeRemainingColumn())
+                                 TextColumn("eta"), TimeRemainingColumn(), console=Console(file=self.stream))
         self.task = self.progress.add_task("", total=total, completed=start)
         self.progress.start()
 
@@ -111,7 +112,7 @@ class Bar:
         if self.progress:
             self.progress.console.print(text)
         else:
-            print(text, flush=True)
+            print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.progress:
