@@ -1,6 +1,7 @@
 """The prefix-sharing scorer against the plain computation (one causal forward per request), and
 the metrics on hand-made items whose right answer is known."""
 
+import dataclasses
 import math
 import random
 
@@ -99,6 +100,21 @@ def test_encode_pair_moves_trailing_space_to_the_continuation_and_splits_like_lm
     whole = tok.encode("The cat sat")
     ctx, cont = encode_pair(tok.encode, "", "The cat sat", prefix_id=tok.bos_id)
     assert ctx == (tok.bos_id,) and list(cont) == whole
+
+
+@pytest.mark.parametrize("task", ["mmlu", "hellaswag", "winogrande", "lambada", "gsm8k"])
+def test_requests_encoded_in_one_batch_equal_encode_pair_request_by_request(smollm2_llm, task):
+    from lamina.eval.harness import encode_requests
+    from lamina.eval.tasks import TASKS
+    tok = smollm2_llm.tokenizer
+    items = TASKS[task].items(limit=4)
+    if task == "gsm8k":    # an empty context: the continuation is cut after the prefix token
+        items[0] = dataclasses.replace(items[0], requests=(("", "The cat sat"),))
+    expected = [encode_pair(tok.encode, ctx, cont, prefix_id=tok.bos_id if tok.bos_id is not None else tok.eos_id)
+                for it in items for ctx, cont in it.requests]
+    got = encode_requests(smollm2_llm, items)
+    assert [(r.context, r.continuation) for r in got] == expected
+    assert [r.item for r in got] == [i for i, it in enumerate(items) for _ in it.requests]
 
 
 def test_accuracy_and_length_normalized_accuracy_on_known_items():

@@ -24,7 +24,7 @@ tests/eval/test_parity.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -45,17 +45,31 @@ class Request:
     block: int = 0
 
 
-def encode_pair(encode: Callable[[str], list[int]], context: str, continuation: str,
+def lm_eval_cut(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval's first cut of a pair: trailing spaces of the context move to the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def pair_texts(context: str, continuation: str) -> tuple[str, ...]:
+    """The texts `encode_pair` encodes for this pair, to encode many pairs' texts at once."""
+    if not context:
+        return (continuation,)
+    context, continuation = lm_eval_cut(context, continuation)
+    return context + continuation, context
+
+
+def encode_pair(encode: Callable[[str], Sequence[int]], context: str, continuation: str,
                 prefix_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Token ids of (context, continuation) exactly as lm-eval's causal backends cut them:
     trailing spaces of the context move to the continuation; the continuation is what encoding
     the whole adds after the context's own encoding; an empty context becomes `prefix_id`."""
     if not context:
-        cont = encode(continuation)
+        cont = list(encode(continuation))
         return ((prefix_id,), tuple(cont)) if cont[:1] != [prefix_id] else (tuple(cont[:1]), tuple(cont[1:]))
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    context, continuation = lm_eval_cut(context, continuation)
     whole, ctx = encode(context + continuation), encode(context)
     return tuple(ctx), tuple(whole[len(ctx):])
 
