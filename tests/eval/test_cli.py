@@ -91,18 +91,24 @@ def test_gsm8k_generates_until_the_next_question_and_scores_the_extracted_answer
 
 def test_progress_off_a_terminal_is_plain_lines_with_the_time_left(monkeypatch):
     import io
+    import types
 
     from lamina import progress
     from lamina.eval import harness
     monkeypatch.setattr(progress, "EVERY_S", 0.0)        # a line at every advance
+    now = [0.0]
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     stream = io.StringIO()                               # not a terminal
     with harness.progress_bar(True, stream) as start:
-        advance = start("hellaswag", 10)
+        advance = start("mmlu", 10)
+        now[0] = 600.0                                   # ten minutes of setup before the first item
         advance(4)
-        advance(6)
+        now[0] = 630.0
+        advance(3)                                       # 3 items in 30 s: the last 3 take 30 s more
+        now[0] = 660.0
+        advance(3)
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "hellaswag: 0/10"
-    assert lines[1].startswith("hellaswag: 4/10 (40%), 0m") and lines[1].endswith("left")
-    assert lines[2].startswith("hellaswag: 10/10 (100%), 0m") and "left" not in lines[2]
+    assert lines == ["mmlu: 0/10", "mmlu: 4/10 (40%), 10m00s elapsed",
+                     "mmlu: 7/10 (70%), 10m30s elapsed, about 0m30s left", "mmlu: 10/10 (100%), 11m00s elapsed"]
     with harness.progress_bar(False, stream) as start:
         assert start is None
