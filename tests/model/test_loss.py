@@ -86,6 +86,22 @@ def test_target_logprobs_equal_log_softmax_and_argmax(chunk, monkeypatch):
     assert torch.equal(greedy, logits.argmax(dim=1) == targets) and greedy[:10].all()
 
 
+def test_target_logprobs_score_several_targets_of_one_row(monkeypatch):
+    # rows shared by several targets (an item's endings all score their first token at the
+    # context's last position) and a row no target uses
+    monkeypatch.setattr(loss_module, "VOCAB_CHUNK", 64)
+    torch.manual_seed(1)
+    h, weight = torch.randn(6, 16), torch.randn(300, 16)
+    logits = h @ weight.T
+    rows = torch.tensor([0, 0, 0, 2, 5, 2, 1])
+    targets = torch.tensor([3, 299, 0, 7, 150, 7, 64])
+    targets[6] = logits[1].argmax()
+    logp, greedy = loss_module.linear_target_logprobs(h, weight, targets, rows)
+    ref = F.log_softmax(logits, dim=-1)[rows, targets]
+    assert torch.allclose(logp, ref, atol=1e-5, rtol=0) and logp[3] == logp[5]
+    assert torch.equal(greedy, logits.argmax(dim=1)[rows] == targets) and greedy[6]
+
+
 def test_target_logprobs_break_ties_as_argmax_does(monkeypatch):
     # the largest logit appears three times, in different chunks: argmax takes the first
     monkeypatch.setattr(loss_module, "VOCAB_CHUNK", 2)

@@ -254,7 +254,10 @@ class Scorer:
         r, t = torch.tensor(rows, device=dev), torch.tensor(targets, device=dev)
         # The output layer on the scored rows only, chunk by chunk over the vocabulary: the
         # log-softmax at each target and whether it is the argmax, never the (rows, vocab) logits.
-        logp, greedy = linear_target_logprobs(hidden[r], self.model.output.weight, t)
+        # Each scoring row once (an item's requests all score their first token at its context's
+        # last position); suffix rows that score nothing (WinoGrande's differing contexts) not at all.
+        used, r = torch.unique(r, return_inverse=True)
+        logp, greedy = linear_target_logprobs(hidden[used], self.model.output.weight, t, r)
         lls, greedy = logp.split(sizes), greedy.split(sizes)
         index = [i for it in batch for i in it.index]
         for i, ll, g in zip(index, lls, greedy):

@@ -87,10 +87,14 @@ VOCAB_CHUNK = 4096
 
 
 @torch.no_grad()
-def linear_target_logprobs(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """log_softmax(h @ weight.T)[i, targets[i]] for every row, and whether targets[i] is the
-    row's argmax (the first, on ties), without the (rows, vocab) logits: h (n, dim), weight
-    (vocab, dim), targets (n,) -> float32 (n,), bool (n,).
+def linear_target_logprobs(h: Tensor, weight: Tensor, targets: Tensor, rows: Tensor | None = None
+                           ) -> tuple[Tensor, Tensor]:
+    """log_softmax(h @ weight.T)[rows[i], targets[i]] for every target, and whether targets[i] is
+    its row's argmax (the first, on ties), without the (rows, vocab) logits: h (n, dim), weight
+    (vocab, dim), targets (m,), rows (m,) indices into h (default: m = n, row i for target i)
+    -> float32 (m,), bool (m,). Several targets may share a row: the row goes through the
+    output layer once (the four endings of a HellaSwag item all score their first token at the
+    context's last position).
 
     What evaluation needs from the output layer. Done plainly, a batch of 850 scored positions
     of SmolLM2 writes 167 MB of logits, then as much again of log-probabilities, then reads them
@@ -106,8 +110,8 @@ def linear_target_logprobs(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[
     running_max = torch.full((n,), float("-inf"), device=h.device)     # the largest logit so far
     best_at = torch.zeros(n, dtype=torch.long, device=h.device)          # and where it is
     sum_exp = torch.zeros(n, dtype=torch.float64, device=h.device)       # sum of exp(logit - running_max)
-    picked = torch.zeros(n, device=h.device)
-    rows = torch.arange(n, device=h.device)
+    rows = torch.arange(n, device=h.device) if rows is None else rows
+    picked = torch.zeros(len(targets), device=h.device)
     for lo in range(0, vocab, VOCAB_CHUNK):
         z = (h @ weight[lo:lo + VOCAB_CHUNK].T).float()                      # (n, c)
         top, at = z.max(dim=1)
@@ -119,5 +123,5 @@ def linear_target_logprobs(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[
         sum_exp = sum_exp * torch.exp(running_max - new_max).double() + \
             z.sub_(new_max[:, None]).exp_().sum(dim=1, dtype=torch.float64)
         running_max = new_max
-    logp = picked.double() - running_max.double() - sum_exp.log()
-    return logp.float(), best_at == targets
+    logp = picked.double() - running_max[rows].double() - sum_exp[rows].log()
+    return logp.float(), best_at[rows] == targets
