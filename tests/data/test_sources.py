@@ -52,17 +52,6 @@ def test_clean_small_recipe_keeps_copyleft_code_out():
         recipe("everything")
 
 
-def test_built_in_recipes_only_read_distributions_a_runtime_install_has():
-    # The test environment has pytest's pluggy and iniconfig whatever we declare; a runtime install
-    # (`scripts/setup.sh`, the README's first line) has what requirements/assets.txt lists.
-    from lamina.data.recipes import RECIPES
-    assets = Path(__file__).parents[2] / "requirements" / "assets.txt"
-    listed = {line.split("==")[0].strip().lower() for line in assets.read_text().splitlines()
-              if line.strip() and not line.startswith("#")}
-    wanted = {ref[3:].lower() for r in RECIPES.values() for ref in r.sources if ref.startswith("py:")}
-    assert wanted and wanted <= listed, f"add {sorted(wanted - listed)} to requirements/assets.txt"
-
-
 def test_data_never_imports_later_stages():
     import lamina.data
     for f in Path(lamina.data.__file__).parent.glob("*.py"):
