@@ -2,7 +2,6 @@
 the test environment, which has far more installed; these checks read the declarations instead."""
 
 import ast
-import re
 import sys
 import tomllib
 from importlib import metadata
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import lamina
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).parents[1]
 SRC = Path(lamina.__file__).parent
@@ -19,7 +19,8 @@ OPTIONAL_MODULES = {"eval/lm_eval_model.py"}
 
 
 def _name(requirement: str) -> str:
-    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    """The normalised distribution name of a requirement line ("Jinja2==3.1", "a_b; extra")."""
+    return canonicalize_name(Requirement(requirement).name)
 
 
 def _assets() -> set[str]:
@@ -42,7 +43,7 @@ def _runtime_closure() -> set[str]:
         for text in metadata.requires(name) or []:
             req = Requirement(text)
             if req.marker is None or req.marker.evaluate({"extra": ""}):   # this Python, no extras
-                todo.append(_name(req.name))
+                todo.append(canonicalize_name(req.name))
     return have
 
 
@@ -66,7 +67,7 @@ def test_every_module_level_import_is_a_runtime_dependency():
         if rel in OPTIONAL_MODULES:
             continue
         for module in _module_level_imports(path) - set(sys.stdlib_module_names) - {"lamina"}:
-            dists = {_name(d) for d in providers.get(module, [])}
+            dists = {canonicalize_name(d) for d in providers.get(module, [])}
             if not dists & closure:
                 missing.setdefault(module, []).append(rel)
     assert not missing, f"imported at module level but not installed by scripts/setup.sh: {missing}"
@@ -87,5 +88,5 @@ def test_built_in_recipes_only_read_distributions_the_assets_list():
     # The clean-small corpus reads the code of installed distributions; pluggy and iniconfig once
     # came only with pytest, and the main job stopped at its data step on a runtime install.
     from lamina.data.recipes import RECIPES
-    wanted = {_name(ref[3:]) for r in RECIPES.values() for ref in r.sources if ref.startswith("py:")}
+    wanted = {canonicalize_name(ref[3:]) for r in RECIPES.values() for ref in r.sources if ref.startswith("py:")}
     assert wanted and wanted <= _assets(), f"add {sorted(wanted - _assets())} to requirements/assets.txt"
