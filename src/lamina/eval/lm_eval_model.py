@@ -179,7 +179,7 @@ def reference_scores(name: str, lm, limit: int | None = None) -> list[dict]:
     return out
 
 
-def hf_reference(model: str = "smollm2-135m-instruct", batch_size: int = 8):
+def hf_reference(model: str = "smollm2-135m-instruct", batch_size: int = 8, device: str = "cpu"):
     """lm-eval's HF backend (`HFLM`) on transformers' own reading of the same weights: for the
     packaged GGUF, transformers dequantizes it itself (float32)."""
     import torch
@@ -193,7 +193,7 @@ def hf_reference(model: str = "smollm2-135m-instruct", batch_size: int = 8):
     else:
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(str(path))
-    return HFLM(pretrained=hf.eval(), tokenizer=tok, batch_size=batch_size, device="cpu")
+    return HFLM(pretrained=hf.to(device).eval(), tokenizer=tok, batch_size=batch_size, device=device)
 
 
 if __name__ == "__main__":
