@@ -51,7 +51,8 @@ SHAPES = {"lamina-speedrun": (16, 256), "smollm2-135m": (4, 256),   # (batch, se
 PRESETS = {"cpu": "lamina-speedrun,smollm2-135m", "cuda": "llama-3.2-1b"}
 SYSTEMS = ("lamina", "lamina+compile", "transformers")
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s; first match wins.
-NOMINAL_BF16 = (("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("GH200", 989.4e12),
+NOMINAL_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12),
+                ("H100", 989.4e12), ("H200", 989.4e12), ("GH200", 989.4e12),
                 ("A100", 312e12), ("L40S", 362e12), ("A10G", 70e12))
 
 

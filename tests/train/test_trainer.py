@@ -16,9 +16,10 @@ from lamina.data.loader import TokenShards
 from lamina.errors import LaminaError
 from lamina.model import Transformer, init_weights
 from lamina.train import TrainConfig, load_recipe, train
-from lamina.train.accounting import TokenLedger
+from lamina.train import accounting
+from lamina.train.accounting import EnergyMeter, TokenLedger
 from lamina.train.config import RECIPES_DIR
-from lamina.train.loop import estimate_memory_gb, plan_batches
+from lamina.train.loop import compute_dtype, estimate_memory_gb, plan_batches
 from lamina.train.optim import build_optimizers, lr_factor
 from lamina.train.state import list_checkpoints
 
@@ -121,6 +122,8 @@ def test_two_gloo_ranks_follow_the_loss_curve_of_one_process(corpus, tmp_path, p
     b = load_file(tmp_path / "two" / "checkpoints" / "step-000008" / "model.safetensors")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    compute = json.loads((tmp_path / "two" / "checkpoints" / "step-000008" / "lamina.json").read_text())["made_by"]["compute"]
+    assert compute["energy_kwh"] > 0 and compute["device_seconds"]["cpu"] > 0   # summed over both ranks
 
 
 def test_debug_preset_overfits_a_single_batch(corpus):
@@ -152,6 +155,33 @@ def test_checkpoint_records_compute_and_the_data_it_consumed(corpus, tmp_path):
     assert compute["energy_method"]
     assert 0 < record["validation"]["bits_per_byte"] < 20
     assert record["step"] == 5 and len(record["samples"]) == 1
+
+
+def test_energy_meter_counts_each_cpu_package_once_per_node(tmp_path, monkeypatch):
+    counter = tmp_path / "intel-rapl:0" / "energy_uj"        # the powercap layout RAPL exposes
+    counter.parent.mkdir()
+    counter.write_text("1000000\n")
+    monkeypatch.setattr(accounting, "RAPL", tmp_path)
+    meter = EnergyMeter(torch.device("cpu"), devices=2, cores=1)
+    assert meter.method == "rapl"
+    counter.write_text("3500000\n")
+    assert meter.joules(local_rank=0) == pytest.approx(2.5)
+    assert meter.joules(local_rank=1) == 0.0     # same package: the node's local rank 0 reports it
+    counter.unlink()                              # no counter: each rank estimates its own share
+    estimate = EnergyMeter(torch.device("cpu"), devices=2, cores=1, watts=50.0)
+    assert estimate.method.startswith("estimate") and estimate.joules(local_rank=1) > 0
+
+
+def test_memory_estimate_follows_the_dtype_training_resolves():
+    config = load_recipe("llama-3.2-1b")
+    model, plan = config.model_config(128256, 0, 1), plan_batches(config, 1)
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compute_dtype(config.replace(dtype="auto"), gpu) == torch.bfloat16
+    assert compute_dtype(config.replace(dtype="auto"), cpu) == torch.float32
+    bf16 = estimate_memory_gb(model, config, plan, 1, compute_dtype(config.replace(dtype="auto"), gpu))
+    fp32 = estimate_memory_gb(model, config, plan, 1, torch.float32)
+    assert bf16 < fp32
+    assert bf16 == estimate_memory_gb(model, config, plan, 1, compute_dtype(config.replace(dtype="bfloat16"), cpu))
 
 
 def test_token_ledger_traces_every_window_to_documents(corpus):

@@ -73,7 +73,10 @@ class EnergyMeter:
             try:
                 import pynvml
                 pynvml.nvmlInit()
-                handle = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)
+                # NVML numbers the machine's GPUs; CUDA numbers the visible ones
+                # (CUDA_VISIBLE_DEVICES), which torch maps back to NVML's index.
+                nvml_index = getattr(torch.cuda, "_get_nvml_device_index", lambda d: d.index or 0)
+                handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(self.device))
                 pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                 return "nvml", lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3
             except Exception:
@@ -94,8 +97,12 @@ class EnergyMeter:
             basis = f"{self.watts:g} W as configured"
         return f"estimate: {basis} × time (no power counter readable)", lambda: clock() * self.watts
 
-    def joules(self) -> float:
-        """Since this meter started, for this process's device."""
+    def joules(self, local_rank: int = 0) -> float:
+        """Since this meter started: this process's share, so that the sum over ranks counts
+        each device once. That is its own GPU (NVML) or its own estimate; RAPL's counters cover
+        the whole CPU package that a node's ranks share, so only local rank 0 reports them."""
+        if self.method == "rapl" and local_rank != 0:
+            return 0.0
         return max(0.0, self._read() - self._start)
 
 

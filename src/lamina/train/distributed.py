@@ -71,13 +71,18 @@ def wrap(model: nn.Module, cluster: Cluster, parallel: str) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def mean(value: float, cluster: Cluster, device: torch.device) -> float:
-    """The mean of a number over ranks."""
+def total(value: float, cluster: Cluster, device: torch.device) -> float:
+    """The sum of a number over ranks."""
     if cluster.world == 1:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t) / cluster.world
+    return float(t)
+
+
+def mean(value: float, cluster: Cluster, device: torch.device) -> float:
+    """The mean of a number over ranks."""
+    return total(value, cluster, device) / cluster.world
 
 
 def barrier(cluster: Cluster) -> None:

@@ -66,7 +66,14 @@ def plan_batches(config: TrainConfig, world: int) -> Plan:
     return Plan(per_rank, micro, per_rank // micro)
 
 
-def estimate_memory_gb(c: ModelConfig, config: TrainConfig, plan: Plan, world: int) -> float:
+def compute_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """What the matmuls run in: bf16 autocast when asked, or by default ("auto") on GPUs."""
+    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def estimate_memory_gb(c: ModelConfig, config: TrainConfig, plan: Plan, world: int,
+                       dtype: torch.dtype = torch.float32) -> float:
     """A deliberately rough upper estimate: fp32 weights, gradients and optimizer state (two
     AdamW moments; sharded under FSDP), plus activations — about 34·T·dim bytes per layer per
     sequence in 16-bit (Korthikanti et al. 2022, with attention fused), doubled for fp32 — and the
@@ -74,7 +81,7 @@ def estimate_memory_gb(c: ModelConfig, config: TrainConfig, plan: Plan, world: i
     params = count_params(c)
     shard = world if config.parallel == "fsdp" else 1
     states = params * 4 * 4 / shard
-    per_layer = 34 * config.seq_len * c.dim * (2 if config.dtype != "bfloat16" else 1)
+    per_layer = 34 * config.seq_len * c.dim * (1 if dtype == torch.bfloat16 else 2)
     layers = c.n_layers if not config.activation_checkpointing else 1
     activations = plan.micro * (per_layer * layers + 3 * 4 * config.seq_len * c.vocab_size)
     return (states + activations) / 2 ** 30
@@ -118,7 +125,8 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
     tokenizer = load_tokenizer(tokenizer_ref(config.data))
     model_config = config.model_config(tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
     plan = plan_batches(config, cluster.world)
-    need = estimate_memory_gb(model_config, config, plan, cluster.world)
+    dtype = compute_dtype(config, device)
+    need = estimate_memory_gb(model_config, config, plan, cluster.world, dtype)
     have = config.max_memory_gb or available_memory_gb(device)
     if need > have:
         raise LaminaError(f"this run needs about {need:.1f} GiB per device and {have:.1f} GiB is allowed; "
@@ -155,7 +163,6 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
         (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     log = MetricsLog(run, progress.step if resume and done else None, config.tensorboard) if cluster.main else None
 
-    dtype = torch.bfloat16 if config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda") else torch.float32
     autocast = (partial(torch.autocast, device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16
                 else contextlib.nullcontext)
     peak = measure_matmul_flops(device, dtype)
@@ -204,8 +211,9 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
                 rows = slice(i * plan.micro, (i + 1) * plan.micro)
                 sync = (contextlib.nullcontext() if i == plan.accum - 1 or cluster.world == 1
                         or config.parallel == "fsdp" else wrapped.no_sync())
-                with sync, autocast():
-                    loss = forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
+                with sync:
+                    with autocast():                           # the forward only, as torch.amp advises
+                        loss = forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
                     (loss / plan.accum).backward()
                 loss_sum += loss.item()
             loss_value = distributed.mean(loss_sum / plan.accum, cluster, device)
@@ -255,7 +263,7 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
                     for s in samples:
                         say(f"sample: {s!r}")
             if progress.step % config.save_every == 0 or last:
-                compute.energy_joules += meter.joules()
+                compute.energy_joules += distributed.total(meter.joules(cluster.local_rank), cluster, device)
                 compute.energy_method = meter.method
                 meter = EnergyMeter(device, cluster.world, cores, config.device_power_watts)
                 last_saved = save()
