@@ -183,9 +183,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from lamina.eval.lm_eval_model import hf_reference
+    device = torch.device(args.device)
     llm = load_model(MODEL, device=args.device)
-    results = Path(args.out) if args.out else RESULTS / ("eval.json" if args.device == "cpu" else
-                                                         f"eval-{torch.device(args.device).type}.json")
+    results = Path(args.out or RESULTS / ("eval.json" if device.type == "cpu" else f"eval-{device.type}.json"))
     if args.count_only:
         old = json.loads(results.read_text()) if results.is_file() else None
         for task in args.tasks:
@@ -197,7 +197,6 @@ def main() -> None:
         if old:
             results.write_text(json.dumps(old, indent=2) + "\n")
         return
-    device = torch.device(args.device)
     record = {"model": MODEL, "dtype": "float32", "threads": args.threads,
               "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
               "device": device.type, "date": datetime.date.today().isoformat()}

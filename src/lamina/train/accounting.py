@@ -61,8 +61,8 @@ class EnergyMeter:
     """Joules used by this process's devices: NVML on GPUs, RAPL package counters on CPUs, or
     device power × time when neither is readable."""
 
-    def __init__(self, device: torch.device, devices: int, cores: int, watts: float = 0.0) -> None:
-        self.device, self.devices, self.cores = device, devices, cores
+    def __init__(self, device: torch.device, local_rank: int, cores: int, watts: float = 0.0) -> None:
+        self.device, self.local_rank, self.cores = device, local_rank, cores
         self._given = bool(watts)
         self.watts = watts or DEFAULT_WATTS[device.type] * (cores if device.type == "cpu" else 1)
         self.method, self._read = self._pick()
@@ -75,8 +75,7 @@ class EnergyMeter:
                 pynvml.nvmlInit()
                 # NVML numbers the machine's GPUs; CUDA numbers the visible ones
                 # (CUDA_VISIBLE_DEVICES), which torch maps back to NVML's index.
-                nvml_index = getattr(torch.cuda, "_get_nvml_device_index", lambda d: d.index or 0)
-                handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(self.device))
+                handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(self.device))
                 pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                 return "nvml", lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3
             except Exception:
@@ -97,11 +96,11 @@ class EnergyMeter:
             basis = f"{self.watts:g} W as configured"
         return f"estimate: {basis} × time (no power counter readable)", lambda: clock() * self.watts
 
-    def joules(self, local_rank: int = 0) -> float:
+    def joules(self) -> float:
         """Since this meter started: this process's share, so that the sum over ranks counts
         each device once. That is its own GPU (NVML) or its own estimate; RAPL's counters cover
         the whole CPU package that a node's ranks share, so only local rank 0 reports them."""
-        if self.method == "rapl" and local_rank != 0:
+        if self.method == "rapl" and self.local_rank != 0:
             return 0.0
         return max(0.0, self._read() - self._start)
 

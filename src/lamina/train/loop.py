@@ -168,7 +168,7 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
     peak = measure_matmul_flops(device, dtype)
     per_token = flops_per_token(model_config, config.seq_len)
     cores = torch.get_num_threads()
-    meter = EnergyMeter(device, cluster.world, cores, config.device_power_watts)
+    meter = EnergyMeter(device, cluster.local_rank, cores, config.device_power_watts)
     token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.float64)
     total = config.total_steps
     bar = Bar(total, progress.step, show)
@@ -263,9 +263,9 @@ def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show
                     for s in samples:
                         say(f"sample: {s!r}")
             if progress.step % config.save_every == 0 or last:
-                compute.energy_joules += distributed.total(meter.joules(cluster.local_rank), cluster, device)
+                compute.energy_joules += distributed.total(meter.joules(), cluster, device)
                 compute.energy_method = meter.method
-                meter = EnergyMeter(device, cluster.world, cores, config.device_power_watts)
+                meter = EnergyMeter(device, cluster.local_rank, cores, config.device_power_watts)
                 last_saved = save()
                 if cluster.main:
                     plot_loss(run)
