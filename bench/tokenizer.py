@@ -4,7 +4,7 @@ shared/BENCHMARKS.md asks.
     .venv/bin/python -m bench.tokenizer [--runs 5] [--threads 1,2] [--mb 2]
 
 Encode: Llama 3's tokenizer encodes the same documents (Python's own docs and source, from the
-standard library, a few MB) as one batch of plain text, through lamina (`load("llama-3")`, on
+standard library, a few MB) as one batch of plain text, through lamina (`load_tokenizer("llama-3")`, on
 tiktoken), tiktoken directly (an Encoding built from the same rank file), and HF tokenizers
 directly (built from the same file by transformers' converter), plus lamina on its HF engine to
 show its wrapper cost there. Each thread count runs in its own process (HF tokenizers sizes its
@@ -56,7 +56,7 @@ def encode_systems(threads: int):
     from llama_models.tokenizer_utils import load_bpe_file
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from lamina.tokenizer import Tokenizer, load
+    from lamina.tokenizer import Tokenizer, load_tokenizer
     from lamina.tokenizer.load import TOKENIZERS, _packaged
 
     path = _packaged("llama-3", TOKENIZERS["llama-3"])
@@ -66,7 +66,7 @@ def encode_systems(threads: int):
     hf = TikTokenConverter(vocab_file=str(path), pattern=meta.pat_str,
                            extra_special_tokens=sorted(meta.special_tokens, key=meta.special_tokens.get)).converted()
     hf.encode_special_tokens = True
-    ours = load("llama-3")
+    ours = load_tokenizer("llama-3")
     ours_hf = Tokenizer(ours.backend)
     return {
         "lamina (tiktoken engine)": lambda d: ours.encode_batch(d, bos=False, num_threads=threads),
@@ -104,7 +104,7 @@ def train_times(docs: list[str], runs: int, vocab_size: int = 8192) -> dict[str,
     from tokenizers import Tokenizer as Backend
 
     from lamina.tokenizer.ranks import LLAMA3_PATTERN
-    from lamina.tokenizer.train import TrainConfig, train_tokenizer
+    from lamina.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     def hf_alone(out: Path) -> None:
         backend = Backend(models.BPE())
@@ -118,7 +118,7 @@ def train_times(docs: list[str], runs: int, vocab_size: int = 8192) -> dict[str,
         backend.save(str(out / "tokenizer.json"))
 
     def lamina(out: Path) -> None:
-        train_tokenizer(TrainConfig(inputs=(str(text_file),), vocab_size=vocab_size, out=str(out),
+        train_tokenizer(TokenizerTrainConfig(inputs=(str(text_file),), vocab_size=vocab_size, out=str(out),
                                     progress=False))
 
     times = {"lamina tokenizer train": [], "HF tokenizers trainer": []}

@@ -136,8 +136,8 @@ def cmd_info(args) -> None:
 def cmd_tokenizer_train(args) -> None:
     import time
 
-    from .tokenizer.train import TrainConfig, train_tokenizer
-    config = TrainConfig(inputs=tuple(args.input), vocab_size=args.vocab_size, out=args.out,
+    from .tokenizer.train import TokenizerTrainConfig, train_tokenizer
+    config = TokenizerTrainConfig(inputs=tuple(args.input), vocab_size=args.vocab_size, out=args.out,
                          special_slots=args.special_slots, min_frequency=args.min_frequency,
                          text_field=args.text_field, progress=not args.quiet)
     start = time.perf_counter()
@@ -147,8 +147,8 @@ def cmd_tokenizer_train(args) -> None:
 
 
 def cmd_tokenizer_encode(args) -> None:
-    from .tokenizer import load
-    tok = load(args.tokenizer)
+    from .tokenizer import load_tokenizer
+    tok = load_tokenizer(args.tokenizer)
     ids = tok.encode(args.text, bos=args.bos, allowed_special="all" if args.special else ())
     print(json.dumps(ids))
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lamina.eval.metrics import aggregate_choice, choice_metrics, extract_gsm8k, mean_stderr, normalize_answer
-from lamina.eval.scoring import MIN_PREAMBLE, Request, Scorer, encode_pair
+from lamina.eval.scoring import MIN_PREAMBLE, ScoringRequest, Scorer, encode_pair
 from lamina.model import Transformer, init_weights, preset
 
 
@@ -20,7 +20,7 @@ def debug_model():
     return init_weights(Transformer(preset("debug")), seed=1, std=0.2).eval()
 
 
-def plain_loglikelihood(model, r: Request, max_len: int) -> tuple[float, bool]:
+def plain_loglikelihood(model, r: ScoringRequest, max_len: int) -> tuple[float, bool]:
     """What lm-eval's HF backend does: one row, logits everywhere, slice the continuation."""
     full = list(r.context + r.continuation)[-(max_len + 1):]
     with torch.no_grad():
@@ -30,7 +30,7 @@ def plain_loglikelihood(model, r: Request, max_len: int) -> tuple[float, bool]:
     return float(picked.gather(1, target[:, None]).sum()), bool((picked.argmax(-1) == target).all())
 
 
-def random_requests(seed: int, n_items: int, preamble: int = 0) -> list[Request]:
+def random_requests(seed: int, n_items: int, preamble: int = 0) -> list[ScoringRequest]:
     """Items of 1-4 choices: a shared context (after an optional block-wide preamble), choices
     of 1-9 tokens that sometimes share their first tokens, and some multiple-input items
     (different contexts, one continuation) as in WinoGrande."""
@@ -42,11 +42,11 @@ def random_requests(seed: int, n_items: int, preamble: int = 0) -> list[Request]
         ctx = head + tok(rng.randint(1, 40))
         if rng.random() < 0.2:   # multiple input: contexts differ, continuation shared
             cont = tok(rng.randint(1, 6))
-            out += [Request(ctx + tok(rng.randint(0, 3)), cont, item) for _ in range(2)]
+            out += [ScoringRequest(ctx + tok(rng.randint(0, 3)), cont, item) for _ in range(2)]
             continue
         stem = tok(rng.randint(0, 2))
         for _ in range(rng.randint(1, 4)):
-            out.append(Request(ctx, stem + tok(rng.randint(1, 7)), item))
+            out.append(ScoringRequest(ctx, stem + tok(rng.randint(1, 7)), item))
     return out
 
 
@@ -78,7 +78,7 @@ def test_plan_finds_the_preamble_and_batches_items_by_length_within_the_budgets(
 def test_contexts_longer_than_the_model_are_cut_from_the_left_as_lm_eval_does(debug_model):
     max_len = debug_model.config.max_seq_len
     rng = random.Random(3)
-    r = Request(tuple(rng.randrange(512) for _ in range(max_len + 40)), (5, 6, 7))
+    r = ScoringRequest(tuple(rng.randrange(512) for _ in range(max_len + 40)), (5, 6, 7))
     (ll, _), = Scorer(debug_model).loglikelihood([r])
     assert ll == pytest.approx(plain_loglikelihood(debug_model, r, max_len)[0], abs=1e-4)
 
@@ -89,7 +89,7 @@ def test_greedy_is_true_exactly_when_argmax_decoding_gives_the_continuation(debu
         a = int(debug_model(torch.tensor([ctx]))[0, -1].argmax())
         b = int(debug_model(torch.tensor([ctx + (a,)]))[0, -1].argmax())
     (_, greedy), (_, other) = Scorer(debug_model).loglikelihood(
-        [Request(ctx, (a, b), 0), Request(ctx, ((a + 1) % 512, b), 0)])
+        [ScoringRequest(ctx, (a, b), 0), ScoringRequest(ctx, ((a + 1) % 512, b), 0)])
     assert greedy and not other
 
 

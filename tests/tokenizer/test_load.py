@@ -1,4 +1,4 @@
-"""`lamina.tokenizer.load` reproduces the tokenizers of the models lamina runs, id for id: Llama 3's
+"""`lamina.tokenizer.load_tokenizer` reproduces the tokenizers of the models lamina runs, id for id: Llama 3's
 tiktoken rank file against Meta's own tokenizer (tiktoken) and against HF tokenizers built from the
 same file by transformers' converter; SentencePiece models against the sentencepiece library. Bad
 files end in one clear error."""
@@ -12,7 +12,7 @@ import sentencepiece
 from tokenizers import Tokenizer as Backend
 
 from lamina.errors import LaminaError
-from lamina.tokenizer import Tokenizer, load
+from lamina.tokenizer import Tokenizer, load_tokenizer
 from lamina.tokenizer.load import _packaged
 
 PROSE = ("The llama (Lama glama) is a domesticated South American camelid, widely used as a meat and "
@@ -42,7 +42,7 @@ SURROGATES = ["\ud800", "a\udfffb", "\ud83d\ude00", "\udc80 lone low", "end\ud83
 
 @pytest.fixture(scope="module")
 def llama3():
-    return load("llama-3")
+    return load_tokenizer("llama-3")
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ SPM_CORPUS = [
 def test_sentencepiece_model_ids_equal_sentencepiece(name):
     path = _packaged(name)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-    tok = load(path)
+    tok = load_tokenizer(path)
     assert tok.vocab_size == sp.get_piece_size()
     assert (tok.bos_id, tok.eos_id) == (sp.bos_id(), sp.eos_id())
     for text in SPM_CORPUS:
@@ -135,7 +135,7 @@ def test_sentencepiece_model_ids_equal_sentencepiece(name):
 
 
 def test_sentencepiece_control_tokens_never_come_from_text():
-    tok = load("mistral-v3")
+    tok = load_tokenizer("mistral-v3")
     inst = tok["[INST]"]
     assert inst not in tok.encode("[INST] hi [/INST]")
     assert tok.encode("[INST] hi", bos=False, allowed_special="all")[0] == inst
@@ -147,7 +147,7 @@ def test_a_freshly_trained_sentencepiece_model_loads_exactly(tmp_path):
         model_type="bpe", vocab_size=400, byte_fallback=True, character_coverage=1.0,
         normalization_rule_name="identity", remove_extra_whitespaces=False, minloglevel=2)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "m.model"))
-    tok = load(tmp_path / "m.model")
+    tok = load_tokenizer(tmp_path / "m.model")
     for text in SPM_CORPUS:
         assert tok.encode(text, bos=False) == sp.encode(text), text[:40]
 
@@ -157,21 +157,21 @@ def test_unsupported_sentencepiece_models_are_refused_clearly(tmp_path):
         sentence_iterator=iter([PROSE] * 20), model_prefix=str(tmp_path / "u"), model_type="unigram",
         vocab_size=60, minloglevel=2)
     with pytest.raises(LaminaError, match="not a BPE model.*normalizes text.*removes extra whitespace"):
-        load(tmp_path / "u.model")
+        load_tokenizer(tmp_path / "u.model")
 
 
 # -- other formats and bad input ----------------------------------------------------------------
 
 def test_every_reference_kind_loads(tmp_path, smollm2, llama3):
-    assert load("smollm2-135m-instruct").encode("Hello!") == smollm2.tokenizer.encode("Hello!")
-    assert load(smollm2.path).vocab_size == smollm2.tokenizer.vocab_size   # a GGUF file
+    assert load_tokenizer("smollm2-135m-instruct").encode("Hello!") == smollm2.tokenizer.encode("Hello!")
+    assert load_tokenizer(smollm2.path).vocab_size == smollm2.tokenizer.vocab_size   # a GGUF file
     smollm2.tokenizer.save(tmp_path)
     for ref in (tmp_path, tmp_path / "tokenizer.json"):
-        assert load(ref).encode("Hello, <|im_end|> world") == smollm2.tokenizer.encode("Hello, <|im_end|> world")
+        assert load_tokenizer(ref).encode("Hello, <|im_end|> world") == smollm2.tokenizer.encode("Hello, <|im_end|> world")
     meta_dir = tmp_path / "meta"
     meta_dir.mkdir()
     llama3.ranks.save(meta_dir / "tokenizer.model")   # Meta's original layout
-    assert load(meta_dir).encode(PROSE) == llama3.encode(PROSE)
+    assert load_tokenizer(meta_dir).encode(PROSE) == llama3.encode(PROSE)
 
 
 def test_saved_llama3_loads_in_transformers_with_the_same_ids(tmp_path, llama3):
@@ -180,7 +180,7 @@ def test_saved_llama3_loads_in_transformers_with_the_same_ids(tmp_path, llama3):
     hf = AutoTokenizer.from_pretrained(tmp_path)
     for text in CORPUS[:8]:
         assert hf(text, add_special_tokens=False).input_ids == llama3.encode(text, bos=False)
-    assert load(tmp_path).encode(PROSE) == llama3.encode(PROSE)
+    assert load_tokenizer(tmp_path).encode(PROSE) == llama3.encode(PROSE)
 
 
 @pytest.mark.parametrize("content, error", [
@@ -199,13 +199,13 @@ def test_bad_tokenizer_files_end_in_one_clear_error(tmp_path, content, error):
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(LaminaError, match=error):
-        load(path)
+        load_tokenizer(path)
 
 
 def test_a_directory_without_a_tokenizer_says_so(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({}))
     with pytest.raises(LaminaError, match="no tokenizer.json or tokenizer.model"):
-        load(tmp_path)
+        load_tokenizer(tmp_path)
 
 
 def test_hf_backend_only_tokenizers_still_work(smollm2):

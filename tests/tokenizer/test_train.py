@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from lamina.cli import main
 from lamina.errors import LaminaError
-from lamina.tokenizer import load
-from lamina.tokenizer.train import TrainConfig, train_tokenizer
+from lamina.tokenizer import load_tokenizer
+from lamina.tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
 from .test_load import ARABIC, CJK, CODE, CORPUS, EMOJI, PROSE, RUSSIAN
 
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "tok"
-    train_tokenizer(TrainConfig(inputs=(str(corpus / "a.txt"), str(corpus / "b.jsonl")), vocab_size=1200,
+    train_tokenizer(TokenizerTrainConfig(inputs=(str(corpus / "a.txt"), str(corpus / "b.jsonl")), vocab_size=1200,
                                 out=str(out), progress=False))
     return out
 
@@ -40,14 +40,14 @@ def trained(corpus, tmp_path_factory):
 def test_training_writes_ranks_tokenizer_json_and_config(trained):
     assert sorted(p.name for p in trained.iterdir()) == [
         "lamina_tokenizer.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
-    tok = load(trained / "tokenizer.model")   # the rank file alone, read with Llama 3's conventions
+    tok = load_tokenizer(trained / "tokenizer.model")   # the rank file alone, read with Llama 3's conventions
     assert tok.encoding is not None and tok.vocab_size == 1200
     assert tok["<|begin_of_text|>"] == 1200 - 256 and tok["<|eot_id|>"] == 1200 - 256 + 9
     assert tok["<|reserved_special_token_245|>"] == 1199
 
 
 def test_the_rank_file_and_tokenizer_json_give_the_same_ids(trained):
-    fast, hf_engine = load(trained / "tokenizer.model"), load(trained)
+    fast, hf_engine = load_tokenizer(trained / "tokenizer.model"), load_tokenizer(trained)
     assert hf_engine.encoding is None and hf_engine.vocab_size == fast.vocab_size
     for text in CORPUS:
         assert fast.encode(text) == hf_engine.encode(text), text[:40]
@@ -59,7 +59,7 @@ def test_the_rank_file_and_tokenizer_json_give_the_same_ids(trained):
 def test_a_trained_tokenizer_loads_in_transformers_with_the_same_ids(trained):
     from transformers import AutoTokenizer
     hf = AutoTokenizer.from_pretrained(trained)
-    tok = load(trained / "tokenizer.model")
+    tok = load_tokenizer(trained / "tokenizer.model")
     for text in CORPUS:
         assert hf(text).input_ids == tok.encode(text, allowed_special="all"), text[:40]   # BOS too
     messages = [{"role": "user", "content": "Name a camelid."}]
@@ -71,7 +71,7 @@ def test_a_trained_tokenizer_loads_in_transformers_with_the_same_ids(trained):
 
 def test_training_is_deterministic(corpus, trained, tmp_path):
     again = tmp_path / "again"
-    train_tokenizer(TrainConfig(inputs=(str(corpus / "a.txt"), str(corpus / "b.jsonl")), vocab_size=1200,
+    train_tokenizer(TokenizerTrainConfig(inputs=(str(corpus / "a.txt"), str(corpus / "b.jsonl")), vocab_size=1200,
                                 out=str(again), progress=False))
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
         assert (again / name).read_bytes() == (trained / name).read_bytes(), name
@@ -81,7 +81,7 @@ def test_cli_trains_from_a_directory(corpus, tmp_path, capsys):
     assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "600", "--special-slots", "16",
                  "--out", str(tmp_path / "tok"), "--quiet"]) == 0
     assert "600 tokens (584 BPE, 16 special)" in capsys.readouterr().out
-    assert load(tmp_path / "tok").special_tokens["<|eot_id|>"] == 584 + 9
+    assert load_tokenizer(tmp_path / "tok").special_tokens["<|eot_id|>"] == 584 + 9
     assert main(["tokenizer", "encode", str(tmp_path / "tok"), "<|eot_id|>", "--special"]) == 0
     assert capsys.readouterr().out.strip() == "[584, 593]"
 
@@ -102,17 +102,17 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(LaminaError, match="line 2 is not a JSON object with a 'text' string"):
-        train_tokenizer(TrainConfig(inputs=(str(bad),), vocab_size=600, out=str(tmp_path / "o"), progress=False))
+        train_tokenizer(TokenizerTrainConfig(inputs=(str(bad),), vocab_size=600, out=str(tmp_path / "o"), progress=False))
     with pytest.raises(LaminaError, match="no such file"):
-        train_tokenizer(TrainConfig(inputs=(str(tmp_path / "missing.txt"),), vocab_size=600,
+        train_tokenizer(TokenizerTrainConfig(inputs=(str(tmp_path / "missing.txt"),), vocab_size=600,
                                     out=str(tmp_path / "o"), progress=False))
     assert not (tmp_path / "o").exists()
 
 
 @pytest.fixture(scope="module")
 def engines(trained):
-    return {"trained (tiktoken)": load(trained / "tokenizer.model"), "trained (HF)": load(trained),
-            "llama-3": load("llama-3")}
+    return {"trained (tiktoken)": load_tokenizer(trained / "tokenizer.model"), "trained (HF)": load_tokenizer(trained),
+            "llama-3": load_tokenizer("llama-3")}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from lamina.tokenizer import load
+from lamina.tokenizer import load_tokenizer
 from lamina.tokenizer.train import TrainConfig as TokenizerConfig, train_tokenizer
 
 
@@ -25,7 +25,7 @@ def test_speedrun_goes_from_nothing_to_a_report(tmp_path):
     assert not any("GPL" in lic or "MPL" in lic for lic in licenses)       # the policy kept them out
     assert "certifi" in report                                              # ... and the report says so
     assert "```" in report and "energy" in report and (out / "train" / "loss.png").is_file()
-    assert load(out / "data" / "tokenizer").vocab_size == 4096
+    assert load_tokenizer(out / "data" / "tokenizer").vocab_size == 4096
     again = subprocess.run([sys.executable, "-m", "lamina.cli", "speedrun", "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 1 and "already exists" in again.stderr

@@ -309,7 +309,7 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
 def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
                  config: BuildConfig | None = None, recipe: str = "custom", progress: bool = False) -> Build:
     """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite."""
-    from ..tokenizer import load as load_tokenizer
+    from ..tokenizer import load_tokenizer
     out, policy, config = Path(out), policy or Policy.permissive(), config or BuildConfig()
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")

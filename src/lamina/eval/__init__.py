@@ -4,9 +4,9 @@ text and decontamination against a corpus's ledger. Reads its data from the `ai2
 package; imports model, serve, tokenizer and data (for the ledger), never train or post."""
 
 from .harness import EvalConfig, evaluate, load_model, write_json
-from .scoring import Request, Scorer, encode_pair
+from .scoring import ScoringRequest, Scorer, encode_pair
 from .table import render
 from .tasks import GROUPS, TASKS, Item, Task, resolve_tasks
 
-__all__ = ["EvalConfig", "GROUPS", "Item", "Request", "Scorer", "TASKS", "Task", "encode_pair", "evaluate",
+__all__ = ["EvalConfig", "GROUPS", "Item", "ScoringRequest", "Scorer", "TASKS", "Task", "encode_pair", "evaluate",
            "load_model", "render", "resolve_tasks", "write_json"]

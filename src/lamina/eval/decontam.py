@@ -21,7 +21,7 @@ from typing import Iterator
 from ..data import Ledger, open_shard, read_manifest
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
-from ..tokenizer import load as load_tokenizer
+from ..tokenizer import load_tokenizer
 
 WORD = re.compile(r"\w+")
 

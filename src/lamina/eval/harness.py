@@ -20,7 +20,7 @@ from ..progress import Lines
 from ..serve import LLM
 from .generation import generate_until
 from .metrics import aggregate_choice, choice_metrics, extract_gsm8k, mean, normalize_answer, perplexity
-from .scoring import Request, Scorer, encode_pair, pair_texts
+from .scoring import ScoringRequest, Scorer, encode_pair, pair_texts
 from .tasks import GSM8K_MAX_NEW_TOKENS, GSM8K_STOP, Item, Task, resolve_tasks
 
 
@@ -85,7 +85,7 @@ def progress_bar(enabled: bool, stream: TextIO | None = None
         yield start
 
 
-def encode_requests(llm: LLM, items: list[Item]) -> list[Request]:
+def encode_requests(llm: LLM, items: list[Item]) -> list[ScoringRequest]:
     """Every request of every item in token ids, cut as lm-eval cuts them. Each distinct text is
     encoded once, all of them in one batch (a 5-shot MMLU prompt is ~2.5k characters, and its
     item's four requests share it), and the requests of an item share their context's ids."""
@@ -99,7 +99,7 @@ def encode_requests(llm: LLM, items: list[Item]) -> list[Request]:
         block = blocks.setdefault(it.block, len(blocks))
         for ctx, cont in it.requests:
             c, k = encode_pair(ids.__getitem__, ctx, cont, prefix)
-            requests.append(Request(c, k, item=i, block=block))
+            requests.append(ScoringRequest(c, k, item=i, block=block))
     return requests
 
 

@@ -24,7 +24,7 @@ from ..serve import LLM
 from .generation import generate_until
 from .harness import load_model
 from .perplexity import rolling_windows
-from .scoring import MIN_PREAMBLE, Request, Scorer
+from .scoring import MIN_PREAMBLE, ScoringRequest, Scorer
 from .tasks import MMLU_SUBJECTS
 
 
@@ -68,7 +68,7 @@ class LaminaLM(TemplateLM):
         reqs = []
         for _, ctx, cont in requests:
             ctx, cont = tuple(ctx), tuple(cont)
-            reqs.append(Request(ctx, cont, item=items.setdefault(ctx, len(items)),
+            reqs.append(ScoringRequest(ctx, cont, item=items.setdefault(ctx, len(items)),
                                 block=blocks.setdefault(ctx[:MIN_PREAMBLE], len(blocks))))
         return self.scorer.loglikelihood(reqs)
 
@@ -76,7 +76,7 @@ class LaminaLM(TemplateLM):
         out = []
         for (text,) in (r.args for r in requests):
             windows = rolling_windows(self.tok.encode(text), self.prefix_token_id, self._max_length)
-            reqs = [Request(c, k, item=i) for i, (c, k) in enumerate(windows)]
+            reqs = [ScoringRequest(c, k, item=i) for i, (c, k) in enumerate(windows)]
             out.append(sum(ll for ll, _ in self.scorer.loglikelihood(reqs)))
         return out
 

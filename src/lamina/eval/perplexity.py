@@ -17,7 +17,7 @@ from typing import Callable
 
 from ..errors import LaminaError
 from ..tokenizer import Tokenizer
-from .scoring import Request, Scorer
+from .scoring import ScoringRequest, Scorer
 
 
 def rolling_windows(tokens: list[int], prefix: int, window: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -43,7 +43,7 @@ def score_documents(scorer: Scorer, docs: list[tuple[list[int], str]], prefix: i
     requests = []
     for d, (tokens, _) in enumerate(docs):
         for ctx, cont in rolling_windows(tokens, prefix, window):
-            requests.append(Request(ctx, cont, item=len(requests), block=d))
+            requests.append(ScoringRequest(ctx, cont, item=len(requests), block=d))
     lls = [ll for ll, _ in scorer.loglikelihood(requests, progress)] if requests else []
     nll = -sum(lls)
     n_tokens = sum(len(t) for t, _ in docs)

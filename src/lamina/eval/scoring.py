@@ -36,7 +36,7 @@ MIN_PREAMBLE = 32       # a shared preamble shorter than this is not worth a for
 
 
 @dataclass(frozen=True)
-class Request:
+class ScoringRequest:
     """Score `continuation` after `context` (token ids). Requests with equal `item` are the
     choices of one question; equal `block` means they may share a long common preamble."""
     context: tuple[int, ...]
@@ -138,7 +138,7 @@ class Scorer:
         self.dtype, self.device = weight.dtype, weight.device
 
     @torch.inference_mode()
-    def loglikelihood(self, requests: list[Request], progress: Callable[[int], None] | None = None
+    def loglikelihood(self, requests: list[ScoringRequest], progress: Callable[[int], None] | None = None
                       ) -> list[tuple[float, bool]]:
         """(sum of log-probabilities of the continuation, whether greedy decoding would produce
         it) for every request, in order. `progress(n)` is called as items finish."""
@@ -154,7 +154,7 @@ class Scorer:
         return results  # type: ignore[return-value]
 
     # -- planning --------------------------------------------------------------------------------
-    def plan(self, requests: list[Request]) -> list[tuple[list[int], list[list[_Item]]]]:
+    def plan(self, requests: list[ScoringRequest]) -> list[tuple[list[int], list[list[_Item]]]]:
         """The work, without running the model: for each block of requests, (the preamble tokens
         its items share, its items in batches)."""
         by_block: dict[int, dict[int, list[int]]] = {}
@@ -162,7 +162,7 @@ class Scorer:
             by_block.setdefault(r.block, {}).setdefault(r.item, []).append(i)
         return [self._plan_block(requests, list(items.values())) for items in by_block.values()]
 
-    def _plan_block(self, requests: list[Request], groups: list[list[int]]) -> tuple[list[int], list[list[_Item]]]:
+    def _plan_block(self, requests: list[ScoringRequest], groups: list[list[int]]) -> tuple[list[int], list[list[_Item]]]:
         """Split a block (`groups`: each item's request indices) into items, find the preamble
         they share, and batch them longest first under the budgets."""
         inputs, ctx_lens = {}, {}

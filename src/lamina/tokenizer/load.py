@@ -1,4 +1,4 @@
-"""`load(REF)`: a tokenizer from whatever names it — a tiktoken rank file, a SentencePiece `.model`,
+"""`load_tokenizer(REF)`: a tokenizer from whatever names it — a tiktoken rank file, a SentencePiece `.model`,
 a `tokenizer.json`, a GGUF file, a model directory, or a packaged name — recognised by content,
 not by file name (Llama 3's rank file and Llama 2's SentencePiece model are both `tokenizer.model`)."""
 
@@ -34,7 +34,7 @@ TOKENIZERS = {
 _RANK_LINE = re.compile(rb"[A-Za-z0-9+/]+=* \d+\r?\n")
 
 
-def load(ref: str | Path) -> Tokenizer:
+def load_tokenizer(ref: str | Path) -> Tokenizer:
     """The tokenizer at `ref`: a file, a model directory, or a packaged tokenizer or model name."""
     name = str(ref)
     if name in TOKENIZERS:

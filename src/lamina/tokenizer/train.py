@@ -32,7 +32,7 @@ RANK_FILE = "tokenizer.model"   # the name Meta gives Llama 3's rank file
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TokenizerTrainConfig:
     """What `lamina tokenizer train` does; saved beside the tokenizer as lamina_tokenizer.json."""
     inputs: tuple[str, ...]         # text files, .jsonl files, or directories of them
     vocab_size: int                 # all tokens: 256 bytes + merges + special-token slots
@@ -127,7 +127,7 @@ def write_tokenizer(tok: Tokenizer, folder: Path, record: dict) -> None:
     (folder / "lamina_tokenizer.json").write_text(json.dumps(record | {"vocab_size": tok.vocab_size}, indent=2))
 
 
-def train_tokenizer(config: TrainConfig) -> Tokenizer:
+def train_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
     """Train, then write config.out: tokenizer.model (ranks), tokenizer.json, tokenizer_config.json.
     An input that is a corpus built by `lamina data build` contributes its training documents."""
     from ..checkpoint.files import atomic_directory
@@ -155,7 +155,7 @@ def corpus_texts(corpus: Path) -> Iterator[str]:
     import numpy as np
 
     from ..data.shards import open_shard, read_manifest, tokenizer_ref
-    from .load import load as load_tokenizer
+    from .load import load_tokenizer
     manifest = read_manifest(corpus)
     tok = load_tokenizer(tokenizer_ref(corpus))
     bos = manifest["bos_id"]

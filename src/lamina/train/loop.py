@@ -28,7 +28,7 @@ from ..data.loader import TokenShards
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
 from ..model import ModelConfig, Transformer, count_params, init_weights
-from ..tokenizer import load as load_tokenizer
+from ..tokenizer import load_tokenizer
 from . import distributed, state
 from .accounting import Compute, EnergyMeter, TokenLedger, flops_per_token, measure_matmul_flops
 from .config import TrainConfig
