@@ -57,10 +57,11 @@ def run_lamina(docs: list[tuple[str, bytes]]) -> int:
     from lamina.data.build import BuildConfig, _dedup, _filter
     from lamina.data.dedup import NearDuplicates
     from lamina.data.licenses import Policy
+    from lamina.data.sources import RawDocument
     policy, config, seen, near = Policy.permissive(), BuildConfig(), {}, NearDuplicates()
     kept = 0
     for i, (kind, data) in enumerate(docs):
-        kept += _dedup(_filter(kind, data, policy, config), str(i), seen, near).status == "kept"
+        kept += _dedup(_filter(kind, RawDocument(str(i), data), policy, config), str(i), seen, near).status == "kept"
     return kept
 
 

@@ -57,9 +57,9 @@ def encode_systems(threads: int):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     from lamina.tokenizer import Tokenizer, load_tokenizer
-    from lamina.tokenizer.load import TOKENIZERS, _packaged
+    from lamina.assets import TOKENIZERS
 
-    path = _packaged("llama-3", TOKENIZERS["llama-3"])
+    path = TOKENIZERS["llama-3"].path()
     meta = Meta(path)
     enc = tiktoken.Encoding("llama3", pat_str=meta.pat_str, mergeable_ranks=load_bpe_file(path),
                             special_tokens=meta.special_tokens)

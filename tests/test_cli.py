@@ -74,3 +74,64 @@ def test_bad_model_reference_is_one_clear_line(capsys):
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("lamina: error: no/such/model")
     assert "Traceback" not in err
+
+
+def _subcommands(parser):
+    """(name, parser) of every subcommand, nested ones (`data build`) too."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                for nested, subsub in _subcommands(sub):
+                    yield f"{name} {nested}", subsub
+
+
+def test_cli_sampling_defaults_are_the_configs_and_the_servers():
+    from lamina.cli import _sampling, build_parser
+    from lamina.serve.protocol import ChatBody, CompletionBody
+    from lamina.serve.sampling import SamplingParams
+    defaults = SamplingParams()
+    for argv in (["generate", "M", "P"], ["chat", "M"]):
+        assert SamplingParams(**_sampling(build_parser().parse_args(argv))) == defaults
+    # a request that leaves temperature and top_p out samples as `lamina generate` and LLM.generate do
+    chat = ChatBody(model="m", messages=[{"role": "user", "content": "hi"}])
+    completion = CompletionBody(model="m", prompt="hi")
+    assert (chat.temperature, chat.top_p) == (completion.temperature, completion.top_p) == \
+        (defaults.temperature, defaults.top_p)
+
+
+def test_serve_eval_and_tokenizer_flags_leave_the_defaults_to_their_configs():
+    from lamina.cli import build_parser, eval_config, serve_config
+    from lamina.eval import EvalConfig
+    from lamina.serve import BatcherConfig
+    from lamina.serve.api import ServeConfig
+    parse = build_parser().parse_args
+    assert serve_config(parse(["serve", "M"])) == ServeConfig(model_name="M")
+    assert serve_config(parse(["serve", "M", "--max-concurrency", "2", "--timeout", "5"])) == \
+        ServeConfig(model_name="M", request_timeout_s=5.0, engine=BatcherConfig(max_slots=2))
+    assert eval_config(parse(["eval", "M", "--tasks", "boolq"])) == EvalConfig(tasks=("boolq",), progress=True)
+    flags = parse(["tokenizer", "train", "--input", "x", "--vocab-size", "600", "--out", "o"])
+    assert (flags.special_slots, flags.min_frequency, flags.text_field) == (None, None, None)
+    assert parse(["speedrun"]).out is None and parse(["speedrun"]).recipe is None
+
+
+def test_help_shows_each_default_as_its_config_holds_it(capsys):
+    from lamina.cli import build_parser
+    from lamina.serve import BatcherConfig, SamplingParams
+    commands = dict(_subcommands(build_parser()))
+    generate = " ".join(commands["generate"].format_help().split())
+    assert f"nucleus: the likeliest tokens that hold this much probability (1: all) " \
+           f"(default: {SamplingParams().top_p})" in generate
+    assert f"(default: {SamplingParams().temperature})" in generate
+    serve = " ".join(commands["serve"].format_help().split())
+    assert f"(default: {BatcherConfig().max_slots})" in serve
+    for name, sub in commands.items():       # every flag's help renders: each config it names exists
+        assert sub.format_help(), name
+
+
+def test_top_level_help_keeps_its_whole_description(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "calls a function of the stage it belongs to; a `LaminaError` ends in one clear line, not a traceback." in out

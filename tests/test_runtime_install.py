@@ -87,6 +87,8 @@ def test_the_check_sees_a_test_only_import(tmp_path):
 def test_built_in_recipes_only_read_distributions_the_assets_list():
     # The clean-small corpus reads the code of installed distributions; pluggy and iniconfig once
     # came only with pytest, and the main job stopped at its data step on a runtime install.
-    from lamina.data.recipes import RECIPES
-    wanted = {canonicalize_name(ref[3:]) for r in RECIPES.values() for ref in r.sources if ref.startswith("py:")}
+    from lamina.data import data_recipe
+    from lamina.data.fetch import needed_distributions
+    from lamina.recipes import builtin_recipes
+    wanted = {canonicalize_name(n) for name in builtin_recipes("data") for n in needed_distributions(data_recipe(name))}
     assert wanted and wanted <= _assets(), f"add {sorted(wanted - _assets())} to requirements/assets.txt"

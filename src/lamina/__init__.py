@@ -1,13 +1,13 @@
 """lamina: an open, license-clean LLM stack for the Llama family."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def load(model: str, **kwargs):
     """Load a model reference (directory, GGUF, Meta checkpoint or catalog name) for generation.
-    See `lamina.serve.llm.LLM`."""
-    from .serve.llm import load as _load
-    return _load(model, **kwargs)
+    See `lamina.serve.llm.LLM`. (serve is imported on first use: `import lamina` stays light.)"""
+    from .serve import llm
+    return llm.load(model, **kwargs)
 
 
 __all__ = ["load", "__version__"]

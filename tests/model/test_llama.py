@@ -30,10 +30,14 @@ def test_kv_cache_decode_equals_full_forward():
 
 
 @torch.no_grad()
-def test_last_only_returns_the_last_position():
+def test_the_output_layer_on_the_body_last_position_equals_the_forward():
     model = _model()
-    tokens = torch.randint(0, model.config.vocab_size, (1, 9))
-    torch.testing.assert_close(model(tokens, last_only=True), model(tokens)[:, -1:])
+    tokens = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(2))
+    hidden = model.body(tokens)
+    assert hidden.shape == (2, 9, model.config.dim)
+    logits = model.logits(hidden[:, -1])
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, model(tokens)[:, -1])
 
 
 def test_tied_embeddings_share_one_tensor():

@@ -79,8 +79,20 @@ def test_a_port_in_use_is_one_error_line(capsys):
     ([MODEL, "--max-concurrency", "0"], "max concurrency must be at least 1"),
     ([MODEL, "--timeout", "0"], "timeout must be positive"),
     ([MODEL, "--port", "70000"], "not a TCP port"),
+    ([MODEL, "--api-key", ""], "API key (--api-key or LAMINA_API_KEY) is empty"),
+    ([MODEL, "--api-key", "clé-secrète"], "non-ASCII characters"),
+    ([MODEL, "--api-key", "key "], "leading or trailing spaces"),
 ])
 def test_bad_serve_flags_end_in_one_error_line(capsys, argv, message):
     assert main(["serve", *argv]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("lamina: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("key,message", [("", "is empty"), ("ключ", "non-ASCII characters")])
+def test_an_api_key_from_the_environment_that_cannot_work_is_refused_at_start(capsys, monkeypatch, key, message):
+    """An empty LAMINA_API_KEY would serve without a key; a non-ASCII one would refuse everyone."""
+    monkeypatch.setenv("LAMINA_API_KEY", key)
+    assert main(["serve", MODEL, "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lamina: error: the API key") and message in err and "\n" not in err

@@ -58,7 +58,7 @@ def test_batched_sampling_equals_one_at_a_time_logits(engine):
     positions = (torch.arange(P)[None] - pads[:, None]).clamp(min=0)
     mask = ((slot[None] <= torch.arange(P)[:, None]) & valid[:, None]) | (slot[None] == torch.arange(P)[:, None])
     with torch.no_grad():
-        logits = model(tokens, positions, cache, slot[:P], mask[:, None], last_only=True)[:, -1]
+        logits = model.logits(model.body(tokens, positions, cache, slot[:P], mask[:, None])[:, -1])
     torch.testing.assert_close(logits[0], refs[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits[1], refs[1], atol=1e-5, rtol=1e-5)
 

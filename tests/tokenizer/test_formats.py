@@ -13,7 +13,7 @@ from lamina.tokenizer import (
     LLAMA3,
     SMOLLM2,
     Tokenizer,
-    load,
+    load_tokenizer,
     render_chat,
     template_parts,
 )
@@ -44,9 +44,9 @@ def with_template(tok: Tokenizer, template: str) -> Tokenizer:
 @pytest.fixture(scope="module")
 def cases(smollm2):
     """(format, tokenizer carrying that format's template) for each format lamina renders."""
-    llama3, mistral = load("llama-3"), load("mistral-v3")
+    llama3, mistral = load_tokenizer("llama-3"), load_tokenizer("mistral-v3")
     return {"llama3": (LLAMA3, llama3), "llama2": (LLAMA2, with_template(mistral, LLAMA2.template)),
-            "llama2-v1": (LLAMA2, with_template(load("mistral-v1"), LLAMA2.template)),
+            "llama2-v1": (LLAMA2, with_template(load_tokenizer("mistral-v1"), LLAMA2.template)),
             "chatml": (CHATML, with_template(smollm2.tokenizer, CHATML.template)),
             "smollm2": (SMOLLM2, smollm2.tokenizer)}
 

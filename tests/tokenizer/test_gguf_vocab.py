@@ -14,7 +14,7 @@ import sentencepiece
 from tokenizers import Tokenizer as Backend
 from tokenizers import pre_tokenizers
 
-from lamina.checkpoint.gguf import read_gguf_metadata
+from lamina.gguf_file import read_gguf_metadata
 from lamina.tokenizer import gguf_metadata, tokenizer_from_gguf
 
 CORPUS = [

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer as Backend
 
 from lamina.errors import LaminaError
 from lamina.tokenizer import Tokenizer, load_tokenizer
-from lamina.tokenizer.load import _packaged
+from lamina.assets import TOKENIZERS
 
 PROSE = ("The llama (Lama glama) is a domesticated South American camelid, widely used as a meat and "
          "pack animal by Andean cultures since the pre-Columbian era. It's said they'll spit; we'd "
@@ -49,14 +49,14 @@ def llama3():
 def meta_llama3():
     """Meta's reference tokenizer (llama_models, on tiktoken)."""
     from llama_models.llama3.tokenizer import Tokenizer as Meta
-    return Meta(_packaged("llama-3"))
+    return Meta(TOKENIZERS["llama-3"].path())
 
 
 @pytest.fixture(scope="module")
 def hf_llama3(meta_llama3):
     """HF tokenizers built from the same rank file by transformers' converter (not lamina's)."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
-    path = _packaged("llama-3")
+    path = TOKENIZERS["llama-3"].path()
     specials = sorted(meta_llama3.special_tokens, key=meta_llama3.special_tokens.get)
     hf = TikTokenConverter(vocab_file=str(path), pattern=meta_llama3.pat_str,
                            extra_special_tokens=specials).converted()
@@ -122,7 +122,7 @@ SPM_CORPUS = [
 
 @pytest.mark.parametrize("name", ["mistral-v1", "mistral-v3"])
 def test_sentencepiece_model_ids_equal_sentencepiece(name):
-    path = _packaged(name)
+    path = TOKENIZERS[name].path()
     sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
     tok = load_tokenizer(path)
     assert tok.vocab_size == sp.get_piece_size()

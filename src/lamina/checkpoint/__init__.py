@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..assets import MODELS
 from ..errors import LaminaError
 from .base import Checkpoint
-from .catalog import CATALOG, resolve_packaged
 from .gguf import read_gguf, write_gguf
 from .hf import read_hf, write_hf
 from .meta import read_meta, write_meta
@@ -16,8 +16,8 @@ from .meta import read_meta, write_meta
 
 def resolve(ref: str | Path) -> tuple[Path, str]:
     """A model reference -> (path, format). Formats: "hf", "gguf", "meta"."""
-    if str(ref) in CATALOG:
-        return resolve_packaged(str(ref)), "gguf"
+    if str(ref) in MODELS:
+        return MODELS[str(ref)].path(), "gguf"
     path = Path(ref)
     if path.is_dir():
         if (path / "config.json").is_file():
@@ -34,7 +34,7 @@ def resolve(ref: str | Path) -> tuple[Path, str]:
         if path.name == "config.json":
             return path.parent, "hf"
         raise LaminaError(f"{path}: not a model file lamina knows (.gguf, Meta .pth, a model directory)")
-    known = ", ".join(CATALOG)
+    known = ", ".join(MODELS)
     raise LaminaError(f"{ref}: no such file or directory, and not a packaged model ({known})")
 
 
@@ -48,5 +48,5 @@ def load_checkpoint(ref: str | Path) -> Checkpoint:
     return {"hf": read_hf, "gguf": read_gguf, "meta": read_meta}[fmt](path)
 
 
-__all__ = ["Checkpoint", "CATALOG", "resolve", "load_checkpoint", "read_hf", "write_hf",
+__all__ = ["Checkpoint", "resolve", "load_checkpoint", "read_hf", "write_hf",
            "read_gguf", "write_gguf", "read_meta", "write_meta"]

@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..errors import LaminaError
+from ..files import atomic_file
+from ..gguf_file import TensorInfo, open_gguf
 from ..model import ModelConfig, RopeScaling
 from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
 from ..tokenizer.gguf_vocab import UNUSED
-from .base import Checkpoint, check_weights
-from .files import atomic_file
-from .gguf_file import TensorInfo, read_gguf_file
+from .base import Checkpoint, check_weights, config_error
 from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, to_lamina
 
 Q = gguf.GGMLQuantizationType
@@ -34,23 +34,16 @@ def _dequantize(t: TensorInfo) -> np.ndarray:
     return gguf.quants.dequantize(t.data, t.type).reshape(tuple(reversed(t.shape)))
 
 
-def read_gguf_metadata(path: str | Path) -> dict:
-    """Every metadata key of a GGUF file and its value (str, int, float, bool or list)."""
-    return _open(Path(path))[0]
-
-
-def _open(path: Path) -> tuple[dict, list[TensorInfo]]:
-    if not path.is_file():
-        raise LaminaError(f"{path}: file not found")
-    try:
-        return read_gguf_file(path)
-    except (ValueError, KeyError) as e:   # bad magic, truncated, unknown tensor type, ...
-        raise LaminaError(f"{path}: not a readable GGUF file ({e})") from None
-
-
-def _float32_value(x: float) -> float:
-    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06)."""
-    return float(str(np.float32(x)))
+# ModelConfig field -> the GGUF metadata key it comes from, to name the key a refusal is about
+GGUF_KEYS = {"dim": "llama.embedding_length", "n_layers": "llama.block_count",
+             "n_heads": "llama.attention.head_count", "n_kv_heads": "llama.attention.head_count_kv",
+             "head_dim": "llama.attention.key_length", "ffn_dim": "llama.feed_forward_length",
+             "vocab_size": "the rows of token_embd.weight",
+             "norm_eps": "llama.attention.layer_norm_rms_epsilon", "rope_theta": "llama.rope.freq_base",
+             "max_seq_len": "llama.context_length", "bos_token_id": "tokenizer.ggml.bos_token_id",
+             "eos_token_id": "tokenizer.ggml.eos_token_id",
+             "rope_scaling.original_max_position_embeddings": "llama.rope.scaling.original_context_length",
+             "rope_scaling.factor": "rope_freqs.weight"}
 
 
 def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path) -> ModelConfig:
@@ -58,7 +51,7 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
     embedding's row count, and a missing output.weight means tied embeddings."""
     arch = meta.get("general.architecture")
     if arch != "llama":
-        raise LaminaError(f"{where}: architecture {arch!r} is not supported (lamina runs llama)")
+        raise LaminaError(f"{where}: architecture {repr(arch)[:40]} is not supported (lamina runs llama)")
 
     def get(key, default=None):
         value = meta.get(f"llama.{key}", default)
@@ -66,33 +59,50 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
             raise LaminaError(f"{where}: missing metadata llama.{key}")
         return value
 
-    n_heads = get("attention.head_count")
-    dim = get("embedding_length")
     if "token_embd.weight" not in shapes:
         raise LaminaError(f"{where}: missing tensor token_embd.weight")
-    vocab = shapes["token_embd.weight"][0]
+    # head_dim 0 lets ModelConfig derive dim // n_heads once it has checked both are integers
+    head_dim = meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", 0))
     try:
         return ModelConfig(
-            dim=dim, n_layers=get("block_count"), n_heads=n_heads,
-            n_kv_heads=get("attention.head_count_kv", n_heads),
-            head_dim=get("attention.key_length", get("rope.dimension_count", dim // n_heads)),
-            ffn_dim=get("feed_forward_length"), vocab_size=vocab,
+            dim=get("embedding_length"), n_layers=get("block_count"),
+            n_heads=get("attention.head_count"),
+            n_kv_heads=get("attention.head_count_kv", get("attention.head_count")),
+            head_dim=head_dim, ffn_dim=get("feed_forward_length"),
+            vocab_size=shapes["token_embd.weight"][0],
             norm_eps=_float32_value(get("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=_float32_value(get("rope.freq_base", 10000.0)),
             max_seq_len=get("context_length", 2048),
             tie_embeddings="output.weight" not in shapes,
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
             eos_token_id=meta.get("tokenizer.ggml.eos_token_id"))
-    except (ValueError, ZeroDivisionError) as e:
-        raise LaminaError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise config_error(e, where, GGUF_KEYS) from None
+
+
+def _float32_value(x):
+    """A float32 metadata value as the decimal it was written from (1e-05, not 9.99999974e-06);
+    anything but a float is left for ModelConfig to refuse by name (and one past float32's range
+    by its value, inf)."""
+    if not isinstance(x, float):
+        return x
+    with np.errstate(over="ignore"):
+        return float(str(np.float32(x)))
 
 
 def _rope_scaling_from_factors(config: ModelConfig, factors: np.ndarray, meta: dict,
                                where: Path) -> RopeScaling:
     """llama.cpp stores Llama 3.1 scaling as per-frequency divisors (rope_freqs.weight); recover
     the parameters that produce exactly those divisors."""
+    if factors.shape != (config.head_dim // 2,):
+        raise LaminaError(f"{where}: tensor rope_freqs.weight has shape {factors.shape} but the "
+                          f"GGUF metadata implies ({config.head_dim // 2},)")
     original = meta.get("llama.rope.scaling.original_context_length", 8192)
-    scaling = RopeScaling(factor=_float32_value(factors.max()), original_max_position_embeddings=original)
+    try:
+        scaling = RopeScaling(factor=_float32_value(float(factors.max())),
+                              original_max_position_embeddings=original)
+    except ValueError as e:
+        raise config_error(e, where, GGUF_KEYS) from None
     base = rope_inv_freq(config.head_dim, config.rope_theta)
     ours = (base / rope_inv_freq(config.head_dim, config.rope_theta, scaling)).numpy()
     if not np.allclose(ours, factors, rtol=1e-4):
@@ -102,22 +112,30 @@ def _rope_scaling_from_factors(config: ModelConfig, factors: np.ndarray, meta: d
 
 def read_gguf(path: str | Path) -> Checkpoint:
     path = Path(path)
-    meta, tensors = _open(path)
+    meta, tensors = open_gguf(path)
     config = config_from_gguf(meta, {t.name: tuple(reversed(t.shape)) for t in tensors}, path)
-    weights: dict[str, Tensor] = {}
-    types: Counter = Counter()
+    names = {}
     for t in tensors:
-        try:
-            array = _dequantize(t)
+        try:   # one row: is the type readable at all, before any shape is judged
+            gguf.quants.dequantize(t.data[:1], t.type)
         except NotImplementedError:
             raise LaminaError(f"{path}: tensor {t.name} uses {t.type.name}, a type lamina "
                               "cannot read") from None
+        names[t.name] = to_lamina(t.name, "gguf") if t.name != "rope_freqs.weight" else None
+        if names[t.name] is None and t.name != "rope_freqs.weight":
+            raise LaminaError(f"{path}: unexpected tensor {t.name}")
+    # Shapes first, from the tensor table: nothing is dequantized or permuted for a config that
+    # does not fit the file (meta tensors carry the shapes without memory).
+    check_weights(config, {names[t.name]: torch.empty(tuple(reversed(t.shape)), device="meta")
+                           for t in tensors if names[t.name]}, path, "gguf")
+    weights: dict[str, Tensor] = {}
+    types: Counter = Counter()
+    for t in tensors:
+        array = _dequantize(t)
         if t.name == "rope_freqs.weight":
             config = config.replace(rope_scaling=_rope_scaling_from_factors(config, array, meta, path))
             continue
-        name = to_lamina(t.name, "gguf")
-        if name is None:
-            raise LaminaError(f"{path}: unexpected tensor {t.name}")
+        name = names[t.name]
         w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
         if is_query(name):
             w = interleaved_to_halves(w, config.n_heads)
@@ -125,10 +143,21 @@ def read_gguf(path: str | Path) -> Checkpoint:
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
         types[t.type.name] += 1
-    check_weights(config, weights, path, "gguf")
-    tokenizer = tokenizer_from_gguf(meta) if "tokenizer.ggml.model" in meta else None
+    tokenizer = _tokenizer(meta, path) if "tokenizer.ggml.model" in meta else None
     general = {k: v for k, v in meta.items() if k.startswith("general.")}
     return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
+
+
+def _tokenizer(meta: dict, path: Path) -> Tokenizer:
+    """The tokenizer from the metadata; a vocabulary the tokenizers library refuses (values of
+    the wrong type, ids out of range) is said in one line."""
+    try:
+        return tokenizer_from_gguf(meta)
+    except LaminaError as e:
+        raise LaminaError(f"{path}: {e}") from None
+    except Exception as e:   # the tokenizers library's own errors on malformed vocabularies
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise LaminaError(f"{path}: tokenizer metadata lamina cannot read ({detail})") from None
 
 
 def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],

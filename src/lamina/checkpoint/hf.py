@@ -12,39 +12,42 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .. import __version__
 from ..errors import LaminaError
+from ..files import atomic_directory, sha256
 from ..model import ModelConfig, RopeScaling
 from ..tokenizer import Tokenizer
-from .base import Checkpoint, check_weights
-from .files import atomic_directory, sha256
+from ..version import __version__
+from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
 from .layout import from_lamina, to_lamina
 
 INDEX = "model.safetensors.index.json"
+
+
+# ModelConfig field -> the config.json key it comes from, to name the key a refusal is about
+HF_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
+           "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
+           "norm_eps": "rms_norm_eps", "max_seq_len": "max_position_embeddings",
+           "tie_embeddings": "tie_word_embeddings"}
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     if not isinstance(d, dict):
         raise LaminaError(f"{where}: expected a JSON object of LlamaConfig fields")
     archs = d.get("architectures") or []
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise LaminaError(f"{where}: architectures must be a list of names")
     if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
-        found = ", ".join(archs) or d.get("model_type") or "none stated"
+        found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
         raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
-    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})   # transformers 5 / 4
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
-        raise LaminaError(f"{where}: RoPE scaling {rope_type!r} is not supported (default, llama3)")
-    scaling = None
-    if rope_type == "llama3":
-        scaling = RopeScaling(factor=rope["factor"], low_freq_factor=rope["low_freq_factor"],
-                              high_freq_factor=rope["high_freq_factor"],
-                              original_max_position_embeddings=rope["original_max_position_embeddings"])
+    rope, scaling = _rope_from_hf(d, where)
     try:
         return ModelConfig(
             dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
-            n_kv_heads=d.get("num_key_value_heads") or 0, head_dim=d.get("head_dim") or 0,
+            n_kv_heads=null_as_zero(d.get("num_key_value_heads")),
+            head_dim=null_as_zero(d.get("head_dim")),
             ffn_dim=d["intermediate_size"], vocab_size=d["vocab_size"],
             norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_scaling=scaling,
@@ -54,7 +57,29 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     except ValueError as e:
-        raise LaminaError(f"{where}: {e}") from None
+        raise config_error(e, where, HF_KEYS) from None
+
+
+def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
+    """(the RoPE parameters, the llama3 scaling or None): transformers 5 writes
+    `rope_parameters`, 4 wrote `rope_scaling`."""
+    key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
+    rope = d.get(key) or {}
+    if not isinstance(rope, dict):
+        raise LaminaError(f"{where}: {key} must be an object such as {{\"rope_type\": \"llama3\", "
+                          f"\"factor\": 8.0, ...}} or null, got {repr(rope)[:40]}")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise LaminaError(f"{where}: RoPE scaling {repr(rope_type)[:40]} is not supported (default, llama3)")
+    if rope_type == "default":
+        return rope, None
+    missing = [k for k in _LLAMA3_KEYS if k not in rope]
+    if missing:
+        raise LaminaError(f"{where}: {key} of type llama3 is missing {', '.join(missing)}")
+    try:
+        return rope, RopeScaling(**{k: rope[k] for k in _LLAMA3_KEYS})
+    except ValueError as e:
+        raise config_error(e, where, {}) from None
 
 
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
@@ -78,27 +103,36 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
     }
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LaminaError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LaminaError(f"{path}: not valid JSON ({e})") from None
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a model directory: the ones its index names, or model.safetensors.
+    A name that leaves the directory (absolute, `..`) is refused before anything opens it: an
+    index from elsewhere must not make lamina read /etc/passwd. A file of the directory that is a
+    link is read where it points, as a Hugging Face cache snapshot's links into its blob store are:
+    whoever made the directory chose those links, while the index's names are only text."""
+    if not (folder / INDEX).is_file():
+        names = ["model.safetensors"]
+    else:
+        index = read_json(folder / INDEX)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise LaminaError(f"{folder / INDEX}: weight_map must be an object of tensor name -> file name")
+        names = sorted(set(weight_map.values()))
+    files = []
+    for name in names:
+        file = folder / name
+        if "\0" in name or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise LaminaError(f"{folder}: weight file {repr(name)[:60]} lies outside the model "
+                              "directory; refused")
+        files.append(file)
+    return files
 
 
 def read_hf(path: str | Path) -> Checkpoint:
     path = Path(path)
-    config = config_from_hf(_read_json(path / "config.json"), path / "config.json")
-    if (path / INDEX).is_file():
-        weight_map = _read_json(path / INDEX).get("weight_map") or {}
-        files = sorted(set(weight_map.values()))
-    else:
-        files = ["model.safetensors"]
+    config = config_from_hf(read_json(path / "config.json"), path / "config.json")
     weights: dict[str, Tensor] = {}
     dtypes: Counter = Counter()
-    for name in files:
-        file = path / name
+    for file in _weight_files(path):
         if not file.is_file():
             raise LaminaError(f"{file}: file not found")
         try:
@@ -117,7 +151,9 @@ def read_hf(path: str | Path) -> Checkpoint:
             raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
     check_weights(config, weights, path, "hf")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
-    meta = _read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
+    meta = read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
+    if not isinstance(meta, dict):
+        raise LaminaError(f"{path / 'lamina.json'}: expected a JSON object")
     return Checkpoint(config, weights, tokenizer, path, "hf", dict(dtypes), meta)
 
 

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from ..errors import LaminaError
+from ..files import atomic_directory
 from ..model import ModelConfig, RopeScaling, llama_ffn_dim
-from .base import Checkpoint, check_weights
-from .files import atomic_directory
+from ..model.config import check_float, check_int
+from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
 from .layout import halves_to_interleaved, interleaved_to_halves, is_key, is_query
 
 # How model-parallel ranks split each tensor (Meta's fairscale layers): column-parallel layers
@@ -40,17 +41,27 @@ def _split_dim(name: str, shard: Tensor, config_dim: int) -> int | None:
     return 0
 
 
+# ModelConfig field -> the params.json key (or what) it comes from, to name it in a refusal
+_PARAMS_KEYS = {"ffn_dim": "the ffn size from multiple_of and ffn_dim_multiplier",
+                "vocab_size": "vocab_size (the rows of tok_embeddings.weight)",
+                **{f"rope_scaling.{k}": f"rope_scaling_{k}" for k in ("factor", *_EXTRA_SCALING_KEYS)}}
+
+
 def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) -> ModelConfig:
     try:
         dim = p["dim"]
+        check_int("dim", dim)   # before the arithmetic of llama_ffn_dim
+        check_int("multiple_of", p.get("multiple_of", 256))
+        if p.get("ffn_dim_multiplier") is not None:
+            check_float("ffn_dim_multiplier", p["ffn_dim_multiplier"])
         llama3 = vocab_size >= 128000
         scaling = None
         if p.get("use_scaled_rope"):
             extra = {k: p[f"rope_scaling_{k}"] for k in _EXTRA_SCALING_KEYS if f"rope_scaling_{k}" in p}
             scaling = RopeScaling(factor=p.get("rope_scaling_factor", 8.0), **extra)
         return ModelConfig(
-            dim=dim, n_layers=p["n_layers"], n_heads=p["n_heads"], n_kv_heads=p.get("n_kv_heads") or 0,
-            head_dim=p.get("head_dim") or 0,
+            dim=dim, n_layers=p["n_layers"], n_heads=p["n_heads"],
+            n_kv_heads=null_as_zero(p.get("n_kv_heads")), head_dim=null_as_zero(p.get("head_dim")),
             ffn_dim=llama_ffn_dim(dim, p.get("multiple_of", 256), p.get("ffn_dim_multiplier")),
             vocab_size=vocab_size, norm_eps=p.get("norm_eps", 1e-5),
             rope_theta=p.get("rope_theta", 10000.0), rope_scaling=scaling,
@@ -60,7 +71,7 @@ def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) 
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     except ValueError as e:
-        raise LaminaError(f"{where}: {e}") from None
+        raise config_error(e, where, _PARAMS_KEYS) from None
 
 
 def _load_shard(file: Path) -> dict[str, Tensor]:
@@ -89,12 +100,9 @@ def read_meta(path: str | Path) -> Checkpoint:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     params_file = folder / "params.json"
-    try:
-        params = json.loads(params_file.read_text())
-    except FileNotFoundError:
-        raise LaminaError(f"{params_file}: file not found (a Meta checkpoint needs params.json)") from None
-    except json.JSONDecodeError as e:
-        raise LaminaError(f"{params_file}: not valid JSON ({e})") from None
+    if not params_file.is_file():
+        raise LaminaError(f"{params_file}: file not found (a Meta checkpoint needs params.json)")
+    params = read_json(params_file)
     if not isinstance(params, dict):
         raise LaminaError(f"{params_file}: expected a JSON object of model parameters")
     files = sorted(folder.glob("consolidated.*.pth"))
@@ -105,6 +113,8 @@ def read_meta(path: str | Path) -> Checkpoint:
     for f, s in zip(files[1:], shards[1:]):
         if set(s) - {"rope.freqs"} != set(names):
             raise LaminaError(f"{f}: holds different tensors than {files[0].name}")
+    if "tok_embeddings.weight" in names and shards[0]["tok_embeddings.weight"].dim() != 2:
+        raise LaminaError(f"{files[0]}: tensor tok_embeddings.weight is not a matrix")
     dim = params.get("dim", 0)
     weights = {}
     for name in names:

@@ -6,13 +6,12 @@ from .ledger import Ledger
 from .loader import TokenShards
 from .license_text import identify_license
 from .licenses import NOASSERTION, Policy, Verdict, distribution_license, normalize_license
-from .recipes import RECIPES, Recipe, recipe
+from .recipes import Recipe, data_recipe
 from .report import report, trace, why, why_source
 from .shards import open_shard, read_manifest
 from .sources import RawDocument, Source, builtin, folder_source
 
-__all__ = ["Build", "BuildConfig", "Ledger", "NOASSERTION", "Policy", "RECIPES", "RawDocument", "Recipe",
-           "Source", "TokenShards", "Verdict", "build_corpus", "builtin", "distribution_license", "folder_source",
-           "identify_license",
-           "normalize_license", "open_shard", "read_manifest", "recipe", "report", "trace", "why",
-           "why_source"]
+__all__ = ["Build", "BuildConfig", "Ledger", "NOASSERTION", "Policy", "RawDocument", "Recipe",
+           "Source", "TokenShards", "Verdict", "build_corpus", "builtin", "data_recipe", "distribution_license",
+           "folder_source", "identify_license", "normalize_license", "open_shard", "read_manifest", "report",
+           "trace", "why", "why_source"]

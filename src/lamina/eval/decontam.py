@@ -18,10 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from ..data import Ledger, open_shard, read_manifest
-from ..data.shards import tokenizer_ref
+from ..data.documents import corpus_documents
 from ..errors import LaminaError
-from ..tokenizer import load_tokenizer
 
 WORD = re.compile(r"\w+")
 
@@ -33,31 +31,6 @@ def words(text: str) -> list[str]:
 def ngrams(ws: list[str], n: int) -> Iterator[str]:
     for i in range(len(ws) - n + 1):
         yield " ".join(ws[i:i + n])
-
-
-def training_documents(corpus: str | Path, split: str = "train") -> Iterator[tuple[int, str]]:
-    """(document id, text) of every document in the corpus's `split` shards, once each, read
-    from the shards through the ledger's token ranges (BOS dropped) and decoded."""
-    corpus = Path(corpus)
-    manifest = read_manifest(corpus)
-    tokenizer = load_tokenizer(tokenizer_ref(corpus))      # a packaged name, or the corpus's own tokenizer/
-    ledger = Ledger.open(corpus)
-    try:
-        ranges = ledger.split_ranges(split)
-    finally:
-        ledger.close()
-    seen: set[int] = set()
-    shards: dict[str, object] = {}
-    for shard, start, end, doc_id in ranges:
-        if doc_id in seen:              # a document mixed in more than once
-            continue
-        seen.add(doc_id)
-        if shard not in shards:
-            shards[shard] = open_shard(corpus, shard)
-        tokens = shards[shard][start:end].tolist()
-        if tokens and tokens[0] == manifest["bos_id"]:
-            tokens = tokens[1:]
-        yield doc_id, tokenizer.decode(tokens)
 
 
 def find_contamination(texts: list[str], corpus: str | Path, n: int = 13) -> list[list[int]]:
@@ -73,13 +46,13 @@ def find_contamination(texts: list[str], corpus: str | Path, n: int = 13) -> lis
         for gram in set(ngrams(ws, m)):
             wanted[m][gram].append(i)
     hits: list[list[int]] = [[] for _ in texts]
-    for doc_id, text in training_documents(corpus):
-        ws = words(text)
+    for doc in corpus_documents(corpus, "train"):
+        ws = words(doc.text)
         found: set[int] = set()
         for m, grams in wanted.items():
             for gram in ngrams(ws, m):
                 if gram in grams:
                     found.update(grams[gram])
         for i in sorted(found):
-            hits[i].append(doc_id)
+            hits[i].append(doc.id)
     return hits

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
 
 from ..errors import LaminaError
-from ..progress import Lines
+from ..fields import check_fields
+from ..progress import Display, show_progress
 from ..serve import LLM
 from .generation import generate_until
 from .metrics import aggregate_choice, choice_metrics, extract_gsm8k, mean, normalize_answer, perplexity
@@ -29,7 +29,7 @@ class EvalConfig:
     """What `lamina eval` runs; written into the results beside the scores."""
     tasks: tuple[str, ...] = ()           # task names or groups (llama-zero-shot)
     limit: int | None = None              # the first N items of each task (of each MMLU subject)
-    num_fewshot: int | None = None        # None: each task's default (MMLU 5, GSM8K 8, others 0)
+    num_fewshot: int | None = None        # solved examples in the prompt (None: MMLU 5, GSM8K 8, others 0)
     batch_size: int = 32                  # items per forward (generation: prompts per batch)
     max_tokens: int = 4096                # tokens per forward, which bounds memory
     decontaminate: str | None = None      # a corpus directory (`lamina data build`) the model trained on
@@ -39,6 +39,7 @@ class EvalConfig:
     progress: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.batch_size < 1:
             raise LaminaError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_tokens < 1 or self.window < 2:
@@ -66,23 +67,23 @@ class TaskRun:
 def progress_bar(enabled: bool, stream: TextIO | None = None
                  ) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
     """Progress of each task; yields `start(description, total) -> advance(n)`, or None when not
-    `enabled`. On a terminal it is a rich bar; otherwise (a log file, nohup, CI) a plain line now
-    and then, so that a run of an hour says how far it is."""
+    `enabled`. Each task's display (`lamina.progress`) replaces the one before it and is erased
+    at the end, when the results table says more."""
     if not enabled:
         yield None
         return
-    stream = stream or sys.stderr
-    if not stream.isatty():
-        yield lambda description, total: Lines(stream, description, total).advance
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True, console=Console(file=stream)) as bar:
-        def start(description: str, total: int) -> Callable[[int], None]:
-            tid = bar.add_task(description, total=total)
-            return lambda n: bar.update(tid, advance=n)
+    shown: list[Display] = []
+
+    def start(description: str, total: int) -> Callable[[int], None]:
+        if shown:
+            shown.pop().close()
+        shown.append(show_progress(description, total, stream=stream, keep=False))
+        return shown[-1].advance
+    try:
         yield start
+    finally:
+        for display in shown:
+            display.close()
 
 
 def encode_requests(llm: LLM, items: list[Item]) -> list[ScoringRequest]:
@@ -177,7 +178,7 @@ def contamination_report(run: TaskRun, hits: list[list[int]], n: int) -> dict:
 
 def evaluate(llm: LLM, config: EvalConfig, model_name: str = "") -> dict:
     """Every task of `config` on one loaded model: lm-eval-shaped results."""
-    from .perplexity import corpus_documents, score_documents, text_documents
+    from .perplexity import score_documents, text_documents, validation_documents
     tasks = resolve_tasks(list(config.tasks)) if config.tasks else []
     window = min(config.window, llm.model.config.max_seq_len)
     scorer = Scorer(llm.model, batch_size=config.batch_size, max_tokens=config.max_tokens)
@@ -200,7 +201,7 @@ def evaluate(llm: LLM, config: EvalConfig, model_name: str = "") -> dict:
         window_scorer = Scorer(llm.model, batch_size=1, max_tokens=config.max_tokens, max_len=window)
         for path in config.perplexity:
             p = Path(path)
-            docs = corpus_documents(p, tok, config.limit) if p.is_dir() else text_documents(p, tok)
+            docs = validation_documents(p, tok, config.limit) if p.is_dir() else text_documents(p, tok)
             t0 = time.perf_counter()
             advance = start(f"perplexity {p.name}", len(docs)) if start else None
             results[f"perplexity:{p.name}"] = score_documents(window_scorer, docs, prefix, advance) | {
@@ -220,14 +221,3 @@ def load_model(ref: str, dtype: str = "float32", device: str = "cpu") -> LLM:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise LaminaError(f"{ref}: cannot load this model: {e}") from None
-
-
-def write_json(path: str | Path, results: dict | list) -> Path:
-    """Write results atomically: a reader never sees half a file."""
-    import json
-    import os
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path

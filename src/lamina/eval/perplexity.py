@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from ..data import documents
 from ..errors import LaminaError
 from ..tokenizer import Tokenizer
 from .scoring import ScoringRequest, Scorer
@@ -68,25 +69,12 @@ def text_documents(path: str | Path, tokenizer: Tokenizer) -> list[tuple[list[in
     return [(tokenizer.encode(text, bos=False), text)]
 
 
-def corpus_documents(corpus: str | Path, tokenizer: Tokenizer, limit: int | None = None,
+def validation_documents(corpus: str | Path, tokenizer: Tokenizer, limit: int | None = None,
                      split: str = "validation") -> list[tuple[list[int], str]]:
-    """The documents of a corpus's validation shards (first `limit`), in shard order. The model
-    must use the corpus's tokenizer: the shards hold token ids."""
-    from ..data import Ledger, open_shard, read_manifest
-    manifest = read_manifest(corpus)
-    bos = manifest["bos_id"]
-    ledger = Ledger.open(corpus)
-    try:
-        ranges = [(shard, start, end) for shard, start, end, _ in ledger.split_ranges(split)]
-    finally:
-        ledger.close()
-    if not ranges:
+    """The documents of a corpus's validation split (the first `limit`), each once, in shard
+    order (`lamina.data.documents`). The model must use the corpus's tokenizer: the shards hold
+    token ids."""
+    docs = [(d.tokens, d.text) for d in documents.corpus_documents(corpus, split, tokenizer=tokenizer, limit=limit)]
+    if not docs:
         raise LaminaError(f"{corpus}: no {split} documents; build it with a larger validation_fraction")
-    if tokenizer.bos_id != bos or tokenizer.vocab_size < manifest.get("vocab_size", 0):
-        raise LaminaError(f"{corpus}: its shards use another tokenizer ({manifest['tokenizer']}) than this model")
-    docs, shards = [], {}
-    for shard, start, end in ranges[:limit]:
-        shards.setdefault(shard, open_shard(corpus, shard))
-        tokens = shards[shard][start:end].tolist()[1:]              # BOS is the context, not a target
-        docs.append((tokens, tokenizer.decode(tokens)))
     return docs

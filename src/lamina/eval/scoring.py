@@ -201,7 +201,7 @@ class Scorer:
         cache = KVCache(self.model.config, 1, A, dtype=self.dtype, device=dev)
         slots = torch.arange(A, device=dev)
         mask = (slots[None, :] <= slots[:, None])[None, None]                      # (1, 1, A, A)
-        self.model(torch.tensor([tokens], device=dev), slots[None], cache, slots, mask, last_only=True)
+        self.model.body(torch.tensor([tokens], device=dev), slots[None], cache, slots, mask)
         return cache
 
     def _run(self, batch: list[_Item], preamble: KVCache | None, results: list) -> None:
@@ -233,21 +233,15 @@ class Scorer:
         sees |= (query == key) & (query >= 0) & causal
         sees |= torch.eye(T, dtype=torch.bool, device=dev)[None]
         mask = torch.cat([torch.ones(B, T, A, dtype=torch.bool, device=dev), sees], dim=2)  # (B, T, A+T)
-        ends = torch.tensor([len(it.context) - 1 for it in batch], device=dev)
-        scoring = owner >= 0                                              # suffix tokens score the next
-        scoring[torch.arange(B, device=dev), ends] = True                 # the context's last scores the first
         cache = SharedPrefixCache(preamble, B, T, self.model.config, self.dtype, self.device)
-        hidden = self.model(tokens, positions, cache, torch.arange(A, A + T, device=dev), mask[:, None],
-                            outputs=scoring, head=False)                  # (n, dim)
-        row = torch.full((B, T), -1, dtype=torch.long, device=dev)
-        row[scoring] = torch.arange(hidden.shape[0], device=dev)
-        row_of = row.tolist()
+        hidden = self.model.body(tokens, positions, cache, torch.arange(A, A + T, device=dev),
+                                 mask[:, None]).flatten(0, 1)             # (B*T, dim)
         rows, targets, sizes = [], [], []
         for b, it in enumerate(batch):
             at = len(it.context)
             for s, target, first in zip(it.suffixes, it.targets, it.first):
                 seq = [len(it.context) - 1] + list(range(at, at + len(s)))   # the positions scoring s
-                rows += [row_of[b][c] for c in seq[first:first + len(target)]]
+                rows += [b * T + c for c in seq[first:first + len(target)]]
                 targets += target
                 sizes.append(len(target))
                 at += len(s)

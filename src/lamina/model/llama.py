@@ -113,17 +113,11 @@ class Transformer(nn.Module):
         inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
-                slots: Tensor | None = None, mask: Tensor | None = None,
-                last_only: bool = False, targets: Tensor | None = None,
-                outputs: Tensor | None = None, head: bool = True) -> Tensor:
-        """Logits for `tokens` (B, T) -> (B, T, vocab), or (B, 1, vocab) with `last_only`, or
-        (n, vocab) for the n positions where the boolean `outputs` (B, T) is True, in row-major
-        order (only those go through the output layer). With `targets` (B, T), the mean
-        cross-entropy against them instead (targets of -100 count for nothing), computed without
-        the logits tensor (`lamina.model.loss`). With `head=False`, the final-normed hidden states
-        (..., dim) of the same positions instead of their logits, for a caller that applies the
-        output layer its own way (`lamina.model.loss.linear_target_logprobs`).
+    def body(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
+             slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """The final-normed hidden states (B, T, dim) of `tokens` (B, T): everything but the
+        output layer, which each caller applies to the positions it needs (`logits`, or
+        `lamina.model.loss` without the logits tensor).
 
         Without a cache this is the plain causal forward of training. With one, the caller gives
         each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
@@ -138,13 +132,22 @@ class Transformer(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)     # (B, 1, T, D)
         for layer in self.layers:
             h = layer(h, cos, sin, cache, slots, mask)
+        return self.norm(h)
+
+    def logits(self, h: Tensor) -> Tensor:
+        """The output layer on hidden states from `body`: (..., dim) -> float32 (..., vocab)."""
+        return self.output(h).float()
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
+                slots: Tensor | None = None, mask: Tensor | None = None,
+                targets: Tensor | None = None) -> Tensor:
+        """Float32 logits (B, T, vocab) of every position (the arguments are `body`'s), or with
+        `targets` (B, T) the mean cross-entropy against them (targets of -100 count for nothing),
+        computed without the logits tensor (`lamina.model.loss.linear_cross_entropy`)."""
+        h = self.body(tokens, positions, cache, slots, mask)
         if targets is not None:
-            return linear_cross_entropy(self.norm(h).flatten(0, 1), self.output.weight, targets.flatten())
-        if last_only:
-            h = h[:, -1:]
-        elif outputs is not None:
-            h = h[outputs]                                             # (n, dim)
-        return self.output(self.norm(h)).float() if head else self.norm(h)
+            return linear_cross_entropy(h.flatten(0, 1), self.output.weight, targets.flatten())
+        return self.logits(h)
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

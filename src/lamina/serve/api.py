@@ -47,14 +47,14 @@ PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
-    host: str = "127.0.0.1"             # loopback only unless told otherwise
-    port: int = 8000
+    host: str = "127.0.0.1"             # address to bind; 127.0.0.1 is this machine only
+    port: int = 8000                    # TCP port
     api_key: str | None = None          # required as `Authorization: Bearer KEY` when set
     model_name: str = "lamina"          # the `model` clients name
-    max_prompt_tokens: int | None = None   # None: whatever fits in a slot with one reply token
+    max_prompt_tokens: int | None = None   # longest prompt accepted (None: what fits in a slot with one reply token)
     max_tokens: int | None = None       # cap on a request's max_tokens (None: what fits in a slot)
     default_max_tokens: int = 1024      # a chat request that sets no max_tokens gets at most this
-    request_timeout_s: float = 600.0    # a request still running after this is ended
+    request_timeout_s: float = 600.0    # seconds after which a running request is ended
     max_body_bytes: int = 4 << 20       # larger request bodies are refused (413)
     engine: BatcherConfig = field(default_factory=BatcherConfig)
 
@@ -68,11 +68,28 @@ class ServeConfig:
             raise LaminaError(f"the request timeout must be positive, got {self.request_timeout_s}")
         if not 0 <= self.port < 65536:
             raise LaminaError(f"port {self.port} is not a TCP port")
+        if self.api_key is not None:
+            check_api_key(self.api_key)
+
+
+def check_api_key(key: str) -> None:
+    """Refuse a key that would leave the server open or that no client could ever send."""
+    where = "the API key (--api-key or LAMINA_API_KEY)"
+    if not key:
+        raise LaminaError(f"{where} is empty; give a real key, or set neither to serve without one")
+    if not key.isascii():
+        raise LaminaError(f"{where} has non-ASCII characters: HTTP clients send the Authorization "
+                          "header as bytes that would never equal it, so every request would be "
+                          "refused; use an ASCII key")
+    if not key.isprintable() or key != key.strip():
+        raise LaminaError(f"{where} has control characters or leading or trailing spaces, which "
+                          "no client can send in an Authorization header; remove them")
 
 
 class Gate:
-    """ASGI middleware in front of everything: refuses oversized bodies and requests without the
-    API key, in the OpenAI error format."""
+    """ASGI middleware in front of everything: refuses requests without the API key and oversized
+    bodies, in the OpenAI error format. The body is counted as it arrives, whatever Content-Length
+    says or when there is none (`Transfer-Encoding: chunked`): reading stops at the cap."""
 
     def __init__(self, app, api_key: str | None, max_body_bytes: int):
         self.app, self.key, self.max_body = app, api_key, max_body_bytes
@@ -82,9 +99,9 @@ class Gate:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length", b"0")
+        too_large = f"the request body is over {self.max_body} bytes"
         if not length.isdigit() or int(length) > self.max_body:
-            return await self._refuse(send, 413, f"the request body is over {self.max_body} bytes",
-                                      "request_too_large")
+            return await self._refuse(send, 413, too_large, "request_too_large")
         if self.key and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = given.partition(" ")
@@ -93,7 +110,30 @@ class Gate:
                                           "'Authorization: Bearer YOUR_KEY'", "invalid_api_key")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
                 return await self._refuse(send, 401, "incorrect API key provided", "invalid_api_key")
-        return await self.app(scope, receive, send)
+        body = await self._read_body(receive)
+        if body is None:      # the client left while sending
+            return
+        if len(body) > self.max_body:
+            return await self._refuse(send, 413, too_large, "request_too_large")
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def received():   # the whole body once, then what the server says next (a disconnect)
+            return replay.pop() if replay else await receive()
+        return await self.app(scope, received, send)
+
+    async def _read_body(self, receive) -> bytes | None:
+        """The request body, read no further than one message past the cap; None if the client
+        disconnected first."""
+        chunks, size = [], 0
+        while size <= self.max_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
 
     @staticmethod
     async def _refuse(send, status: int, message: str, code: str):
@@ -101,6 +141,8 @@ class Gate:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
+        if status == 413:   # close, rather than read and throw away the rest of a body of any size
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -12,7 +12,12 @@ Every request keeps its own sampling parameters, random generator (a seed gives 
 alone or in a batch), stop tokens and stop strings. Greedy output equals the same prompt run
 alone up to float rounding: a row's logits do not depend on the other rows, but a batched matmul
 may sum in another order (differences of about 1e-5 in fp32 logits), which can only change a
-token where the two best logits tie that closely."""
+token where the two best logits tie that closely.
+
+A failure is kept to the requests it concerns: an error while starting, sampling, checking or
+decoding the text of one request ends that request alone with finish reason "error"; one while
+prefilling a group ends that group; only a failed batched decode step ends every running request.
+Every request taken off the queue is answered."""
 
 from __future__ import annotations
 
@@ -236,11 +241,12 @@ class Batcher:
                         break
                 try:
                     self.step()
-                except Exception:   # a bug must not take the server down with every client hanging
+                except Exception:   # a batched forward failed: no running request can go on
                     log.exception("engine step failed; ending the running requests")
                     for r in self.running:
-                        self._finish(r, "error")
-                    self.stats["errors"] += len(self.running)
+                        if r.finish_reason is None:
+                            self.stats["errors"] += 1
+                            self._finish(r, "error")
                     self.running = []
         finally:   # stopped, or interrupted (Ctrl-C): no client is left waiting
             with self._cond:
@@ -260,22 +266,25 @@ class Batcher:
             for r in [r for r in self.waiting if self._gone(r, now)]:
                 self.waiting.remove(r)
             joining = []
-            free = self.config.max_slots - len(self.running)
-            while self.waiting and len(joining) < free:
-                joining.append(self.waiting.popleft())
-        for r in joining:
-            r.slot = len(self.running)
-            self.running.append(r)
-            self._init_request(r)
+            # A request leaves the queue only to take a slot or to be answered with an error.
+            while self.waiting and len(self.running) < self.config.max_slots:
+                r = self.waiting.popleft()
+                if self._start(r):
+                    r.slot = len(self.running)
+                    self.running.append(r)
+                    joining.append(r)
         for group in prefill_groups(joining):
-            for r, t in zip(group, self._sample(self._prefill(group), group)):
-                self._accept(r, t)
+            try:
+                logits = self._prefill(group)
+            except Exception:
+                for r in group:
+                    self._fail(r, "prefilling its prompt")
+                continue
+            self._advance(logits, group)
         self._retire()
         if self.running:
             rows = self.running
-            tokens = self._sample(self._decode_step(rows), rows)
-            for r, t in zip(rows, tokens):
-                self._accept(r, t)
+            self._advance(self._decode_step(rows), rows)
             self.stats["steps"] += 1
             self._retire()
 
@@ -305,9 +314,18 @@ class Batcher:
         key = torch.arange(T, device=dev)
         mask = (key[None, None] <= at[..., None]) | ((at[..., None] < 0) & (key == 0))  # (k, T, T)
         self.stats["prompt_tokens"] += sum(len(r.prompt) for r in rows)
-        logits = self.model(tokens, at.clamp(min=0), self.cache.rows(rows[0].slot, k), slots,
-                            mask[:, None], last_only=True)                          # (k, 1, V)
-        return logits[:, -1]
+        hidden = self.model.body(tokens, at.clamp(min=0), self.cache.rows(rows[0].slot, k), slots,
+                                 mask[:, None])                                     # (k, T, dim)
+        return self.model.logits(hidden[:, -1])                                     # (k, V)
+
+    def _start(self, r: Request) -> bool:
+        """Set up a request leaving the queue; False (and the request answered) if it cannot run."""
+        try:
+            self._init_request(r)
+        except Exception:
+            self._fail(r, "starting")
+            return False
+        return True
 
     def _init_request(self, r: Request) -> None:
         """Per-request state: random generator (seeded if asked), repetition memory, text."""
@@ -336,13 +354,19 @@ class Batcher:
         logits = self._decode(tokens, positions, self.cache, positions, mask[:, None, None])
         return logits[:n, -1]                                                       # (n, V)
 
-    def _sample(self, logits: Tensor, rows: list[Request]) -> list[int]:
-        """Each row's next token with its own parameters and generator."""
-        tokens = logits.argmax(-1).tolist()
+    def _advance(self, logits: Tensor, rows: list[Request]) -> None:
+        """Sample each row's next token with its own parameters and generator, and accept it. An
+        error in one row ends that request alone; the other rows go on as if it were not there."""
+        best = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
-            if not r.params.greedy or r.seen is not None:
-                tokens[i] = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator))
-        return tokens
+            try:
+                if r.params.greedy and r.seen is None:
+                    token = best[i]
+                else:
+                    token = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator))
+                self._accept(r, token)
+            except Exception:
+                self._fail(r, "choosing its next token")
 
     def _accept(self, r: Request, token: int) -> None:
         """Add a sampled token to a request: emit its text, or finish it."""
@@ -374,7 +398,17 @@ class Batcher:
             return
         r.finish_reason = reason
         self.stats["finished"] += 1
-        r.on_output(Output(text, reason, len(r.prompt), len(r.tokens)))
+        try:
+            r.on_output(Output(text, reason, len(r.prompt), len(r.tokens)))
+        except Exception:   # the client's own callback: it must not stop the others' answers
+            log.exception("request %d: its output callback failed", r.id)
+
+    def _fail(self, r: Request, doing: str) -> None:
+        """End one request with an error (logged with its traceback); the others go on."""
+        log.exception("request %d failed while %s; the other requests go on", r.id, doing)
+        if r.finish_reason is None:
+            self.stats["errors"] += 1
+            self._finish(r, "error")
 
     def _retire(self) -> None:
         """Free the slots of finished requests, moving the last running ones into the holes."""

@@ -99,8 +99,11 @@ class Completions:
             raise APIError(400, f"this server's maximum context length is {lim.max_len} tokens; you "
                            f"asked for {P + want} ({P} in the prompt, {want} in the completion)",
                            param="max_tokens", code="context_length_exceeded")
-        params = SamplingParams(max_new_tokens=want, temperature=body.temperature, top_p=body.top_p,
-                                seed=body.seed, stop_token_ids=self.tok.stop_ids)
+        try:
+            params = SamplingParams(max_new_tokens=want, temperature=body.temperature, top_p=body.top_p,
+                                    top_k=body.top_k, seed=body.seed, stop_token_ids=self.tok.stop_ids)
+        except ValueError as e:   # the body's checks should have caught it; still the client's fault
+            raise APIError(400, str(e)) from None
         bridge = Bridge()
         request = EngineRequest(prompt, params, stop=body.stop, on_output=bridge.put,
                                 deadline=time.monotonic() + lim.timeout_s)

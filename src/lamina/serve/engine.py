@@ -19,8 +19,9 @@ CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps a
 
 
 def compile_decode_step(model: Transformer):
-    """The model's forward compiled for decode steps: one graph per (batch, cache length), whose
-    single-row matmuls become multi-core GEMV kernels (see `lamina.model.llama.linear`)."""
+    """The model's forward (logits of every position; a decode step has one) compiled for decode
+    steps: one graph per (batch, cache length), whose single-row matmuls become multi-core GEMV
+    kernels (see `lamina.model.llama.linear`)."""
     return torch.compile(model, dynamic=False, fullgraph=True, options={
         # The engine owns the model and never swaps its modules or parameters, so dynamo need not
         # re-check ~300 of them before every step (about 1 ms a token on 2 cores).
@@ -72,7 +73,8 @@ class Engine:
         query = torch.arange(P, device=dev)[:, None]                                    # (P, 1)
         causal = slot[None, :P] <= query                                                # (P, P)
         mask = (causal & valid[:, None, :P]) | (slot[None, :P] == query)               # (B, P, P)
-        logits = self.model(tokens, positions, cache, slot[:P], mask[:, None], last_only=True)
+        hidden = self.model.body(tokens, positions, cache, slot[:P], mask[:, None])     # (B, P, dim)
+        logits = self.model.logits(hidden[:, -1])                                       # (B, V)
 
         seen = None
         if params.repetition_penalty != 1.0:
@@ -87,7 +89,7 @@ class Engine:
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         position = positions[:, -1:]                                                    # (B, 1)
         for step in range(n_new):
-            token = next_token(logits[:, -1], params, seen, generator)                  # (B,)
+            token = next_token(logits, params, seen, generator)                         # (B,)
             newly_done = torch.isin(token, stops) & ~done
             out = [None if d else t for t, d in zip(token.tolist(), (done | newly_done).tolist())]
             done |= newly_done
@@ -102,4 +104,4 @@ class Engine:
             valid[:, at] = True
             position = position + 1
             logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
-                                  valid[:, None, None, :])
+                                  valid[:, None, None, :])[:, -1]

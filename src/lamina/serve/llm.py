@@ -11,25 +11,13 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..dtypes import parse_dtype
 from ..errors import LaminaError
 from ..model import Transformer, from_state_dict
 from ..tokenizer import Tokenizer, render_chat
 from .engine import Engine
 from .sampling import SamplingParams
 from .text import TextStream
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise LaminaError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
-
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,

@@ -2,7 +2,9 @@
 and response, stream-chunk and error bodies as plain dicts, shaped as in OpenAI's API reference
 (https://platform.openai.com/docs/api-reference/chat, .../completions, error codes in
 .../docs/guides/error-codes). Only what lamina implements is accepted: a field that would change
-the result and is not supported (n > 1, logprobs, penalties) is refused, never silently ignored."""
+the result and is not supported (n > 1, logprobs, penalties, logit_bias, tools, a JSON response
+format, ...) is refused with a message that names it, never silently ignored; left out, null or
+set to its no-op value (n: 1, logprobs: false, {} or []) it is accepted."""
 
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .sampling import SEED_RANGE, SamplingParams
+
+DEFAULTS = SamplingParams()
 
 
 class APIError(Exception):
@@ -41,18 +49,30 @@ class StreamOptions(_Body):
 
 
 class SamplingBody(_Body):
+    # A field left out takes lamina's default (SamplingParams), not OpenAI's 1.0, so that a client,
+    # `lamina generate` and `LLM.generate` sample alike (vLLM fills in the model's defaults too).
     model: str
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(DEFAULTS.temperature, ge=0, le=2)
+    top_p: float = Field(DEFAULTS.top_p, gt=0, le=1)
+    top_k: int = Field(DEFAULTS.top_k, ge=0)   # not OpenAI's; vLLM's and llama.cpp's (0: all)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = Field(None, validate_default=True)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])   # what torch takes
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    logprobs: bool | int | None = None
+    # Not implemented yet: accepted only as their no-op values (see `_unsupported`).
+    n: Any = None
+    best_of: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logit_bias: Any = None
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
 
     @field_validator("stop")
     @classmethod
@@ -62,15 +82,43 @@ class SamplingBody(_Body):
             raise ValueError("at most 4 stop sequences")
         return tuple(s for s in stops if s)
 
-    @model_validator(mode="after")
-    def _supported(self):
-        if self.n != 1:
-            raise ValueError("only n=1 is supported")
-        if self.frequency_penalty or self.presence_penalty:
-            raise ValueError("frequency_penalty and presence_penalty are not supported")
-        if self.logprobs:
-            raise ValueError("logprobs are not supported")
-        return self
+    @field_validator("n", "best_of", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty",
+                     "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call")
+    @classmethod
+    def _unsupported(cls, v, info):
+        if not is_no_op(info.field_name, v):
+            raise ValueError(unsupported(info.field_name))
+        return v
+
+
+# Parameters lamina does not implement yet, with the values that ask for nothing (besides null).
+UNSUPPORTED = {"n": "1", "best_of": "1", "logprobs": "false or 0", "top_logprobs": "0",
+               "frequency_penalty": "0", "presence_penalty": "0", "logit_bias": "{}",
+               "response_format": '{"type": "text"}', "tools": "[]", "tool_choice": '"none" or "auto"',
+               "functions": "[]", "function_call": '"none" or "auto"', "echo": "false", "suffix": '""'}
+
+
+def unsupported(name: str) -> str:
+    return f"not supported yet; leave it out or set it to {UNSUPPORTED[name]}"
+
+
+def is_no_op(name: str, v: Any) -> bool:
+    """Whether a value of an unsupported parameter asks for nothing lamina does not do."""
+    if v is None:
+        return True
+    if isinstance(v, bool):            # JSON true/false: not a number, whatever Python says
+        return v is False and name in ("logprobs", "echo")
+    if name in ("n", "best_of"):
+        return type(v) is int and v == 1
+    if name in ("frequency_penalty", "presence_penalty", "top_logprobs"):
+        return type(v) in (int, float) and v == 0
+    if name == "logprobs":             # chat: a boolean; completions: how many (0: none)
+        return type(v) is int and v == 0
+    if name == "response_format":
+        return v == {"type": "text"}
+    if name in ("tool_choice", "function_call"):
+        return v in ("none", "auto")   # without tools, both mean: answer in text
+    return v in ({}, [], "")           # logit_bias, tools, functions, suffix: empty
 
 
 class TextPart(_Body):
@@ -100,8 +148,8 @@ class ChatBody(SamplingBody):
 
 class CompletionBody(SamplingBody):
     prompt: str | list[str] | list[int]
-    echo: bool = False
-    suffix: str | None = None
+    echo: Any = None
+    suffix: Any = None
     max_tokens: int | None = Field(16, ge=1)   # the completions API's default is 16
 
     @field_validator("prompt")
@@ -115,11 +163,12 @@ class CompletionBody(SamplingBody):
             raise ValueError("the prompt is empty")
         return v
 
-    @model_validator(mode="after")
-    def _plain(self):
-        if self.echo or self.suffix:
-            raise ValueError("echo and suffix are not supported")
-        return self
+    @field_validator("echo", "suffix")
+    @classmethod
+    def _plain(cls, v, info):
+        if not is_no_op(info.field_name, v):
+            raise ValueError(unsupported(info.field_name))
+        return v
 
     @property
     def limit(self) -> int | None:
@@ -132,8 +181,10 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
     loc = [str(x) for x in e.get("loc", ()) if x != "body"]
     if e.get("type") == "json_invalid":
         return f"the request body is not valid JSON: {e.get('ctx', {}).get('error', e['msg'])}", None
-    if e.get("type") == "model_attributes_type" or not loc:
+    if e.get("type") in ("model_attributes_type", "model_type", "dict_type") and not loc:
         return "the request body must be a JSON object", None
+    if not loc:
+        return e["msg"].removeprefix("Value error, "), None
     msg = e["msg"].removeprefix("Value error, ")
     # A union of types reports one error per member; name the field once.
     return f"{'.'.join(loc)}: {msg}", loc[0]

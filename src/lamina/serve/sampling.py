@@ -1,5 +1,10 @@
 """Choosing the next token from logits: repetition penalty, temperature, top-k, top-p, greedy.
-Pure functions on (B, V) float32 logits."""
+Pure functions on (B, V) float32 logits.
+
+A temperature below `GREEDY_BELOW` samples greedily: that is the limit sampling tends to as the
+temperature falls, and dividing logits by a smaller one can overflow float32 (1e-300 becomes 0 in
+float32; logits of ~20 over 1e-37 are past its largest value) and turn the softmax into NaN.
+Seeds are what `torch.Generator.manual_seed` takes: integers in [-2**63, 2**64)."""
 
 from __future__ import annotations
 
@@ -8,32 +13,41 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+GREEDY_BELOW = 1e-5                    # temperatures under this sample greedily (vLLM's cut-off too)
+SEED_RANGE = (-2**63, 2**64 - 1)       # what torch.Generator.manual_seed accepts (negatives wrap)
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams:
-    max_new_tokens: int = 256
-    temperature: float = 0.7          # 0 means greedy: deterministic, no sampling
-    top_k: int = 0                    # 0 means no top-k cut
-    top_p: float = 1.0                # nucleus sampling; 1.0 keeps everything
+    """How the next token is chosen. These defaults are the only ones: `lamina generate` and
+    `chat`, `LLM.generate` and a server request that leaves a field out all take them. A small
+    model sampled from its whole distribution wanders off into the long tail; a nucleus of 0.9 at
+    temperature 0.7 keeps it on topic (Meta's Llama reference generation uses 0.9 and 0.6)."""
+    max_new_tokens: int = 256         # most tokens to generate
+    temperature: float = 0.7          # 0 (or below 1e-5) is greedy: deterministic, no sampling
+    top_k: int = 0                    # sample among the k likeliest tokens (0: all)
+    top_p: float = 0.9                # nucleus: the likeliest tokens that hold this much probability (1: all)
     repetition_penalty: float = 1.0   # >1 discourages tokens already in the text (CTRL, Keskar 2019)
     stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
+    seed: int | None = None           # the same seed gives the same tokens (default: a fresh draw)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):   # NaN too
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed must be an integer in [-2**63, 2**64 - 1], got {self.seed}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def penalize_repeats(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:

@@ -5,31 +5,18 @@ not by file name (Llama 3's rank file and Llama 2's SentencePiece model are both
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..assets import package_file
+from ..assets import MODELS, TOKENIZERS
 from ..errors import LaminaError
+from ..gguf_file import read_gguf_metadata
 from .core import Tokenizer
 from .formats import LLAMA3
+from .gguf_vocab import tokenizer_from_gguf
 from .ranks import LLAMA3_PATTERN, Ranks, llama3_special_tokens, read_ranks
 from .spm import sentencepiece_backend
 
 
-@dataclass(frozen=True)
-class PackagedTokenizer:
-    package: str         # import name of the distribution that carries the file
-    distribution: str    # what to pip install (with --no-deps)
-    file: str
-
-
-# Tokenizers that ship inside Python packages, so a name is enough, offline.
-TOKENIZERS = {
-    "llama-3": PackagedTokenizer("llama_models", "llama-models", "llama3/tokenizer.model"),
-    "mistral-v1": PackagedTokenizer("mistral_common", "mistral-common", "data/tokenizer.model.v1"),
-    "mistral-v3": PackagedTokenizer("mistral_common", "mistral-common",
-                                    "data/mistral_instruct_tokenizer_240323.model.v3"),
-}
 
 _RANK_LINE = re.compile(rb"[A-Za-z0-9+/]+=* \d+\r?\n")
 
@@ -38,11 +25,9 @@ def load_tokenizer(ref: str | Path) -> Tokenizer:
     """The tokenizer at `ref`: a file, a model directory, or a packaged tokenizer or model name."""
     name = str(ref)
     if name in TOKENIZERS:
-        return load_file(_packaged(name))
-    # the model catalog (GGUF files); imported here because checkpoint/ imports tokenizer/
-    from ..checkpoint.catalog import CATALOG, resolve_packaged
-    if name in CATALOG:
-        return load_file(resolve_packaged(name))
+        return load_file(TOKENIZERS[name].path())
+    if name in MODELS:                  # a packaged model's GGUF file carries its tokenizer
+        return load_file(MODELS[name].path())
     path = Path(ref)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
@@ -51,7 +36,7 @@ def load_tokenizer(ref: str | Path) -> Tokenizer:
             return load_file(path / "tokenizer.model")
         raise LaminaError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
     if not path.is_file():
-        known = ", ".join([*TOKENIZERS, *CATALOG])
+        known = ", ".join([*TOKENIZERS, *MODELS])
         raise LaminaError(f"{ref}: no such file or directory, and not a packaged name ({known})")
     return load_file(path)
 
@@ -60,8 +45,6 @@ def load_file(path: Path) -> Tokenizer:
     with open(path, "rb") as f:
         head = f.read(4096)
     if head[:4] == b"GGUF":
-        from ..checkpoint.gguf import read_gguf_metadata
-        from .gguf_vocab import tokenizer_from_gguf
         meta = read_gguf_metadata(path)
         if "tokenizer.ggml.model" not in meta:
             raise LaminaError(f"{path}: this GGUF file carries no tokenizer")
@@ -95,8 +78,3 @@ def load_sentencepiece(path: str | Path) -> Tokenizer:
     """A SentencePiece BPE `.model` (Llama 2, Mistral). Like Llama 2, it adds BOS to plain text."""
     backend, bos, eos = sentencepiece_backend(path)
     return Tokenizer(backend, bos_token=bos, eos_token=eos, add_bos=bos is not None)
-
-
-def _packaged(name: str) -> Path:
-    entry = TOKENIZERS[name]
-    return package_file(entry.package, entry.distribution, entry.file, f"tokenizer {name!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from itertools import chain
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,9 @@ from tokenizers import Regex, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as Backend
 
 from ..errors import LaminaError
+from ..fields import check_fields
+from ..files import atomic_directory
+from ..progress import Display, show_progress
 from .core import Tokenizer
 from .formats import LLAMA3
 from .ranks import (
@@ -35,6 +38,7 @@ RANK_FILE = "tokenizer.model"   # the name Meta gives Llama 3's rank file
 class TokenizerTrainConfig:
     """What `lamina tokenizer train` does; saved beside the tokenizer as lamina_tokenizer.json."""
     inputs: tuple[str, ...]         # text files, .jsonl files, or directories of them
+    corpora: tuple[str, ...] = ()   # corpora (`lamina data build`) whose training documents are handed in
     vocab_size: int                 # all tokens: 256 bytes + merges + special-token slots
     out: str                        # directory to create
     special_slots: int = LLAMA3_SPECIAL_SLOTS   # special tokens after the BPE vocabulary (Llama 3: 256)
@@ -43,7 +47,8 @@ class TokenizerTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if not self.inputs:
+        check_fields(self)
+        if not self.inputs and not self.corpora:
             raise LaminaError("no training input given (--input FILE ...)")
         if self.special_slots < len(LLAMA3_NAMED_SPECIALS):
             raise LaminaError(f"--special-slots must be at least {len(LLAMA3_NAMED_SPECIALS)}, "
@@ -98,11 +103,19 @@ def train_bpe(texts, vocab_size: int, *, min_frequency: int = 2, progress: bool 
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=progress)
-    backend.train_from_iterator(texts, trainer=trainer)
+                                  show_progress=False)   # lamina's display, plain lines off a terminal
+    with show_progress("tokenizer", unit="texts read", enabled=progress) as display:
+        backend.train_from_iterator(_counted(texts, display), trainer=trainer)
     # the trainer numbers the byte alphabet first, then each new token in the order it merged,
     # which is what a rank is
     return ranks_from_backend(backend)
+
+
+def _counted(texts, display: Display) -> Iterator[str]:
+    """The texts, counted on `display` as the trainer reads them."""
+    for text in texts:
+        yield text
+        display.advance()
 
 
 def bpe_tokenizer(texts, vocab_size: int, *, special_slots: int = LLAMA3_SPECIAL_SLOTS,
@@ -127,42 +140,17 @@ def write_tokenizer(tok: Tokenizer, folder: Path, record: dict) -> None:
     (folder / "lamina_tokenizer.json").write_text(json.dumps(record | {"vocab_size": tok.vocab_size}, indent=2))
 
 
-def train_tokenizer(config: TokenizerTrainConfig) -> Tokenizer:
-    """Train, then write config.out: tokenizer.model (ranks), tokenizer.json, tokenizer_config.json.
-    An input that is a corpus built by `lamina data build` contributes its training documents."""
-    from ..checkpoint.files import atomic_directory
-    files, corpora = corpus_inputs(config.inputs)
-    texts = chain(*(corpus_texts(c) for c in corpora), read_texts(files, config.text_field) if files else ())
+def train_tokenizer(config: TokenizerTrainConfig, corpus_texts: Iterable[str] = ()) -> Tokenizer:
+    """Train on `corpus_texts` (the documents of the corpora in config.corpora, which the caller
+    reads: `lamina.data.documents`) and the files of config.inputs, then write config.out:
+    tokenizer.model (ranks), tokenizer.json, tokenizer_config.json."""
+    files = input_files(config.inputs) if config.inputs else []
+    texts = chain(corpus_texts, read_texts(files, config.text_field))
     tok = bpe_tokenizer(texts, config.vocab_size, special_slots=config.special_slots,
                         min_frequency=config.min_frequency, progress=config.progress)
     with atomic_directory(config.out) as tmp:
         write_tokenizer(tok, tmp, {"made_by": "lamina tokenizer train",
-                                   "config": vars(config) | {"inputs": list(config.inputs)},
-                                   "files": [str(f) for f in files] + [str(c) for c in corpora]})
+                                   "config": vars(config) | {"inputs": list(config.inputs),
+                                                             "corpora": list(config.corpora)},
+                                   "files": [str(f) for f in files] + list(config.corpora)})
     return tok
-
-
-def corpus_inputs(inputs) -> tuple[list[Path], list[Path]]:
-    """Split inputs into text files and corpus directories (a `manifest.json` from `lamina data build`)."""
-    corpora = [Path(i) for i in inputs if (Path(i) / "manifest.json").is_file()]
-    rest = [i for i in inputs if Path(i) not in corpora]
-    return (input_files(rest) if rest else []), corpora
-
-
-def corpus_texts(corpus: Path) -> Iterator[str]:
-    """The training documents of a built corpus, decoded from its token shards (documents start
-    at BOS), so a tokenizer can be trained on exactly what passed the license policy and filters."""
-    import numpy as np
-
-    from ..data.shards import open_shard, read_manifest, tokenizer_ref
-    from .load import load_tokenizer
-    manifest = read_manifest(corpus)
-    tok = load_tokenizer(tokenizer_ref(corpus))
-    bos = manifest["bos_id"]
-    for name, shard in sorted(manifest["shards"].items()):
-        if shard["split"] != "train":
-            continue
-        ids = open_shard(corpus, name)
-        starts = np.flatnonzero(ids == bos).tolist() + [len(ids)]
-        for a, b in zip(starts, starts[1:]):
-            yield tok.decode(ids[a + 1:b].tolist())

@@ -2,7 +2,7 @@
 data parallelism under torchrun, checkpoints that resume exactly, and the accounting of compute,
 energy and the data each checkpoint actually consumed."""
 
-from .config import TrainConfig, load_recipe, recipe_path
+from .config import TrainConfig, train_recipe
 from .loop import RunResult, train
 
-__all__ = ["TrainConfig", "load_recipe", "recipe_path", "RunResult", "train"]
+__all__ = ["TrainConfig", "train_recipe", "RunResult", "train"]

@@ -5,6 +5,7 @@ estimated, saying which), CO2e, and the tokens consumed by document, source and 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import closing as _closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,23 +34,33 @@ def flops_per_token(c: ModelConfig, seq_len: int) -> int:
     return 6 * matmul_params(c) + 12 * c.n_layers * c.n_heads * c.head_dim * seq_len
 
 
-def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul on this device now: the yardstick for MFU."""
-    n = 4096 if device.type == "cuda" else 1024
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, rounds: int = 5,
+                         size: int | None = None, clock: Callable[[], float] = time.perf_counter) -> float:
+    """FLOP/s of a square matmul on this device: the yardstick for MFU. `seconds` is shared by
+    `rounds` timed rounds and the fastest round counts: other work on a busy machine only ever
+    slows a round down, so the best is the nearest to what the device can do (a mean would count
+    that work against the device and inflate MFU)."""
+    n = size or (4096 if device.type == "cuda" else 1024)
     g = torch.Generator(device=device).manual_seed(0)        # leaves the global generator alone
     a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     a @ b                                                  # warm-up
+    return max(_timed_round(a, b, device, seconds / rounds, clock) for _ in range(rounds))
+
+
+def _timed_round(a: torch.Tensor, b: torch.Tensor, device: torch.device, seconds: float,
+                 clock: Callable[[], float]) -> float:
+    """FLOP/s of `a @ b` repeated for `seconds`, and at least three times."""
     _sync(device)
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or count < 3:
+    count, start = 0, clock()
+    while count < 3 or clock() - start < seconds:
         a @ b
         count += 1
         if device.type == "cuda" and count % 10:
             continue
         _sync(device)
     _sync(device)
-    return 2 * n ** 3 * count / (time.perf_counter() - start)
+    return 2 * a.shape[0] ** 3 * count / (clock() - start)
 
 
 def _sync(device: torch.device) -> None:

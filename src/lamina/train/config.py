@@ -1,9 +1,12 @@
 """The one typed configuration of a training run, and the recipes that fill it in.
 
 A recipe is a TOML file whose top-level keys are `TrainConfig` fields (a `[model_overrides]`
-table changes fields of the model preset); built-in recipes live in the repository's `recipes/`
-folder and are named without `.toml`. `key=value` overrides from the command line apply last,
-with values read as TOML (`lr=3e-4`, `optimizer="muon"`, `model_overrides.dim=128`)."""
+table changes fields of the model preset); built-in recipes ship inside the package
+(`lamina/recipes/train/`, see `lamina.recipes`) and are named without `.toml`. `key=value`
+overrides from the command line apply last, with values read as TOML (`lr=3e-4`,
+`optimizer="muon"`, `model_overrides.dim=128`). Every field is checked against its annotation and
+its range, and an error names the field, the value and where it was written: the recipe file, a
+flag, or the override as typed."""
 
 from __future__ import annotations
 
@@ -11,12 +14,18 @@ import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Literal
 
 from ..errors import LaminaError
+from ..fields import InvalidField, check_fields, shown
 from ..model import PRESETS, ModelConfig, preset
+from ..recipes import recipe_file
 
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"   # the repository's recipes/
+POSITIVE = ("seq_len", "batch_size", "max_steps", "eval_every", "eval_tokens", "save_every", "log_every",
+            "keep_checkpoints", "lr", "muon_lr")
+NOT_NEGATIVE = ("micro_batch_size", "max_tokens", "warmup_steps", "seed", "sample_every", "sample_tokens",
+                "sample_temperature", "grad_clip", "weight_decay", "init_std", "max_memory_gb",
+                "grid_intensity", "device_power_watts")   # 0 is "none" or "the default" for several
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,12 +43,12 @@ class TrainConfig:
     max_steps: int = 1000
     max_tokens: int = 0                  # if set, the step budget is max_tokens / (batch_size * seq_len)
     # optimization
-    optimizer: str = "adamw"             # "adamw", or "muon" (Muon on 2-D matrices, AdamW on the rest)
+    optimizer: Literal["adamw", "muon"] = "adamw"   # muon: Muon on 2-D matrices, AdamW on the rest
     lr: float = 3e-3                     # AdamW peak learning rate
     muon_lr: float = 0.02                # Muon peak learning rate (matrices)
     weight_decay: float = 0.1            # matrices only; embeddings, norms and head are not decayed
     betas: tuple[float, float] = (0.9, 0.95)
-    schedule: str = "cosine"             # "cosine", "wsd" (warmup-stable-decay) or "constant"
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"   # wsd: warmup-stable-decay
     warmup_steps: int = 100
     decay_fraction: float = 0.2          # wsd: the final fraction of steps that decays to min_lr
     min_lr_ratio: float = 0.1            # the schedule ends at lr * min_lr_ratio
@@ -47,11 +56,11 @@ class TrainConfig:
     seed: int = 0                        # weights, batch order
     init_std: float = 0.02
     # execution
-    device: str = "auto"                 # "auto" (cuda if present), "cpu", "cuda"
-    dtype: str = "auto"                  # autocast: "auto" (bfloat16 on GPU, float32 on CPU), "float32", "bfloat16"
-    compile: str = "auto"                # torch.compile: "auto" (on GPU), "on", "off"
+    device: Literal["auto", "cpu", "cuda"] = "auto"             # auto: cuda if present
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"      # autocast; auto: bfloat16 on GPU, float32 on CPU
+    compile: Literal["auto", "on", "off"] = "auto"              # torch.compile; auto: on GPU
     activation_checkpointing: bool = False
-    parallel: str = "ddp"                # under torchrun: "ddp", or "fsdp" (FSDP2 fully_shard) for big models
+    parallel: Literal["ddp", "fsdp"] = "ddp"     # under torchrun; fsdp (FSDP2 fully_shard) for big models
     max_memory_gb: float = 0.0           # refuse to start above this estimate (0: the device's memory)
     # evaluation, samples, checkpoints, logs
     eval_every: int = 200                # steps between validation passes (and at the end)
@@ -69,30 +78,25 @@ class TrainConfig:
     device_power_watts: float = 0.0      # when power cannot be measured: watts per device (0: a stated default)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model_overrides, dict):
-            raise LaminaError("model_overrides must be a table of ModelConfig fields")
+        check_fields(self)          # types first: the checks below compare values
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "samples", tuple(self.samples))
         if self.model not in PRESETS:
-            raise LaminaError(f"unknown model preset {self.model!r}; known: {', '.join(PRESETS)}")
-        unknown = set(self.model_overrides) - {f.name for f in dataclasses.fields(ModelConfig)}
-        if unknown:
-            raise LaminaError(f"model_overrides: unknown ModelConfig fields {sorted(unknown)}")
-        positive = ("seq_len", "batch_size", "max_steps", "eval_every", "eval_tokens", "save_every",
-                    "log_every", "keep_checkpoints")
-        bad = [f"{n}={getattr(self, n)}" for n in positive if getattr(self, n) <= 0]
-        if bad or self.micro_batch_size < 0 or self.max_tokens < 0 or self.warmup_steps < 0:
-            raise LaminaError(f"these must be positive: {', '.join(bad) or 'micro_batch_size, max_tokens, warmup_steps'}")
-        choices = {"optimizer": ("adamw", "muon"), "schedule": ("cosine", "wsd", "constant"),
-                   "device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16"),
-                   "compile": ("auto", "on", "off"), "parallel": ("ddp", "fsdp")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise LaminaError(f"{name} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        if not 0 < self.decay_fraction <= 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise LaminaError("decay_fraction must be in (0, 1] and min_lr_ratio in [0, 1]")
-        if self.lr <= 0 or self.muon_lr <= 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise LaminaError("lr and muon_lr must be positive; grad_clip and weight_decay not negative")
+            raise InvalidField("model", self.model, f"unknown model preset; known: {', '.join(PRESETS)}")
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise InvalidField(name, getattr(self, name), "must be positive")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise InvalidField(name, getattr(self, name), "must not be negative")
+        if not 0 < self.decay_fraction <= 1:
+            raise InvalidField("decay_fraction", self.decay_fraction, "must be in (0, 1]")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise InvalidField("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        if not all(0 <= b < 1 for b in self.betas):      # torch.optim.AdamW refuses others
+            raise InvalidField("betas", self.betas, "each must be in [0, 1)")
+        preset_sized = preset(self.model)
+        self.model_config(preset_sized.vocab_size, preset_sized.bos_token_id, preset_sized.eos_token_id)
 
     @property
     def total_steps(self) -> int:
@@ -105,10 +109,22 @@ class TrainConfig:
         base = preset(self.model)
         changes = {"max_seq_len": max(base.max_seq_len, self.seq_len), **self.model_overrides,
                    "vocab_size": vocab_size, "bos_token_id": bos_id, "eos_token_id": eos_id}
+        known = [f.name for f in dataclasses.fields(ModelConfig)]
+        for name, value in self.model_overrides.items():
+            if name not in known:
+                raise InvalidField(f"model_overrides.{name}", value,
+                                   f"not a ModelConfig field; known: {', '.join(known)}")
         try:
             return base.replace(**changes)
         except (TypeError, ValueError) as e:
-            raise LaminaError(f"model {self.model} with {self.model_overrides}: {e}") from None
+            # lamina.model.config.FieldError names the field; max_seq_len follows seq_len unless overridden
+            name = str(getattr(e, "field", "")).partition(".")[0]
+            if name in self.model_overrides:
+                raise InvalidField(f"model_overrides.{name}", self.model_overrides[name],
+                                   getattr(e, "problem", str(e))) from None
+            if name == "max_seq_len":
+                raise InvalidField("seq_len", self.seq_len, getattr(e, "problem", str(e))) from None
+            raise InvalidField("model_overrides", self.model_overrides, f"model {self.model}: {e}") from None
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -117,51 +133,58 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def recipe_path(ref: str) -> Path:
-    """A recipe file, or the name of a built-in one in recipes/."""
-    path = Path(ref)
-    if path.suffix == ".toml":
-        if not path.is_file():
-            raise LaminaError(f"{path}: no such recipe file")
-        return path
-    builtin = RECIPES_DIR / f"{ref}.toml"
-    if builtin.is_file():
-        return builtin
-    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))) or "none found"
-    raise LaminaError(f"unknown recipe {ref!r}; built-in: {known}; or a path to a .toml file")
-
-
-def load_recipe(ref: str, overrides: list[str] = (), **fields) -> TrainConfig:
-    """A TrainConfig from a recipe, then `fields` (from flags), then `key=value` overrides."""
-    path = recipe_path(ref)
+def train_recipe(ref: str, overrides: list[str] = (), **fields) -> TrainConfig:
+    """A TrainConfig from a recipe (a built-in name or a .toml file), then `fields` (from flags),
+    then `key=value` overrides. A bad value is reported with where it was written."""
+    path = recipe_file("train", ref)
     try:
         values = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise LaminaError(f"{path}: not valid TOML: {e}") from None
-    values.update({k: v for k, v in fields.items() if v is not None})
+    except RecursionError:
+        raise LaminaError(f"{path}: nested too deeply to read") from None
+    sources = {key: f"from {path}" for key in values}        # key -> where its value was written
+    for key, value in fields.items():
+        if value is not None:
+            values[key], sources[key] = value, f"from --{key.replace('_', '-')}"
     for item in overrides:
         key, value = parse_override(item)
+        sources[key] = f"from the command line: {item if item.isprintable() and len(item) < 80 else shown(item)}"
         if key.startswith("model_overrides."):
-            values.setdefault("model_overrides", {})[key.split(".", 1)[1]] = value
+            table = values.setdefault("model_overrides", {})
+            if not isinstance(table, dict):
+                raise InvalidField("model_overrides", table, "must be a table", sources["model_overrides"])
+            table[key.split(".", 1)[1]] = value
         else:
             values[key] = value
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise LaminaError(f"{path}: unknown settings {unknown}; known: {', '.join(sorted(known))}")
+        raise LaminaError(f"unknown settings {unknown} ({'; '.join(sorted({sources[k] for k in unknown}))}); "
+                          f"known: {', '.join(sorted(known))}")
     try:
         return TrainConfig(**values)
-    except TypeError as e:
-        raise LaminaError(f"{path}: {e}") from None
+    except InvalidField as e:
+        raise e.came_from(_source(sources, e.name)) from None
+
+
+def _source(sources: dict[str, str], name: str) -> str:
+    """Where field `name` (or `model_overrides.dim`) was written: its own entry, its table's, or
+    those of the keys inside it; nothing for a default."""
+    head = name.partition(".")[0]
+    if name in sources or head in sources:
+        return sources.get(name) or sources[head]
+    return "; ".join(sorted({s for key, s in sources.items() if key.startswith(head + ".")}))
 
 
 def parse_override(item: str) -> tuple[str, object]:
     """`key=value` with the value read as TOML, or as a plain string when it is not TOML."""
     key, sep, raw = item.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise LaminaError(f"override {item!r}: write key=value, e.g. lr=3e-4")
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
+        parsed = tomllib.loads(f"v = {raw}")
+    except (tomllib.TOMLDecodeError, RecursionError):
+        parsed = {}
+    value = parsed["v"] if len(parsed) == 1 else raw     # `1\nseq_len = 2` is not one value
     return key.strip(), value

@@ -2,6 +2,21 @@
 clipping, the optimizer step on a schedule; validation loss and bits per byte, samples,
 checkpoints and metrics at intervals; compute and data accounting throughout.
 
+A run is three parts. `setup` builds a `Run`: the model (wrapped and perhaps compiled), its
+optimizers, data, token ledger, progress, compute totals, energy meter, metrics log and bar.
+`run_loop(run, step_fn)` repeats `step_fn(run) -> StepResult` until the step budget is spent and
+does the periodic work between steps: `log_step`, `validate_and_log`, `sample_and_log`,
+`save_checkpoint`. `pretrain_step` is the step of this module: draw a batch, forward/backward
+over the micro-batches, clip, step the optimizers.
+
+That is the seam for post-training (SFT, DPO, GRPO): a stage passes its own step function to the
+same loop and keeps the schedule, accounting, logging, checkpoints and resume. A step function
+draws its batch from whatever it holds (a callable object or a `functools.partial` can carry its
+own data), sets no learning rate (the loop does, from the schedule), calls `stop_if_diverged`
+before stepping the optimizers, and returns the mean loss, the gradient norm, the tokens it
+trained on and any extra figures for metrics.jsonl. A stage that starts from a loaded model and
+reads other data gives `setup` its own `Inputs` (model, tokenizer, data, ledger, provenance).
+
 Everything random is drawn from generators seeded by the config and carried in the checkpoint,
 so a run stopped at any point and resumed from its last checkpoint ends with the same weights,
 bit for bit on CPU, as one that never stopped."""
@@ -13,7 +28,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,17 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .. import __version__
 from ..data.loader import TokenShards
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
 from ..model import ModelConfig, Transformer, count_params, init_weights
 from ..tokenizer import load_tokenizer
+from ..version import __version__
 from . import distributed, state
 from .accounting import Compute, EnergyMeter, TokenLedger, flops_per_token, measure_matmul_flops
 from .config import TrainConfig
 from .metrics import Bar, MetricsLog, plot_loss
 from .optim import build_optimizers, lr_factor, set_lr
+from .sizing import Plan, check_fits, compute_dtype, plan_batches
 
 
 @dataclass
@@ -47,55 +64,159 @@ class RunResult:
     made_by: dict
 
 
-@dataclass
-class Plan:
-    """The batch arithmetic of a run on this many ranks."""
-    per_rank: int        # sequences per rank per step
-    micro: int           # sequences per forward/backward
-    accum: int           # micro-batches per step
+@dataclass(frozen=True, kw_only=True)
+class Inputs:
+    """What a run trains, and on what. Pretraining builds them from its config
+    (`pretraining_inputs`); a post-training stage brings its own: a loaded model, its tokenizer,
+    its data, a ledger of that data, and what lamina.json should say made the run."""
+    tokenizer: object
+    model_config: ModelConfig
+    train_data: object                      # TokenShards for pretraining; whatever the stage's step reads
+    val_data: TokenShards | None
+    ledger: TokenLedger                     # tokens consumed by document: n_docs, tokens, summary()
+    model: Transformer | None = None        # start from this model (weights loaded) instead of the seed's init
+    provenance: dict = field(default_factory=dict)   # lamina.json "made_by" entries of the stage's own
 
 
-def plan_batches(config: TrainConfig, world: int) -> Plan:
-    if config.batch_size % world:
-        raise LaminaError(f"batch_size {config.batch_size} does not divide over {world} ranks")
-    per_rank = config.batch_size // world
-    micro = config.micro_batch_size or per_rank
-    if per_rank % micro:
-        raise LaminaError(f"batch_size {config.batch_size} over {world} rank(s) is {per_rank} sequences per rank, "
-                          f"which micro_batch_size {micro} does not divide")
-    return Plan(per_rank, micro, per_rank // micro)
+@dataclass(kw_only=True)
+class Run:
+    """What a run holds while it goes: built by `setup`, advanced by `run_loop` and a step."""
+    config: TrainConfig
+    cluster: distributed.Cluster
+    out: Path                               # the run directory
+    model_config: ModelConfig
+    tokenizer: object
+    model: Transformer                      # the parameters: saved, validated, sampled from
+    wrapped: nn.Module                      # the model under DDP or FSDP (or itself)
+    forward: Callable                       # `wrapped`, compiled where the config asks
+    optimizers: list[torch.optim.Optimizer]
+    plan: Plan
+    dtype: torch.dtype                      # what the matmuls run in
+    autocast: Callable                      # makes the forward's context: bf16 autocast or nothing
+    train_data: TokenShards
+    val_data: TokenShards | None
+    token_bytes: torch.Tensor               # bytes of text per token id, for bits per byte
+    ledger: TokenLedger
+    progress: state.Progress
+    compute: Compute
+    per_token: int                          # training FLOPs per token
+    matmul_flops: float                     # MFU's yardstick: the fastest matmul FLOP/s seen this run
+    meter: EnergyMeter
+    log: MetricsLog | None                  # the main rank's only
+    bar: Bar
+    provenance: dict = field(default_factory=dict)   # made_by entries a stage adds or replaces
+    last_saved: Path | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    samples: list[str] = field(default_factory=list)
+    window_seconds: float = 0.0             # in training steps since the last log line
+    window_tokens: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.cluster.device
 
 
-def compute_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """What the matmuls run in: bf16 autocast when asked, or by default ("auto") on GPUs."""
-    bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and device.type == "cuda")
-    return torch.bfloat16 if bf16 else torch.float32
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step reports to the loop."""
+    loss: float                             # the mean over the batch and the ranks
+    grad_norm: float                        # before clipping; 0.0 with clipping off
+    tokens: int                             # tokens trained on, over all ranks
+    metrics: dict[str, float] = field(default_factory=dict)   # a stage's own figures, for metrics.jsonl
 
 
-def estimate_memory_gb(c: ModelConfig, config: TrainConfig, plan: Plan, world: int,
-                       dtype: torch.dtype = torch.float32) -> float:
-    """A deliberately rough upper estimate: fp32 weights, gradients and optimizer state (two
-    AdamW moments; sharded under FSDP), plus activations — about 34·T·dim bytes per layer per
-    sequence in 16-bit (Korthikanti et al. 2022, with attention fused), doubled for fp32 — and the
-    fp32 logits with their gradient."""
-    params = count_params(c)
-    shard = world if config.parallel == "fsdp" else 1
-    states = params * 4 * 4 / shard
-    per_layer = 34 * config.seq_len * c.dim * (1 if dtype == torch.bfloat16 else 2)
-    layers = c.n_layers if not config.activation_checkpointing else 1
-    activations = plan.micro * (per_layer * layers + 3 * 4 * config.seq_len * c.vocab_size)
-    return (states + activations) / 2 ** 30
+StepFn = Callable[[Run], StepResult]
 
 
-def available_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[1] / 2 ** 30
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunResult:
+    """Run `config` to its step budget (or from its last checkpoint, with `resume`)."""
+    cluster = distributed.start(config.device)
     try:
-        with open("/proc/meminfo") as f:
-            info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) / 2 ** 20
-    except (OSError, KeyError, ValueError):
-        return float("inf")
+        return run_loop(setup(config, cluster, resume, progress and cluster.main), pretrain_step)
+    finally:
+        distributed.stop()
+
+
+# ---- setup ----
+
+def setup(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show: bool,
+          inputs: Inputs | None = None) -> Run:
+    """Check that the run can go, then build everything it holds, from the last checkpoint with
+    `resume`. A bad config fails here, before any work and before the run directory exists.
+    Pretraining reads its `inputs` from the config; another stage passes its own."""
+    device = cluster.device
+    inputs = inputs or pretraining_inputs(config)
+    tokenizer, model_config = inputs.tokenizer, inputs.model_config
+    plan = plan_batches(config, cluster.world)
+    dtype = compute_dtype(config, device)
+    shards = inputs.train_data if isinstance(inputs.train_data, TokenShards) else None
+    check_fits(config, model_config, plan, cluster.world, dtype, device, shards)
+    out = Path(config.out)
+    done = state.list_checkpoints(out)
+    if done and not resume:
+        raise LaminaError(f"{out} already holds checkpoints; pass --resume to continue it, or choose another --out")
+    resumed = done[-1] if resume and done else None
+
+    model, wrapped, forward = build_model(config, model_config, cluster, inputs.model)
+    optimizers = build_optimizers(model, config, device)
+    ledger = inputs.ledger
+    progress = start_progress(config, resumed, model, optimizers, ledger)
+    log = None
+    if cluster.main:
+        state.remove_partial(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        log = MetricsLog(out, progress.step if resumed else None, config.tensorboard)
+    run = Run(config=config, cluster=cluster, out=out, model_config=model_config, tokenizer=tokenizer,
+              model=model, wrapped=wrapped, forward=forward, optimizers=optimizers, plan=plan, dtype=dtype,
+              autocast=(partial(torch.autocast, device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16
+                        else contextlib.nullcontext),
+              train_data=inputs.train_data, val_data=inputs.val_data,
+              token_bytes=torch.tensor(tokenizer.token_bytes(), dtype=torch.float64),
+              ledger=ledger, progress=progress, compute=Compute(**progress.compute),
+              per_token=flops_per_token(model_config, config.seq_len),
+              matmul_flops=measure_matmul_flops(device, dtype),
+              meter=new_meter(config, cluster), log=log, bar=Bar(config.total_steps, progress.step, show),
+              provenance=inputs.provenance, last_saved=resumed)
+    if resumed:
+        say(run, f"resumed from {resumed} at step {progress.step}")
+    return run
+
+
+def pretraining_inputs(config: TrainConfig) -> Inputs:
+    """A freshly initialised model of the config's preset, sized to its corpus's tokenizer."""
+    train_data, val_data = open_splits(config)
+    tokenizer = load_tokenizer(tokenizer_ref(config.data))
+    model_config = config.model_config(tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
+    return Inputs(tokenizer=tokenizer, model_config=model_config, train_data=train_data, val_data=val_data,
+                  ledger=TokenLedger(config.data, train_data.names))
+
+
+def open_splits(config: TrainConfig) -> tuple[TokenShards, TokenShards | None]:
+    """The training split and, where the corpus has one, the validation split."""
+    if not config.data:
+        raise LaminaError("no data: give --data DIR (a corpus made by `lamina data build`)")
+    train_data = TokenShards(config.data, "train")
+    try:
+        return train_data, TokenShards(config.data, "validation")
+    except LaminaError:
+        return train_data, None
+
+
+def build_model(config: TrainConfig, model_config: ModelConfig, cluster: distributed.Cluster,
+                start: Transformer | None = None) -> tuple[Transformer, nn.Module, Callable]:
+    """The model on every rank from the same seed (or `start`, already holding its weights);
+    wrapped for the ranks; compiled where asked."""
+    model = start if start is not None else init_weights(Transformer(model_config), seed=config.seed,
+                                                         std=config.init_std)
+    model = model.to(cluster.device)
+    model.train()
+    if config.activation_checkpointing:
+        checkpoint_blocks(model)
+    wrapped = distributed.wrap(model, cluster, config.parallel)
+    compiled = config.compile == "on" or (config.compile == "auto" and cluster.device.type == "cuda")
+    return model, wrapped, torch.compile(wrapped) if compiled else wrapped
 
 
 def checkpoint_blocks(model: Transformer) -> None:
@@ -104,183 +225,198 @@ def checkpoint_blocks(model: Transformer) -> None:
         layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> RunResult:
-    """Run `config` to its step budget (or from its last checkpoint, with `resume`)."""
-    cluster = distributed.start(config.device)
-    try:
-        return _train(config, cluster, resume, progress and cluster.main)
-    finally:
-        distributed.stop()
-
-
-def _train(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show: bool) -> RunResult:
-    device = cluster.device
-    if not config.data:
-        raise LaminaError("no data: give --data DIR (a corpus made by `lamina data build`)")
-    train_data = TokenShards(config.data, "train")
-    try:
-        val_data = TokenShards(config.data, "validation")
-    except LaminaError:
-        val_data = None
-    tokenizer = load_tokenizer(tokenizer_ref(config.data))
-    model_config = config.model_config(tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id)
-    plan = plan_batches(config, cluster.world)
-    dtype = compute_dtype(config, device)
-    need = estimate_memory_gb(model_config, config, plan, cluster.world, dtype)
-    have = config.max_memory_gb or available_memory_gb(device)
-    if need > have:
-        raise LaminaError(f"this run needs about {need:.1f} GiB per device and {have:.1f} GiB is allowed; "
-                          "lower micro_batch_size or seq_len, turn on activation_checkpointing, or use a smaller model")
-    if max(len(s) for s in train_data.shards) <= config.seq_len:
-        raise LaminaError(f"{config.data}: every training shard is shorter than seq_len + 1 = {config.seq_len + 1}")
-    run = Path(config.out)
-    done = state.list_checkpoints(run)
-    if done and not resume:
-        raise LaminaError(f"{run} already holds checkpoints; pass --resume to continue it, or choose another --out")
-
-    # the model, on every rank from the same seed
-    model = init_weights(Transformer(model_config), seed=config.seed, std=config.init_std).to(device)
-    model.train()
-    if config.activation_checkpointing:
-        checkpoint_blocks(model)
-    wrapped = distributed.wrap(model, cluster, config.parallel)
-    compiled = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-    forward = torch.compile(wrapped) if compiled else wrapped
-    optimizers = build_optimizers(model, config, device)
-    ledger = TokenLedger(config.data, train_data.names)
-
-    if resume and done:
-        progress = state.load(done[-1], model, optimizers, ledger.n_docs)
+def start_progress(config: TrainConfig, resumed: Path | None, model: Transformer,
+                   optimizers: list[torch.optim.Optimizer], ledger: TokenLedger) -> state.Progress:
+    """Step 0 from the config's seed, or the state of checkpoint `resumed` loaded into the model,
+    optimizers and ledger."""
+    if resumed:
+        progress = state.load(resumed, model, optimizers, ledger.n_docs)
         ledger.tokens = progress.doc_tokens
-    else:
-        torch.manual_seed(config.seed)          # nothing in training draws from it yet; a resumed run restores it
-        progress = state.Progress(0, np.random.default_rng(config.seed), 0, ledger.tokens,
-                                  asdict(Compute()), None)
-    compute = Compute(**progress.compute)
-    if cluster.main:
-        state.remove_partial(run)
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    log = MetricsLog(run, progress.step if resume and done else None, config.tensorboard) if cluster.main else None
+        return progress
+    torch.manual_seed(config.seed)          # nothing in training draws from it yet; a resumed run restores it
+    return state.Progress(0, np.random.default_rng(config.seed), 0, ledger.tokens, asdict(Compute()), None)
 
-    autocast = (partial(torch.autocast, device.type, dtype=torch.bfloat16) if dtype == torch.bfloat16
-                else contextlib.nullcontext)
-    peak = measure_matmul_flops(device, dtype)
-    per_token = flops_per_token(model_config, config.seq_len)
-    cores = torch.get_num_threads()
-    meter = EnergyMeter(device, cluster.local_rank, cores, config.device_power_watts)
-    token_bytes = torch.tensor(tokenizer.token_bytes(), dtype=torch.float64)
-    total = config.total_steps
-    bar = Bar(total, progress.step, show)
-    say = bar.print if cluster.main else (lambda text: None)
-    if resume and done and cluster.main:
-        say(f"resumed from {done[-1]} at step {progress.step}")
-    tokens_per_step = config.batch_size * config.seq_len
-    val_loss = val_bpb = None
-    samples: list[str] = []
 
-    def made_by() -> dict:
-        return {"tool": "lamina train", "lamina_version": __version__, "train_config": config.to_dict(),
-                "step": progress.step, "tokens": progress.tokens, "parameters": count_params(model_config),
-                "compute": compute.record(config.grid_intensity) | {"flops_per_token": per_token},
-                "data": ledger.summary(), "validation": {"loss": val_loss, "bits_per_byte": val_bpb},
-                "samples": samples}
+def new_meter(config: TrainConfig, cluster: distributed.Cluster) -> EnergyMeter:
+    return EnergyMeter(cluster.device, cluster.local_rank, torch.get_num_threads(), config.device_power_watts)
 
-    def save() -> Path | None:
-        model_state, optim_state = state.full_state(model, optimizers)
-        path = None
-        if cluster.main:
-            progress.compute = asdict(compute)
-            path = state.save(run, model_config, model_state, optim_state, progress, tokenizer, made_by(),
-                              config.keep_checkpoints)
-        distributed.barrier(cluster)
-        return path
 
-    last_saved = done[-1] if resume and done else None
-    window_seconds = 0.0
-    window_tokens = 0
+# ---- the loop ----
+
+def run_loop(run: Run, step_fn: StepFn) -> RunResult:
+    """Step until the budget is spent, with the periodic work between steps (all of it after the
+    last step); then say where the final checkpoint is and return what the run made."""
+    config, progress = run.config, run.progress
     try:
-        while progress.step < total:
-            step_start = time.perf_counter()
-            set_lr(optimizers, lr_factor(progress.step, config))
-            windows = train_data.random_windows(progress.rng, config.batch_size, config.seq_len)
-            mine = windows[cluster.rank * plan.per_rank:(cluster.rank + 1) * plan.per_rank]
-            x, y = (torch.from_numpy(a).to(device) for a in train_data.batch(mine, config.seq_len))
-            loss_sum = 0.0
-            for i in range(plan.accum):
-                rows = slice(i * plan.micro, (i + 1) * plan.micro)
-                sync = (contextlib.nullcontext() if i == plan.accum - 1 or cluster.world == 1
-                        or config.parallel == "fsdp" else wrapped.no_sync())
-                with sync:
-                    with autocast():                           # the forward only, as torch.amp advises
-                        loss = forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
-                    (loss / plan.accum).backward()
-                loss_sum += loss.item()
-            loss_value = distributed.mean(loss_sum / plan.accum, cluster, device)
-            if not math.isfinite(loss_value):
-                where = f"; the last good checkpoint is {last_saved}" if last_saved else "; no checkpoint was saved yet"
-                raise LaminaError(f"loss became {loss_value} at step {progress.step + 1}{where}. "
-                                  "Lower lr, raise warmup_steps or check the data")
-            grad_norm = (float(nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
-                         if config.grad_clip else 0.0)
-            for opt in optimizers:
-                opt.step()
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            progress.step += 1
-            progress.tokens += tokens_per_step
-            if cluster.main:
-                ledger.add(windows, config.seq_len + 1)
-            seconds = time.perf_counter() - step_start
-            compute.model_flops += per_token * tokens_per_step
-            compute.device_seconds[device.type] = compute.device_seconds.get(device.type, 0.0) + seconds * cluster.world
-            compute.wall_seconds += seconds
-            window_tokens += tokens_per_step
-            window_seconds += seconds
-
-            last = progress.step == total
-            if progress.step % config.log_every == 0 or last:
-                tps = window_tokens / window_seconds      # training steps only, not evaluation or saving
-                mfu = tps * per_token / (peak * cluster.world)
-                window_seconds, window_tokens = 0.0, 0
-                bar.update(progress.step, loss_value, tps, mfu)
-                if log:
-                    log.write({"step": progress.step, "tokens": progress.tokens, "loss": loss_value,
-                               "lr": optimizers[0].param_groups[0]["lr"], "grad_norm": grad_norm,
-                               "tokens_per_s": tps, "mfu": mfu})
-            if val_data is not None and (progress.step % config.eval_every == 0 or last):
-                val_loss, val_bpb = evaluate(model, val_data, config, plan.micro, token_bytes, device, autocast)
-                progress.best_val_loss = min(val_loss, progress.best_val_loss or val_loss)
-                if log:
-                    log.write({"step": progress.step, "tokens": progress.tokens, "val_loss": val_loss,
-                               "val_bpb": val_bpb})
-                say(f"step {progress.step}: validation loss {val_loss:.4f}, {val_bpb:.4f} bits per byte")
-            if (config.sample_every and progress.step % config.sample_every == 0) or last:
-                samples = generate_samples(model, tokenizer, config, device)
-                if log:
-                    log.write({"step": progress.step, "tokens": progress.tokens, "samples": samples})
-                if last:
-                    for s in samples:
-                        say(f"sample: {s!r}")
-            if progress.step % config.save_every == 0 or last:
-                compute.energy_joules += distributed.total(meter.joules(), cluster, device)
-                compute.energy_method = meter.method
-                meter = EnergyMeter(device, cluster.local_rank, cores, config.device_power_watts)
-                last_saved = save()
-                if cluster.main:
-                    plot_loss(run)
+        while progress.step < config.total_steps:
+            start = time.perf_counter()
+            set_lr(run.optimizers, lr_factor(progress.step, config))
+            result = step_fn(run)
+            account_step(run, result, time.perf_counter() - start)
+            last = progress.step == config.total_steps
+            if due(progress.step, config.eval_every, last):
+                remeasure_matmul(run)
+            if due(progress.step, config.log_every, last):
+                log_step(run, result)
+            if run.val_data is not None and due(progress.step, config.eval_every, last):
+                validate_and_log(run)
+            if due(progress.step, config.sample_every, last):
+                sample_and_log(run, last)
+            if due(progress.step, config.save_every, last):
+                save_checkpoint(run)
     finally:
-        bar.close()
-        if log:
-            log.close()
-    final = state.checkpoint_dir(run, progress.step)
+        run.bar.close()
+        if run.log:
+            run.log.close()
+    final = state.checkpoint_dir(run.out, progress.step)
+    say(run, f"checkpoint: {final}")
+    return RunResult(run.out, final, progress.step, run.val_loss, run.val_bpb, run.samples, made_by(run))
+
+
+def due(step: int, every: int, last: bool) -> bool:
+    """Whether work done every `every` steps (never, for 0), and always after the last, is due."""
+    return last or (every > 0 and step % every == 0)
+
+
+def account_step(run: Run, result: StepResult, seconds: float) -> None:
+    """Add a step to the progress, the compute totals and the throughput window."""
+    run.progress.step += 1
+    run.progress.tokens += result.tokens
+    compute, kind = run.compute, run.device.type
+    compute.model_flops += run.per_token * result.tokens
+    compute.device_seconds[kind] = compute.device_seconds.get(kind, 0.0) + seconds * run.cluster.world
+    compute.wall_seconds += seconds
+    run.window_tokens += result.tokens
+    run.window_seconds += seconds
+
+
+# ---- one step ----
+
+def pretrain_step(run: Run) -> StepResult:
+    """Next-token prediction on a batch of random windows: the batch split over the ranks and into
+    micro-batches whose gradients accumulate, then clipped and applied."""
+    config, cluster, plan = run.config, run.cluster, run.plan
+    windows = run.train_data.random_windows(run.progress.rng, config.batch_size, config.seq_len)
+    mine = windows[cluster.rank * plan.per_rank:(cluster.rank + 1) * plan.per_rank]
+    x, y = (torch.from_numpy(a).to(run.device) for a in run.train_data.batch(mine, config.seq_len))
+    loss_sum = 0.0
+    for i in range(plan.accum):
+        rows = slice(i * plan.micro, (i + 1) * plan.micro)
+        with grad_sync(run, last=i == plan.accum - 1):
+            with run.autocast():                               # the forward only, as torch.amp advises
+                loss = run.forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
+            (loss / plan.accum).backward()
+        loss_sum += loss.item()
+    loss_value = distributed.mean(loss_sum / plan.accum, cluster, run.device)
+    stop_if_diverged(run, loss_value)
+    grad_norm = clip_and_step(run)
     if cluster.main:
-        say(f"checkpoint: {final}")
-    return RunResult(run, final, progress.step, val_loss, val_bpb, samples, made_by())
+        run.ledger.add(windows, config.seq_len + 1)
+    return StepResult(loss_value, grad_norm, config.batch_size * config.seq_len)
+
+
+def grad_sync(run: Run, last: bool) -> contextlib.AbstractContextManager:
+    """Under DDP, all-reduce gradients only on a step's last micro-batch (FSDP always reduces)."""
+    if last or run.cluster.world == 1 or run.config.parallel == "fsdp":
+        return contextlib.nullcontext()
+    return run.wrapped.no_sync()
+
+
+def stop_if_diverged(run: Run, loss: float) -> None:
+    """End the run on a loss that is not finite, before it reaches the weights."""
+    if not math.isfinite(loss):
+        where = f"; the last good checkpoint is {run.last_saved}" if run.last_saved else "; no checkpoint was saved yet"
+        raise LaminaError(f"loss became {loss} at step {run.progress.step + 1}{where}. "
+                          "Lower lr, raise warmup_steps or check the data")
+
+
+def clip_and_step(run: Run) -> float:
+    """Clip the accumulated gradients (returning their norm before clipping), step and clear."""
+    grad_norm = (float(nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip))
+                 if run.config.grad_clip else 0.0)
+    for opt in run.optimizers:
+        opt.step()
+    for opt in run.optimizers:
+        opt.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+# ---- the periodic work ----
+
+def remeasure_matmul(run: Run) -> None:
+    """Time the matmul again, briefly, and keep the fastest rate seen: a yardstick measured while
+    the machine was busy is too low and would put MFU above what the device can do."""
+    run.matmul_flops = max(run.matmul_flops, measure_matmul_flops(run.device, run.dtype, seconds=0.1, rounds=2))
+
+
+def log_step(run: Run, result: StepResult) -> None:
+    """The progress line and a metrics record, with throughput over the steps since the last one
+    (training steps only, not validation or saving)."""
+    tps = run.window_tokens / run.window_seconds
+    mfu = tps * run.per_token / (run.matmul_flops * run.cluster.world)
+    run.window_seconds, run.window_tokens = 0.0, 0
+    run.bar.update(run.progress.step, result.loss, tps, mfu)
+    if run.log:
+        run.log.write({"step": run.progress.step, "tokens": run.progress.tokens, "loss": result.loss,
+                       "lr": run.optimizers[0].param_groups[0]["lr"], "grad_norm": result.grad_norm,
+                       "tokens_per_s": tps, "mfu": mfu, "matmul_flop_per_s": run.matmul_flops} | result.metrics)
+
+
+def validate_and_log(run: Run) -> None:
+    run.val_loss, run.val_bpb = validate(run.model, run.val_data, run.config, run.plan.micro, run.token_bytes,
+                                         run.device, run.autocast)
+    progress = run.progress
+    progress.best_val_loss = min(run.val_loss, progress.best_val_loss or run.val_loss)
+    if run.log:
+        run.log.write({"step": progress.step, "tokens": progress.tokens, "val_loss": run.val_loss,
+                       "val_bpb": run.val_bpb})
+    say(run, f"step {progress.step}: validation loss {run.val_loss:.4f}, {run.val_bpb:.4f} bits per byte")
+
+
+def sample_and_log(run: Run, last: bool) -> None:
+    run.samples = generate_samples(run.model, run.tokenizer, run.config, run.device)
+    if run.log:
+        run.log.write({"step": run.progress.step, "tokens": run.progress.tokens, "samples": run.samples})
+    if last:
+        for s in run.samples:
+            say(run, f"sample: {s!r}")
+
+
+def save_checkpoint(run: Run) -> None:
+    """Close the energy meter's period into the totals, write checkpoints/step-N (the main rank,
+    once every rank has gathered the full state) and redraw the loss curve."""
+    compute, cluster = run.compute, run.cluster
+    compute.energy_joules += distributed.total(run.meter.joules(), cluster, run.device)
+    compute.energy_method = run.meter.method
+    run.meter = new_meter(run.config, cluster)
+    model_state, optim_state = state.full_state(run.model, run.optimizers)
+    if cluster.main:
+        run.progress.compute = asdict(compute)
+        run.last_saved = state.save(run.out, run.model_config, model_state, optim_state, run.progress,
+                                    run.tokenizer, made_by(run), run.config.keep_checkpoints)
+    distributed.barrier(cluster)
+    if cluster.main:
+        plot_loss(run.out)
+
+
+def made_by(run: Run) -> dict:
+    """The provenance written into every checkpoint's lamina.json and returned with the result."""
+    config, progress = run.config, run.progress
+    return {"tool": "lamina train", "lamina_version": __version__, "train_config": config.to_dict(),
+            "step": progress.step, "tokens": progress.tokens, "parameters": count_params(run.model_config),
+            "compute": run.compute.record(config.grid_intensity) | {"flops_per_token": run.per_token},
+            "data": run.ledger.summary(), "validation": {"loss": run.val_loss, "bits_per_byte": run.val_bpb},
+            "samples": run.samples} | run.provenance
+
+
+def say(run: Run, text: str) -> None:
+    """A line above the progress bar, from the main rank only."""
+    if run.cluster.main:
+        run.bar.print(text)
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, data: TokenShards, config: TrainConfig, batch: int, token_bytes: torch.Tensor,
+def validate(model: Transformer, data: TokenShards, config: TrainConfig, batch: int, token_bytes: torch.Tensor,
              device: torch.device, autocast) -> tuple[float, float]:
     """Mean loss per token and bits per byte over the first eval_tokens of the validation split.
     Bits per byte counts only targets that are text (special tokens such as BOS stand for no

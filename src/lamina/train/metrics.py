@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..progress import Lines
+from ..progress import show_progress
 
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss.png"
@@ -82,38 +82,25 @@ def plot_loss(run: Path) -> Path:
     return out
 
 
+def format_mfu(mfu: float) -> str:
+    """MFU as a percentage. Above 100% the yardstick is what is wrong (a matmul timed while the
+    machine was busy, or one the model's larger matmuls outrun), so it shows as a doubt, not as a
+    figure; metrics.jsonl keeps the raw value beside the yardstick."""
+    return f"{mfu:.0%}" if mfu <= 1.0 else ">100%?"
+
+
 class Bar:
-    """Training progress: a rich bar whose description carries the latest numbers, or, off a
-    terminal, plain lines with the same numbers (`lamina.progress.Lines`)."""
+    """Training progress (`lamina.progress`): a rich bar whose note carries the latest numbers on
+    a terminal, plain lines with the same numbers elsewhere."""
 
     def __init__(self, total: int, start: int, enabled: bool, stream: TextIO | None = None) -> None:
-        self.progress = self.lines = None
-        self.stream = stream or sys.stdout
-        if not enabled:
-            return
-        if not self.stream.isatty():
-            self.lines = Lines(self.stream, "train", total, done=start)
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                                 TextColumn("eta"), TimeRemainingColumn(), console=Console(file=self.stream))
-        self.task = self.progress.add_task("", total=total, completed=start)
-        self.progress.start()
+        self.display = show_progress("train", total, enabled=enabled, stream=stream or sys.stdout, done=start)
 
     def update(self, step: int, loss: float, tokens_per_s: float, mfu: float) -> None:
-        numbers = f"loss {loss:.3f}  {tokens_per_s:,.0f} tok/s  MFU {mfu:.0%}"
-        if self.progress:
-            self.progress.update(self.task, completed=step, description=numbers)
-        elif self.lines:
-            self.lines.update(step, numbers.replace("  ", ", "))
+        self.display.update(step, f"loss {loss:.3f}, {tokens_per_s:,.0f} tok/s, MFU {format_mfu(mfu)}")
 
     def print(self, text: str) -> None:
-        if self.progress:
-            self.progress.console.print(text)
-        else:
-            print(text, file=self.stream, flush=True)
+        self.display.print(text)
 
     def close(self) -> None:
-        if self.progress:
-            self.progress.stop()
+        self.display.close()

@@ -4,7 +4,7 @@
 compute totals in JSON — so `--resume` continues exactly where the run stopped.
 
 Each checkpoint is written under a temporary name and renamed into place whole (see
-`lamina.checkpoint.files.atomic_directory`); a save killed at any moment leaves no directory
+`lamina.files.atomic_directory`); a save killed at any moment leaves no directory
 named `step-*` that could be mistaken for a finished one."""
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..checkpoint.files import atomic_directory
+from ..files import atomic_directory
 from ..checkpoint.hf import read_hf, write_hf_files
+from ..checkpoint.layout import from_lamina
 from ..errors import LaminaError
 from ..model import ModelConfig
 
@@ -64,8 +65,10 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
     """Write checkpoints/step-N whole or not at all, then drop all but the newest `keep`."""
     dst = checkpoint_dir(run, progress.step)
     tensors, groups = _flatten_optimizer(optim_state)
+    named, extra = _split_model_state(model_state)
+    tensors |= {f"model/{k}": v.contiguous() for k, v in extra.items()}
     with atomic_directory(dst) as tmp:
-        write_hf_files(tmp, model_config, model_state, tokenizer, made_by=made_by)
+        write_hf_files(tmp, model_config, named, tokenizer, made_by=made_by)
         state = tmp / STATE_DIR
         state.mkdir()
         tensors["torch_rng"] = torch.get_rng_state()
@@ -78,6 +81,19 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
     for old in list_checkpoints(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return dst
+
+
+def _split_model_state(model_state: dict) -> tuple[dict, dict]:
+    """The tensors a model directory has names for, and the others (LoRA adapters, say), which
+    are kept with the training state instead."""
+    named, extra = {}, {}
+    for k, v in model_state.items():
+        try:
+            from_lamina(k, "hf")
+            named[k] = v
+        except KeyError:
+            extra[k] = v
+    return named, extra
 
 
 def remove_partial(run: Path) -> None:
@@ -106,7 +122,7 @@ def load(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], 
     except (OSError, ValueError) as e:
         raise LaminaError(f"{path}: cannot resume from this checkpoint ({e})") from None
     options = StateDictOptions(full_state_dict=True, strict=True)
-    model_state = dict(weights)
+    model_state = dict(weights) | {k.removeprefix("model/"): t for k, t in tensors.items() if k.startswith("model/")}
     if "output.weight" not in model_state:          # tied: the checkpoint keeps one copy
         model_state["output.weight"] = model_state["tok_embeddings.weight"]
     set_model_state_dict(model, model_state, options=options)

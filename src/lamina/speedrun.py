@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LaminaError
-from .config import load_recipe
-from .loop import RunResult, train
+from .data import build_corpus, data_recipe
+from .errors import LaminaError
+from .fields import check_fields
+from .train import RunResult, train, train_recipe
 
 DATA_RECIPE = "clean-small"
 
@@ -26,17 +27,17 @@ class SpeedrunConfig:
     overrides: tuple[str, ...] = ()     # key=value changes to the training recipe
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 def speedrun(config: SpeedrunConfig) -> Path:
     """Run every stage into config.out and return the report's path."""
-    from ..data import build_corpus
-    from ..data.recipes import recipe as data_recipe
-
     out = Path(config.out or time.strftime("runs/speedrun-%Y%m%d-%H%M%S"))
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out")
-    train_config = load_recipe(config.recipe, list(config.overrides), data=str(out / "data"),
-                               out=str(out / "train"))          # a bad recipe fails before any work
+    train_config = train_recipe(config.recipe, list(config.overrides), data=str(out / "data"),
+                                out=str(out / "train"))          # a bad recipe fails before any work
     started = time.perf_counter()
     print(f"[1/3] data: building the {DATA_RECIPE} corpus with a {config.vocab_size}-token BPE trained on it")
     corpus = data_recipe(DATA_RECIPE)

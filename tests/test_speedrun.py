@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
+from lamina.cli import main
 from lamina.tokenizer import load_tokenizer
-from lamina.tokenizer.train import TrainConfig as TokenizerConfig, train_tokenizer
 
 
 @pytest.mark.slow
@@ -31,11 +31,13 @@ def test_speedrun_goes_from_nothing_to_a_report(tmp_path):
     assert again.returncode == 1 and "already exists" in again.stderr
 
 
-def test_a_tokenizer_trains_on_a_built_corpus(corpus, tmp_path):
+def test_a_tokenizer_trains_on_a_built_corpus(shakespeare_corpus, tmp_path):
     """A corpus from `lamina data build` is a training input: its training documents, decoded
-    from the shards, exactly what passed the policy and filters."""
-    tok = train_tokenizer(TokenizerConfig(inputs=(str(corpus),), vocab_size=1024, out=str(tmp_path / "tok"),
-                                          progress=False))
+    from the shards, exactly what passed the policy and filters (the speedrun's second stage)."""
+    corpus = shakespeare_corpus
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "1024", "--out", str(tmp_path / "tok"),
+                 "--quiet"]) == 0
+    tok = load_tokenizer(tmp_path / "tok")
     assert tok.vocab_size == 1024
     text = "Now is the winter of our discontent"
     assert tok.decode(tok.encode(text, bos=False)) == text
