@@ -266,6 +266,40 @@ def cmd_speedrun(args) -> None:
     print(f"report: {report}")
 
 
+def cmd_lora_merge(args) -> None:
+    from .dtypes import parse_dtype
+    from .post.lora import merge_adapter
+    out = merge_adapter(args.base, args.adapter, args.out, parse_dtype(args.dtype) if args.dtype else None)
+    print(f"wrote {out} (hf, adapter merged)")
+
+
+def cmd_sft(args) -> None:
+    from .post.sft import sft, sft_config
+    from .train.loop import default_threads
+    default_threads()
+    config = sft_config(args.overrides, model=args.model, data=args.data and tuple(args.data),
+                        licenses=args.license and tuple(args.license), out=args.out, format=args.format,
+                        chat_format=args.chat_format, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
+                        seq_len=args.seq_len, batch_size=args.batch_size)
+    result = sft(config, resume=args.resume, progress=not args.quiet)
+    print(f"model: {result.checkpoint}")
+
+
+def cmd_synth(args) -> None:
+    from .post.synth import SynthConfig, synth
+    config = SynthConfig(**_given(tasks=args.tasks and tuple(args.tasks), n=args.n, seed=args.seed, split=args.split,
+                                  identity=args.identity, name=args.name, distill=args.distill,
+                                  teacher_license=args.teacher_license, prompts=args.prompts,
+                                  max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens,
+                                  temperature=args.temperature, batch_size=args.batch_size),
+                         progress=not args.quiet)
+    done = synth(args.out, config)
+    kinds = ", ".join(f"{k['records']:,} {kind}" for kind, k in done["kinds"].items())
+    dropped = f"; {done['dropped_replies']} teacher replies cut off and left out" if done["dropped_replies"] else ""
+    print(f"wrote {done['path']}: {done['records']:,} records ({kinds}){dropped}; "
+          f"license {done['license']} in {done['license_file']}")
+
+
 def eval_config(args):
     """The EvalConfig of `lamina eval`'s flags."""
     from .eval import EvalConfig
@@ -430,6 +464,59 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--recipe", "speedrun.SpeedrunConfig", "recipe")
     p.add_argument("--quiet", action="store_true", help="no progress displays")
     p.set_defaults(func=cmd_speedrun)
+    p = sub.add_parser("lora", help="LoRA adapters (PEFT format): merge one into its base model")
+    lsub = p.add_subparsers(dest="lora_command", required=True, metavar="COMMAND")
+    m = lsub.add_parser("merge", help="fold an adapter into its base and write a plain model directory")
+    m.add_argument("base", help=model_help)
+    m.add_argument("adapter", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    m.add_argument("out", help="model directory to create; must not exist")
+    m.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the base's)")
+    m.set_defaults(func=cmd_lora_merge)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on chat data, loss on the assistant's tokens (packed, resumable)")
+    p.add_argument("model", help=model_help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="SFTConfig settings to change, values in TOML (warmup_steps=20 save_every=100)")
+    sft_fields = "post.sft.SFTConfig"
+    _flag(p, "--data", sft_fields, "data", nargs="+", metavar="FILE",
+          help="chat data: JSONL or Parquet of OpenAI messages, ShareGPT, Alpaca or prompt/completion records")
+    _flag(p, "--license", sft_fields, "licenses", action="append", metavar="SPDX",
+          help="the license of a data file, once per --data file in order (or once for all); "
+               "without it FILE.license is read, and data with no license is refused")
+    _flag(p, "--out", sft_fields, "out")
+    _flag(p, "--format", sft_fields, "format", help="messages, sharegpt, alpaca or prompt_completion (default: recognised)")
+    _flag(p, "--chat-format", sft_fields, "chat_format")
+    _flag(p, "--max-steps", sft_fields, "max_steps", type=int)
+    _flag(p, "--epochs", sft_fields, "epochs", type=float)
+    _flag(p, "--lr", sft_fields, "lr", type=float)
+    _flag(p, "--seq-len", sft_fields, "seq_len", type=int)
+    _flag(p, "--batch-size", sft_fields, "batch_size", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("synth", help="clean chat data: templated tasks with checkable answers, identity "
+                                     "conversations from a model's ledger, answers distilled from a teacher")
+    p.add_argument("out", help="JSONL file to write (must not exist); its license goes beside it in OUT.license")
+    synth_fields = "post.synth.SynthConfig"
+    _flag(p, "--tasks", synth_fields, "tasks", nargs="+", metavar="TASK",
+          help="arithmetic units strings lists dates countdown word_problems, each optionally :LEVEL "
+               "(countdown:2; default: all at their default level)")
+    _flag(p, "--n", synth_fields, "n", type=int)
+    _flag(p, "--seed", synth_fields, "seed", type=int)
+    _flag(p, "--split", synth_fields, "split", choices=["train", "heldout"])
+    _flag(p, "--identity", synth_fields, "identity", metavar="MODEL_DIR")
+    _flag(p, "--name", synth_fields, "name")
+    _flag(p, "--distill", synth_fields, "distill", metavar="TEACHER")
+    _flag(p, "--teacher-license", synth_fields, "teacher_license", metavar="SPDX")
+    _flag(p, "--prompts", synth_fields, "prompts", choices=["chatterbot"])
+    _flag(p, "--max-prompts", synth_fields, "max_prompts", type=int)
+    _flag(p, "--max-new-tokens", synth_fields, "max_new_tokens", type=int)
+    _flag(p, "--temperature", synth_fields, "temperature", type=float)
+    _flag(p, "--batch-size", synth_fields, "batch_size", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_synth)
+
     p = sub.add_parser("eval", help="benchmarks (the LLaMA paper's suite, MMLU, GSM8K, LAMBADA), perplexity, contamination")
     p.add_argument("model", nargs="+", help=model_help + "; several give one table, a row each")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
