@@ -1,21 +1,24 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from lamina.cli import main
-from lamina.tokenizer import load_tokenizer
+from lamina.tokenizer import load_tokenizer, render_chat
 
 
 @pytest.mark.slow
-def test_speedrun_goes_from_nothing_to_a_report(tmp_path):
+def test_speedrun_goes_from_nothing_to_a_chat_model_and_a_report(tmp_path):
     """The main job end to end, cut short: corpus with its own BPE, pretraining, validation
-    bits per byte, samples, and a report of data by license, compute and samples."""
+    bits per byte, samples, SFT on synthetic chat data with a quiz before and after, and a report
+    of data by license, compute, samples and what the chat model does."""
     out = tmp_path / "speedrun"
     subprocess.run([sys.executable, "-m", "lamina.cli", "speedrun", "--out", str(out), "--quiet",
                     "max_steps=6", "eval_every=3", "eval_tokens=4096", "save_every=3", "sample_tokens=8",
-                    "batch_size=8"], check=True)
+                    "batch_size=8", "sft.max_steps=3", "sft.examples=60", "sft.questions=6",
+                    "sft.max_new_tokens=8", "sft.batch_size=2", "sft.seq_len=128"], check=True)
     report = (out / "report.md").read_text()
     record = json.loads((out / "report.json").read_text())
     bpb = record["validation"]["bits_per_byte"]
@@ -26,6 +29,24 @@ def test_speedrun_goes_from_nothing_to_a_report(tmp_path):
     assert "certifi" in report                                              # ... and the report says so
     assert "```" in report and "energy" in report and (out / "train" / "loss.png").is_file()
     assert load_tokenizer(out / "data" / "tokenizer").vocab_size == 4096
+    # the chat stage: clean synthetic data (templated problems, identity answers from lamina.json)
+    chat = record["chat"]
+    assert chat["data"]["kinds"]["task"]["records"] == 60 and chat["data"]["kinds"]["identity"]["records"] > 0
+    for when in ("before", "after"):
+        quiz = chat[when]
+        assert quiz["questions"] == 6 and 0 <= quiz["ended_turn"] <= 1 and 0 <= quiz["accuracy"] <= 1
+        assert f"| {quiz['ended_turn']:.0%} | {quiz['accuracy']:.0%} |" in report
+    assert "## Chat model" in report and "held-out" in report
+    assert chat["identity"]["question"] == "Who are you?" and f"assistant: {chat['identity']['reply']}" in report
+    tuned = Path(chat["checkpoint"])
+    made_by = json.loads((tuned / "lamina.json").read_text())["made_by"]
+    assert made_by["tool"] == "lamina sft" and made_by["train_config"]["max_steps"] == 3
+    assert made_by["base_model"]["data"]["tokens_by_license"] == licenses      # the pretraining's provenance
+    # the chat model renders chats in Llama 3's format and talks through `lamina generate`
+    tok = load_tokenizer(tuned)
+    assert tok.decode(render_chat(tok, [{"role": "user", "content": "Hi"}])).endswith(
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert main(["generate", str(tuned), "What is 2 + 3?", "--chat", "--max-new-tokens", "4"]) == 0
     again = subprocess.run([sys.executable, "-m", "lamina.cli", "speedrun", "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 1 and "already exists" in again.stderr

@@ -300,12 +300,37 @@ def cmd_synth(args) -> None:
           f"license {done['license']} in {done['license_file']}")
 
 
+def cmd_dpo(args) -> None:
+    from .post.dpo import dpo, dpo_config
+    from .train.loop import default_threads
+    default_threads()
+    config = dpo_config(args.overrides, model=args.model, data=args.data and tuple(args.data),
+                        licenses=args.license and tuple(args.license), out=args.out, chat_format=args.chat_format,
+                        loss=args.loss, beta=args.beta, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
+                        seq_len=args.seq_len, batch_size=args.batch_size)
+    result = dpo(config, resume=args.resume, progress=not args.quiet)
+    print(f"model: {result.checkpoint}")
+
+
+def cmd_grpo(args) -> None:
+    from .post.grpo import grpo, grpo_config
+    from .train.loop import default_threads
+    default_threads()
+    config = grpo_config(args.overrides, model=args.model, task=args.task, out=args.out, max_steps=args.max_steps,
+                         lr=args.lr, group_size=args.group_size, prompts_per_step=args.prompts_per_step,
+                         max_new_tokens=args.max_new_tokens, loss_type=args.loss_type, beta=args.beta,
+                         lora=args.lora)
+    result = grpo(config, resume=args.resume, progress=not args.quiet)
+    print(f"model: {result.checkpoint}")
+
+
 def eval_config(args):
     """The EvalConfig of `lamina eval`'s flags."""
     from .eval import EvalConfig
     return EvalConfig(**_given(tasks=args.tasks and tuple(args.tasks), limit=args.limit,
                                num_fewshot=args.num_fewshot, batch_size=args.batch_size,
-                               max_tokens=args.max_tokens, decontaminate=args.decontaminate, ngram=args.ngram,
+                               max_tokens=args.max_tokens, decontaminate=args.decontaminate and tuple(args.decontaminate),
+                               ngram=args.ngram,
                                perplexity=args.perplexity and tuple(args.perplexity), window=args.window),
                       progress=not args.quiet)
 
@@ -316,7 +341,12 @@ def cmd_eval(args) -> None:
     from .eval.tasks import resolve_tasks
     for task in resolve_tasks(list(config.tasks)) if config.tasks else []:
         task.items(limit=1, num_fewshot=config.num_fewshot)     # bad names, shots, missing data: fail now
-    runs = [evaluate(load_model(m, **_given(dtype=args.dtype)), config, model_name=m) for m in args.model]
+    from .post.documents import training_documents
+
+    def documents():              # every stage's training data: only the command line knows them all
+        return (doc for data in config.decontaminate for doc in training_documents(data))
+    runs = [evaluate(load_model(m, **_given(dtype=args.dtype)), config, model_name=m, documents=documents)
+            for m in args.model]
     if args.out:
         from .files import write_json
         write_json(args.out, runs[0] if len(runs) == 1 else runs)
@@ -459,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("speedrun", help="the main job: corpus → tokenizer → pretraining → validation, samples, report")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training recipe settings to change")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="training recipe settings to change; sft.KEY=VALUE changes the chat stage (sft.max_steps=60)")
     _flag(p, "--out", "speedrun.SpeedrunConfig", "out", help="run directory to create (default: runs/speedrun-TIME)")
     _flag(p, "--recipe", "speedrun.SpeedrunConfig", "recipe")
     p.add_argument("--quiet", action="store_true", help="no progress displays")
@@ -517,6 +548,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=cmd_synth)
 
+    p = sub.add_parser("dpo", help="preference training on chosen/rejected pairs: DPO, IPO or hinge loss against "
+                                   "a reference computed once (resumable)")
+    p.add_argument("model", help=model_help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="DPOConfig settings to change, values in TOML (lora=true label_smoothing=0.1)")
+    dpo_fields = "post.dpo.DPOConfig"
+    _flag(p, "--data", dpo_fields, "data", nargs="+", metavar="FILE",
+          help="preference pairs: JSONL or Parquet records of prompt, chosen, rejected (strings or message lists)")
+    _flag(p, "--license", dpo_fields, "licenses", action="append", metavar="SPDX",
+          help="the license of a data file, once per --data file in order (or once for all); "
+               "without it FILE.license is read, and data with no license is refused")
+    _flag(p, "--out", dpo_fields, "out")
+    _flag(p, "--chat-format", dpo_fields, "chat_format")
+    _flag(p, "--loss", dpo_fields, "loss", choices=["sigmoid", "ipo", "hinge"])
+    _flag(p, "--beta", dpo_fields, "beta", type=float)
+    _flag(p, "--max-steps", dpo_fields, "max_steps", type=int)
+    _flag(p, "--epochs", dpo_fields, "epochs", type=float)
+    _flag(p, "--lr", dpo_fields, "lr", type=float)
+    _flag(p, "--seq-len", dpo_fields, "seq_len", type=int)
+    _flag(p, "--batch-size", dpo_fields, "batch_size", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dpo)
+
+    p = sub.add_parser("grpo", help="reinforcement learning on a task with checkable answers: sampled groups, "
+                                    "group-normalised rewards, clipped updates (resumable)")
+    p.add_argument("model", help=model_help)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="GRPOConfig settings to change, values in TOML (epsilon_high=0.28 rewards=['exact_answer'])")
+    grpo_fields = "post.grpo.GRPOConfig"
+    _flag(p, "--task", grpo_fields, "task",
+          help="arithmetic units strings lists dates countdown word_problems, optionally :LEVEL (countdown:2)")
+    _flag(p, "--out", grpo_fields, "out")
+    _flag(p, "--max-steps", grpo_fields, "max_steps", type=int)
+    _flag(p, "--lr", grpo_fields, "lr", type=float)
+    _flag(p, "--group-size", grpo_fields, "group_size", type=int)
+    _flag(p, "--prompts-per-step", grpo_fields, "prompts_per_step", type=int)
+    _flag(p, "--max-new-tokens", grpo_fields, "max_new_tokens", type=int)
+    _flag(p, "--loss-type", grpo_fields, "loss_type", choices=["grpo", "dr_grpo", "dapo"])
+    _flag(p, "--beta", grpo_fields, "beta", type=float)
+    _flag(p, "--lora", grpo_fields, "lora", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from the run's newest checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_grpo)
+
     p = sub.add_parser("eval", help="benchmarks (the LLaMA paper's suite, MMLU, GSM8K, LAMBADA), perplexity, contamination")
     p.add_argument("model", nargs="+", help=model_help + "; several give one table, a row each")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
@@ -527,9 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--num-fewshot", evals, "num_fewshot", type=int)
     _flag(p, "--batch-size", evals, "batch_size", type=int)
     _flag(p, "--max-tokens", evals, "max_tokens", type=int)
-    _flag(p, "--decontaminate", evals, "decontaminate", metavar="DATA",
-          help="a corpus directory (`lamina data build`) the model trained on: report the share of items "
-               "that share an n-gram with its training documents, and the score on the rest")
+    _flag(p, "--decontaminate", evals, "decontaminate", nargs="+", metavar="DATA",
+          help="the data the model trained on: corpus directories (`lamina data build`), fine-tuning runs "
+               "(`lamina sft --out`), chat or preference files (.jsonl, .parquet); report the share of items "
+               "that share an n-gram with a training document, and the score on the rest")
     _flag(p, "--ngram", evals, "ngram", type=int)
     _flag(p, "--perplexity", evals, "perplexity", nargs="+", metavar="PATH",
           help="perplexity and bits per byte on text files or corpus directories (validation split)")

@@ -1,5 +1,6 @@
 """The harness: run tasks on a model, aggregate as lm-eval does, and report beside each score how
-much of the benchmark the model may have seen in training (when its corpus is given).
+much of the benchmark the model may have seen in training (when its training data is given: the
+pretraining corpus, and post-training data as (id, text) documents from the caller).
 
 Results have lm-eval's shape, `{"results": {TASK: {"acc": .., "acc_stderr": .., "n": ..,
 "split": ..}}, "config": {..}}`; `table` lays several models' results out as the LLaMA paper's
@@ -12,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, Iterable, Iterator, TextIO
 
 from ..errors import LaminaError
 from ..fields import check_fields
@@ -23,6 +24,9 @@ from .metrics import aggregate_choice, choice_metrics, extract_gsm8k, mean, norm
 from .scoring import ScoringRequest, Scorer, encode_pair, pair_texts
 from .tasks import GSM8K_MAX_NEW_TOKENS, GSM8K_STOP, Item, Task, resolve_tasks
 
+CHAT_DATA = (".jsonl", ".parquet")        # post-training data files --decontaminate takes
+Documents = Callable[[], Iterable[tuple[object, str]]]    # the training documents, (id, text), read anew per call
+
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
@@ -32,7 +36,7 @@ class EvalConfig:
     num_fewshot: int | None = None        # solved examples in the prompt (None: MMLU 5, GSM8K 8, others 0)
     batch_size: int = 32                  # items per forward (generation: prompts per batch)
     max_tokens: int = 4096                # tokens per forward, which bounds memory
-    decontaminate: str | None = None      # a corpus directory (`lamina data build`) the model trained on
+    decontaminate: tuple[str, ...] = ()   # training data: corpus directories, SFT runs, chat data files
     ngram: int = 13                       # words an item must share with a document to count as seen
     perplexity: tuple[str, ...] = ()      # text files or corpus directories (validation split)
     window: int = 2048                    # tokens per perplexity window (at most the model's context)
@@ -40,6 +44,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        object.__setattr__(self, "decontaminate", tuple(self.decontaminate))
         if self.batch_size < 1:
             raise LaminaError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.max_tokens < 1 or self.window < 2:
@@ -48,9 +53,17 @@ class EvalConfig:
             raise LaminaError(f"--ngram must be at least 1, not {self.ngram}")
         if not self.tasks and not self.perplexity:
             raise LaminaError("nothing to evaluate: give --tasks (e.g. llama-zero-shot) or --perplexity PATH")
-        if self.decontaminate and not Path(self.decontaminate, "ledger.sqlite").is_file():
-            raise LaminaError(f"{self.decontaminate}: no ledger.sqlite; --decontaminate takes a corpus "
-                              f"directory made by `lamina data build`")
+        for data in map(Path, self.decontaminate):
+            if not (data.suffix in CHAT_DATA and data.is_file() or (data / "ledger.sqlite").is_file()
+                    or (data / "data" / "ledger.sqlite").is_file()):
+                raise LaminaError(f"{data}: no ledger.sqlite, nor chat data; --decontaminate takes a corpus directory "
+                                  "(`lamina data build`), a fine-tuning run (`lamina sft --out`) or chat data files "
+                                  "(.jsonl, .parquet)")
+
+    @property
+    def corpora_only(self) -> bool:
+        """Whether all the training data to check is pretraining corpora, which evaluation reads itself."""
+        return all((Path(data) / "ledger.sqlite").is_file() for data in self.decontaminate)
 
 
 @dataclass
@@ -172,13 +185,18 @@ def contamination_report(run: TaskRun, hits: list[list[int]], n: int) -> dict:
     seen = [bool(h) for h in hits]
     clean = aggregate(run, [not s for s in seen])
     return {"ngram": n, "contaminated": sum(seen), "fraction": sum(seen) / len(seen),
-            "documents": sorted({d for h in hits for d in h})[:20],
+            # corpus ids are numbers, chat records "FILE#RECORD": numbers first
+            "documents": sorted({d for h in hits for d in h}, key=lambda d: (isinstance(d, str), d))[:20],
             "clean": {k: v for k, v in clean.items() if k != "split"}}
 
 
-def evaluate(llm: LLM, config: EvalConfig, model_name: str = "") -> dict:
-    """Every task of `config` on one loaded model: lm-eval-shaped results."""
+def evaluate(llm: LLM, config: EvalConfig, model_name: str = "", documents: Documents | None = None) -> dict:
+    """Every task of `config` on one loaded model: lm-eval-shaped results. With
+    `config.decontaminate`, `documents` gives the training documents (the command line reads
+    every kind of training data); without it, the corpora of `config.decontaminate` are read."""
     from .perplexity import score_documents, text_documents, validation_documents
+    if config.decontaminate and documents is None:
+        documents = corpus_reader(config)
     tasks = resolve_tasks(list(config.tasks)) if config.tasks else []
     window = min(config.window, llm.model.config.max_seq_len)
     scorer = Scorer(llm.model, batch_size=config.batch_size, max_tokens=config.max_tokens)
@@ -192,7 +210,7 @@ def evaluate(llm: LLM, config: EvalConfig, model_name: str = "") -> dict:
             results[task.name] = aggregate(run)
             if config.decontaminate:
                 from .decontam import find_contamination
-                hits = find_contamination([it.text for it in run.items], config.decontaminate, config.ngram)
+                hits = find_contamination([it.text for it in run.items], documents(), config.ngram)
                 results[task.name]["contamination"] = contamination_report(run, hits, config.ngram)
             if task.name == "mmlu":
                 results.update(subject_results(run))
@@ -210,6 +228,18 @@ def evaluate(llm: LLM, config: EvalConfig, model_name: str = "") -> dict:
     return {"results": results,
             "config": {"model": model_name, **{k: v for k, v in asdict(config).items() if k != "progress"}},
             "seconds": timings}
+
+
+def corpus_reader(config: EvalConfig) -> Documents:
+    """The train documents of the corpora in `config.decontaminate`."""
+    from itertools import chain
+
+    from .decontam import corpus_texts
+    if not config.corpora_only:
+        raise LaminaError(f"{', '.join(config.decontaminate)}: post-training data (chat files, fine-tuning runs) is "
+                          "read by `lamina eval`; from Python pass evaluate(..., documents=) "
+                          "(lamina.post.documents.training_documents)")
+    return lambda: chain.from_iterable(corpus_texts(c) for c in config.decontaminate)
 
 
 def load_model(ref: str, dtype: str = "float32", device: str = "cpu") -> LLM:

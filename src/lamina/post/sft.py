@@ -45,7 +45,7 @@ from ..train.accounting import TokenLedger
 from ..train.config import TrainConfig, parse_override
 from ..train.loop import (Inputs, Run, RunResult, StepResult, clip_and_step, grad_sync, run_loop, say, setup,
                           stop_if_diverged)
-from .chat_data import ChatFile, Tokenized, read_chat, tokenize_conversations
+from .chat_data import ChatFile, Conversation, Preference, Tokenized, read_chat, tokenize_conversations
 from .lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 from .packing import epoch_rows, pack
 
@@ -140,6 +140,24 @@ def sft_config(overrides: list[str] = (), **fields) -> SFTConfig:
         raise e.came_from(sources.get(e.name, "")) from None
 
 
+def config_from_flags(cls, overrides: list[str] = (), **fields):
+    """A config of the dataclass `cls` (any post-training stage's) from flags (`fields`, None
+    where not given) and `key=value` overrides; a bad value is one line that says where it came from."""
+    values = {k: v for k, v in fields.items() if v is not None}
+    sources = {k: f"from --{k.replace('_', '-')}" for k in values}
+    for item in overrides:
+        key, value = parse_override(item)
+        values[key], sources[key] = value, f"from the command line: {item}"
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise LaminaError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**values)
+    except InvalidField as e:
+        raise e.came_from(sources.get(e.name, "")) from None
+
+
 # ---- the data, with provenance ----
 
 @dataclass(frozen=True)
@@ -198,7 +216,7 @@ def write_ledger(path: Path, sources: list[ChatSource], files: list[ChatFile], e
                           True, "license recorded for post-training")
         skipped = dict(chat.summary.skipped)
         for conv in chat.records:
-            text = json.dumps(conv.messages, ensure_ascii=False, sort_keys=True).encode()
+            text = json.dumps(record_content(conv), ensure_ascii=False, sort_keys=True).encode()
             kept = doc in tokens
             ledger.add_document(doc, source.id, f"{source.path}#{conv.record}", sha256_bytes(text), len(text),
                                 "kept" if kept else "rejected", "" if kept else skipped[conv.record], [], {})
@@ -211,6 +229,14 @@ def write_ledger(path: Path, sources: list[ChatSource], files: list[ChatFile], e
                 doc += 1
     ledger.commit()
     ledger.close()
+
+
+def record_content(record: Conversation | Preference) -> object:
+    """What a record's ledger document holds: a conversation's messages, or a preference pair's
+    prompt, chosen and rejected turns (`lamina dpo` writes its ledger with `write_ledger` too)."""
+    if isinstance(record, Preference):
+        return {"prompt": record.prompt, "chosen": record.chosen, "rejected": record.rejected}
+    return record.messages
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -47,8 +47,10 @@ class Engine:
         return self.model.tok_embeddings.weight.device
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> Iterator[list[int | None]]:
-        """Yield, for every step, the new token of each row (None once a row has stopped)."""
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *,
+                 include_stop: bool = False) -> Iterator[list[int | None]]:
+        """Yield, for every step, the new token of each row (None once a row has stopped; with
+        `include_stop` the stop token itself comes first, as a trainer scoring it needs)."""
         if not prompts or any(not p for p in prompts):
             raise LaminaError("every prompt needs at least one token")
         B, P = len(prompts), max(len(p) for p in prompts)
@@ -91,12 +93,13 @@ class Engine:
         for step in range(n_new):
             token = next_token(logits, params, seen, generator)                         # (B,)
             newly_done = torch.isin(token, stops) & ~done
-            out = [None if d else t for t, d in zip(token.tolist(), (done | newly_done).tolist())]
+            ended = done if include_stop else done | newly_done
+            out = [None if d else t for t, d in zip(token.tolist(), ended.tolist())]
             done |= newly_done
             if all(t is None for t in out):
                 return
             yield out
-            if step == n_new - 1:
+            if step == n_new - 1 or bool(done.all()):
                 return
             if seen is not None:
                 seen.scatter_(1, token[:, None], True)

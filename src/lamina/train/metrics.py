@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from ..files import atomic_file
 from ..progress import show_progress
 
 METRICS_FILE = "metrics.jsonl"
@@ -75,10 +76,9 @@ def plot_loss(run: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     out = run / CURVE_FILE
-    tmp = out.with_name(f".{out.name}.partial.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(out, overwrite=True) as tmp:      # redrawn at every save: never half a PNG
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(out)
     return out
 
 
