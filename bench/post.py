@@ -140,7 +140,8 @@ def trl_grpo(hf_dir: Path, out: Path, args, device, bf16: bool, asked):
         return [exact_answer_reward(c[0]["content"], a) for c, a in zip(completions, answer)]
 
     n = args.grpo_prompts * args.group_size
-    trainer = GRPOTrainer(model=str(hf_dir), reward_funcs=exact_answer, processing_class=AutoTokenizer.from_pretrained(hf_dir),
+    trainer = GRPOTrainer(model=str(hf_dir), reward_funcs=exact_answer,
+                          processing_class=AutoTokenizer.from_pretrained(hf_dir),
                           train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p.question}],
                                                             "answer": p.answer} for p in asked]),
                           args=GRPOConfig(output_dir=str(out), report_to=[], use_cpu=device.type == "cpu", bf16=bf16,

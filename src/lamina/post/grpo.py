@@ -237,8 +237,7 @@ def reply_text(tokenizer, ids: list[int]) -> str:
 class Questions:
     """What a GRPO run asks: its training and held-out problems, each as prompt token ids."""
     config: GRPOConfig
-    tokenizer: object
-    template: str
+    tokenizer: object                # carries the chat template the prompts are rendered with
     train: list[Problem]
     heldout: list[Problem]
 
@@ -260,14 +259,14 @@ class Questions:
                                               for i, n in enumerate(self.config.rewards)}
 
 
-def open_task(config: GRPOConfig, tokenizer, template: str) -> Questions:
-    n = min(config.max_steps * config.prompts_per_step, TRAIN_POOL)
-    return Questions(config, tokenizer, template, problems(config.task, n, seed=config.seed, split="train"),
-                problems(config.task, config.eval_problems, seed=config.seed, split="heldout")
-                if config.eval_problems else [])
+def open_task(config: GRPOConfig, tokenizer) -> Questions:
+    n = min(config.max_steps * config.prompts_per_step, TRAIN_POOL)     # a prefix of a longer run's
+    heldout = (problems(config.task, config.eval_problems, seed=config.seed, split="heldout")
+               if config.eval_problems else [])
+    return Questions(config, tokenizer, problems(config.task, n, seed=config.seed, split="train"), heldout)
 
 
-def evaluate(model, task: Questions) -> dict[str, float]:
+def heldout_scores(model, task: Questions) -> dict[str, float]:
     """Held-out accuracy of greedy answers, and pass@1 and pass@k of `pass_k` samples each."""
     config, stops = task.config, task.tokenizer.stop_ids
     prompts = [task.prompt(p) for p in task.heldout]
@@ -308,7 +307,7 @@ def evaluate_and_log(run: Run, grpo_state: GRPOState, step: int) -> None:
     if not grpo_state.task.heldout or grpo_state.evaluated == step:
         return
     grpo_state.evaluated = step
-    result = evaluate(run.model, grpo_state.task)
+    result = heldout_scores(run.model, grpo_state.task)
     if run.log:
         run.log.write({"step": step, "tokens": run.progress.tokens} | result)
     k = grpo_state.task.config.pass_k
@@ -386,7 +385,7 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
 # ---- the run ----
 
 def load_policy(config: GRPOConfig):
-    """The base checkpoint and the chat template the prompts are rendered with."""
+    """The base checkpoint, its tokenizer holding the chat template the prompts are rendered with."""
     if not config.model:
         raise LaminaError("no model: give MODEL (a model directory, GGUF file or packaged name)")
     ck = load_checkpoint(config.model)
@@ -397,7 +396,7 @@ def load_policy(config: GRPOConfig):
         raise LaminaError(f"{config.model}: has no chat template; choose one with chat_format=chatml (or llama3, "
                           "llama2, smollm2)")
     ck.tokenizer.chat_template = template
-    return ck, template
+    return ck
 
 
 def write_task_ledger(path: Path, config: GRPOConfig) -> None:
@@ -438,8 +437,8 @@ def prepare(config: GRPOConfig, cluster: distributed.Cluster, resume: bool, show
     if cluster.world > 1:
         raise LaminaError("lamina grpo runs on one device; start it without torchrun")
     out = Path(config.out)
-    ck, template = load_policy(config)
-    task = open_task(config, ck.tokenizer, template)
+    ck = load_policy(config)
+    task = open_task(config, ck.tokenizer)
     longest = max(len(task.prompt(p)) for p in task.train + task.heldout) + config.max_new_tokens
     if longest > ck.config.max_seq_len:
         raise LaminaError(f"a prompt and its completion may take {longest} tokens; {config.model} takes "
