@@ -51,14 +51,14 @@ from ..serve.engine import Engine
 from ..serve.sampling import SamplingParams
 from ..tokenizer import chat_format, render_chat
 from ..train import distributed, state
-from ..train.config import TrainConfig, parse_override
+from ..train.config import TrainConfig
 from ..train.loop import Inputs, Run, RunResult, StepResult, clip_and_step, run_loop, say, setup, stop_if_diverged
 from ..train.metrics import read_metrics
 from .grpo_loss import (CompletionBatch, LossType, clipped_surrogate, completion_batch, completion_logprobs,
                         group_advantages, k3_kl, kl_penalty, pass_at_k, reduce_loss)
 from .lora import LoRAConfig, adapters_disabled, apply_lora
 from .rewards import exact_answer_reward, format_reward
-from .sft import LORA_TARGETS, ChatLedger, base_record, write_lora
+from .sft import LORA_TARGETS, ChatLedger, base_record, config_from_flags, write_lora
 from .synth import LAMINA_LICENSE
 from .tasks import Problem, get_task, problems
 
@@ -183,19 +183,7 @@ class GRPOConfig:
 
 def grpo_config(overrides: list[str] = (), **fields) -> GRPOConfig:
     """A GRPOConfig from flags (`fields`, None where not given) and `key=value` overrides."""
-    values = {k: v for k, v in fields.items() if v is not None}
-    sources = {k: f"from --{k.replace('_', '-')}" for k in values}
-    for item in overrides:
-        key, value = parse_override(item)
-        values[key], sources[key] = value, f"from the command line: {item}"
-    known = {f.name for f in dataclasses.fields(GRPOConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise LaminaError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
-    try:
-        return GRPOConfig(**values)
-    except InvalidField as e:
-        raise e.came_from(sources.get(e.name, "")) from None
+    return config_from_flags(GRPOConfig, overrides, **fields)
 
 
 # ---- sampling ----

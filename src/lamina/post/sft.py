@@ -125,19 +125,7 @@ class SFTConfig:
 
 def sft_config(overrides: list[str] = (), **fields) -> SFTConfig:
     """An SFTConfig from flags (`fields`, None where not given) and `key=value` overrides."""
-    values = {k: v for k, v in fields.items() if v is not None}
-    sources = {k: f"from --{k.replace('_', '-')}" for k in values}
-    for item in overrides:
-        key, value = parse_override(item)
-        values[key], sources[key] = value, f"from the command line: {item}"
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise LaminaError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
-    try:
-        return SFTConfig(**values)
-    except InvalidField as e:
-        raise e.came_from(sources.get(e.name, "")) from None
+    return config_from_flags(SFTConfig, overrides, **fields)
 
 
 def config_from_flags(cls, overrides: list[str] = (), **fields):
