@@ -9,10 +9,11 @@ directory that both sides load). Data: conversations of lamina's templated tasks
 worked answer), the same ones for both systems.
 
 - **SFT tokens/s.** One optimizer step on the same `--sft-batch` conversations: lamina as
-  `lamina sft` runs it (packed rows of `--seq-len` without cross-attention, loss on the
-  assistant's tokens through the fused head, fused AdamW), TRL as its SFTTrainer runs one
-  (`training_step` on a batch of its own collator — defaults: padded to the longest, loss on
-  every token — then the Trainer's optimizer step). Tokens/s counts the conversations' tokens.
+  `lamina sft` runs it (packed rows of `--seq-len`, attention per conversation, loss on the
+  assistant's tokens through the fused head, which only they pass through; fused AdamW), TRL as its SFTTrainer runs one
+  (`training_step` on a batch of its own collator, padded to the longest, with the same objective
+  — `assistant_only_loss`, SmolLM2's template marked where the assistant speaks, as TRL needs —
+  then the Trainer's optimizer step). Tokens/s counts the conversations' tokens.
 - **GRPO completions/s.** One whole step on the same `--grpo-prompts` problems × `--group-size`
   completions of up to `--max-new-tokens` (temperature 1, top-p 1, exact-answer reward, dapo loss,
   clip 0.2/0.28, beta 0): lamina's `grpo_step` (sampling with its batched KV-cache engine) against
@@ -71,28 +72,36 @@ def lamina_sft(hf_dir: Path, chats: list[list[dict]], seq_len: int, device, auto
     optimizers = build_optimizers(model, TrainConfig(lr=2e-5, weight_decay=0.0), device)
     examples = [Tokenized(*render_with_mask(ck.tokenizer, c)) for c in chats]
     batch = pack([[examples[i] for i in row] for row in epoch_rows(examples, seq_len, 0, 0)], seq_len).to(device)
+    layout = batch.mask
 
     def step() -> None:
         with autocast():
-            loss = model(batch.tokens, positions=batch.positions, mask=batch.mask, targets=batch.targets)
+            loss = model(batch.tokens, positions=batch.positions, mask=layout, targets=batch.targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for opt in optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
         loss.item()
-    return step, sum(len(e.ids) for e in examples), {"rows": len(batch.tokens), "seq_len": seq_len}
+    return step, sum(len(e.ids) for e in examples), {"rows": len(batch.tokens), "seq_len": seq_len,
+                                                     "trained_tokens": batch.trained}
 
 
 def trl_sft(hf_dir: Path, chats: list[list[dict]], out: Path, device, bf16: bool):
-    """A step of TRL's SFTTrainer (its defaults) on the same conversations, batched by its collator."""
+    """A step of TRL's SFTTrainer on the same conversations with the same objective (loss on the
+    assistant's tokens: `assistant_only_loss`), batched by its collator (padded to the longest)."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
+
+    from tests.post.test_chat_data import SMOLLM2_WITH_GENERATION
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    tokenizer.chat_template = SMOLLM2_WITH_GENERATION      # SmolLM2's, marked where the assistant speaks
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32),
-                         processing_class=AutoTokenizer.from_pretrained(hf_dir),
+                         processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{"messages": c} for c in chats]),
                          args=SFTConfig(output_dir=str(out), report_to=[], use_cpu=device.type == "cpu", bf16=bf16,
+                                        assistant_only_loss=True,
                                         per_device_train_batch_size=len(chats), learning_rate=2e-5, max_grad_norm=1.0,
                                         max_length=None, shuffle_dataset=False))
     trainer.create_optimizer()
@@ -107,7 +116,8 @@ def trl_sft(hf_dir: Path, chats: list[list[dict]], out: Path, device, bf16: bool
         trainer.optimizer.step()
         trainer.model.zero_grad(set_to_none=True)
         loss.item()
-    return step, real, {"padded_tokens": int(inputs["input_ids"].numel()), "optimizer": trainer.args.optim}
+    return step, real, {"padded_tokens": int(inputs["input_ids"].numel()), "optimizer": trainer.args.optim,
+                        "trained_tokens": int((inputs["labels"][:, 1:] != -100).sum())}
 
 
 # ---- GRPO ----
@@ -202,6 +212,7 @@ def main() -> None:
             ours, our_tokens, our_info = lamina_sft(hf_dir, chats, args.seq_len, device, autocast)
             theirs, their_tokens, their_info = trl_sft(hf_dir, chats, tmp / "trl-sft", device, bf16)
             assert our_tokens == their_tokens, (our_tokens, their_tokens)   # the same conversations, tokenized alike
+            assert our_info["trained_tokens"] == their_info["trained_tokens"], (our_info, their_info)   # and objective
             times = {"lamina": [], "trl": []}
             for round_ in range(args.rounds + 1):
                 for system, step in (("lamina", ours), ("trl", theirs)):
@@ -213,10 +224,10 @@ def main() -> None:
                         times[system].append(our_tokens / (time.perf_counter() - start))
             base = statistics.median(times["trl"])
             rows.append(median_row("lamina", "sft", "tokens/s", times["lamina"],
-                                   f"{precision}, packed {our_info['rows']}x{args.seq_len}, assistant-only loss",
+                                   f"{precision}, packed {our_info['rows']}x{args.seq_len}, attention per conversation, assistant-only loss",
                                    ratio_vs_trl=statistics.median(times["lamina"]) / base, **our_info))
             rows.append(median_row("trl", "sft", "tokens/s", times["trl"],
-                                   f"{precision}, SFTTrainer defaults (padded, loss on all tokens)", ratio_vs_trl=1.0,
+                                   f"{precision}, SFTTrainer, padded, assistant-only loss", ratio_vs_trl=1.0,
                                    **their_info))
             del ours, theirs
         if args.skip != "grpo":

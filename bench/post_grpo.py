@@ -1,7 +1,7 @@
 """The GRPO demonstration: SmolLM2-135M-Instruct trained with `lamina grpo` (LoRA) on a templated
 task it partly solves, its held-out accuracy measured before, during and after.
 
-    .venv/bin/python -m bench.post_grpo [--task arithmetic:1] [--steps 20] [KEY=VALUE ...]
+    .venv/bin/python -m bench.post_grpo [--task arithmetic:1] [--steps 30] [KEY=VALUE ...]
 
 `--resume --out RUN --steps N` continues a run to N steps (bit-exact, as if it had not stopped),
 adding its seconds to the record's. Runs the same code path as
@@ -28,14 +28,14 @@ from lamina.train.metrics import read_metrics
 
 RESULTS = Path(__file__).parent / "results"
 DEMO = ["lora=true", "lr=3e-4", "group_size=8", "prompts_per_step=4", "max_new_tokens=96", "temperature=0.7",
-        "eval_every=5", "eval_problems=50", "pass_k=0", "log_every=1"]
+        "eval_every=10", "eval_problems=100", "pass_k=0", "log_every=1"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--task", default="arithmetic:1")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", help="run directory (default: a temporary one)")
     ap.add_argument("--resume", action="store_true",
                     help="continue the run in --out (to more --steps); seconds add to those in post_grpo.json")

@@ -45,6 +45,23 @@ def _flag(p: argparse.ArgumentParser, flag: str, where: str, name: str, **kwargs
     p.add_argument(flag, default=None, help="(from the config)", **kwargs).mirrors = (where, name, own)
 
 
+def _data_flags(p: argparse.ArgumentParser, where: str, data_help: str) -> None:
+    """The data files of a post-training method, their licenses, and licenses allowed beyond
+    pretraining's policy."""
+    _flag(p, "--data", where, "data", nargs="+", metavar="FILE", help=data_help)
+    _flag(p, "--license", where, "licenses", action="append", metavar="SPDX",
+          help="the license of a data file, once per --data file in order (or once for all); "
+               "without it FILE.license is read, and data with no license is refused")
+    _flag(p, "--allow-license", where, "allow_licenses", action="append", metavar="SPDX",
+          help="a license to allow beyond pretraining's permissive ones (e.g. CC-BY-SA-4.0), once per license; "
+               "data under any other is refused")
+
+
+def _data_args(args) -> dict:
+    return {"data": args.data and tuple(args.data), "licenses": args.license and tuple(args.license),
+            "allow_licenses": args.allow_license and tuple(args.allow_license)}
+
+
 def _given(**values) -> dict:
     """The flags that were given; the config fills in the others."""
     return {k: v for k, v in values.items() if v is not None}
@@ -277,8 +294,7 @@ def cmd_sft(args) -> None:
     from .post.sft import sft, sft_config
     from .train.loop import default_threads
     default_threads()
-    config = sft_config(args.overrides, model=args.model, data=args.data and tuple(args.data),
-                        licenses=args.license and tuple(args.license), out=args.out, format=args.format,
+    config = sft_config(args.overrides, model=args.model, **_data_args(args), out=args.out, format=args.format,
                         chat_format=args.chat_format, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
                         seq_len=args.seq_len, batch_size=args.batch_size)
     result = sft(config, resume=args.resume, progress=not args.quiet)
@@ -304,8 +320,7 @@ def cmd_dpo(args) -> None:
     from .post.dpo import dpo, dpo_config
     from .train.loop import default_threads
     default_threads()
-    config = dpo_config(args.overrides, model=args.model, data=args.data and tuple(args.data),
-                        licenses=args.license and tuple(args.license), out=args.out, chat_format=args.chat_format,
+    config = dpo_config(args.overrides, model=args.model, **_data_args(args), out=args.out, chat_format=args.chat_format,
                         loss=args.loss, beta=args.beta, max_steps=args.max_steps, epochs=args.epochs, lr=args.lr,
                         seq_len=args.seq_len, batch_size=args.batch_size)
     result = dpo(config, resume=args.resume, progress=not args.quiet)
@@ -509,11 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="SFTConfig settings to change, values in TOML (warmup_steps=20 save_every=100)")
     sft_fields = "post.sft.SFTConfig"
-    _flag(p, "--data", sft_fields, "data", nargs="+", metavar="FILE",
-          help="chat data: JSONL or Parquet of OpenAI messages, ShareGPT, Alpaca or prompt/completion records")
-    _flag(p, "--license", sft_fields, "licenses", action="append", metavar="SPDX",
-          help="the license of a data file, once per --data file in order (or once for all); "
-               "without it FILE.license is read, and data with no license is refused")
+    _data_flags(p, sft_fields, "chat data: JSONL or Parquet of OpenAI messages, ShareGPT, Alpaca or "
+                               "prompt/completion records")
     _flag(p, "--out", sft_fields, "out")
     _flag(p, "--format", sft_fields, "format", help="messages, sharegpt, alpaca or prompt_completion (default: recognised)")
     _flag(p, "--chat-format", sft_fields, "chat_format")
@@ -554,11 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="DPOConfig settings to change, values in TOML (lora=true label_smoothing=0.1)")
     dpo_fields = "post.dpo.DPOConfig"
-    _flag(p, "--data", dpo_fields, "data", nargs="+", metavar="FILE",
-          help="preference pairs: JSONL or Parquet records of prompt, chosen, rejected (strings or message lists)")
-    _flag(p, "--license", dpo_fields, "licenses", action="append", metavar="SPDX",
-          help="the license of a data file, once per --data file in order (or once for all); "
-               "without it FILE.license is read, and data with no license is refused")
+    _data_flags(p, dpo_fields, "preference pairs: JSONL or Parquet records of prompt, chosen, rejected (strings "
+                               "or message lists)")
     _flag(p, "--out", dpo_fields, "out")
     _flag(p, "--chat-format", dpo_fields, "chat_format")
     _flag(p, "--loss", dpo_fields, "loss", choices=["sigmoid", "ipo", "hinge"])

@@ -149,12 +149,14 @@ def choices(cls: type) -> dict[str, tuple]:
 
 @functools.cache
 def comments(cls: type) -> dict[str, str]:
-    """{field: the comment at the end of its line} in the class's source."""
+    """{field: the comment at the end of its line} in the class's source, or in the source of
+    the nearest base class that has one (a subclass may restate a field with its own default)."""
     found = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"    (\w+)\s*:[^#]*#\s*(.+)$", line)     # a field of the class body, not a method's
-        if m:
-            found[m[1]] = m[2].strip()
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        for line in inspect.getsource(klass).splitlines():
+            m = re.match(r"    (\w+)\s*:[^#]*#\s*(.+)$", line)     # a field of the class body, not a method's
+            if m:
+                found[m[1]] = m[2].strip()
     return found
 
 

@@ -14,8 +14,10 @@ import torch
 
 from lamina.cli import main
 from lamina.errors import LaminaError
-from lamina.model import ModelConfig, Transformer, from_state_dict, init_weights, weights
+from lamina.model import Transformer
 from lamina.post.dpo import dpo_config, dpo_loss, read_pairs, reward_metrics, score_pairs
+
+from .conftest import lamina_model, tiny_model_dir
 
 # conversational pairs, as TRL takes them: a system message, a multi-turn prompt, a reply that
 # starts with a newline (its first token merges with the template's)
@@ -33,15 +35,6 @@ PAIRS = [
 ]
 
 
-def tiny_model_dir(path, tok, seed: int):
-    from lamina.checkpoint import write_hf
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=tok.vocab_size,
-                         max_seq_len=256, tie_embeddings=True, rope_theta=10000.0, bos_token_id=tok.bos_id,
-                         eos_token_id=tok.eos_id)
-    write_hf(path, config, weights(init_weights(Transformer(config), seed=seed)), tok)
-    return path
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Two tiny Llamas with SmolLM2's tokenizer and chat template: a policy and a reference."""
@@ -49,12 +42,6 @@ def models(tmp_path_factory):
     tok = load_tokenizer("smollm2-135m-instruct")
     root = tmp_path_factory.mktemp("dpo")
     return tiny_model_dir(root / "policy", tok, seed=1), tiny_model_dir(root / "reference", tok, seed=2), tok
-
-
-def lamina_model(path) -> Transformer:
-    from lamina.checkpoint import read_hf
-    ck = read_hf(path)
-    return from_state_dict(ck.config, ck.weights, dtype=torch.float32)
 
 
 def write_jsonl(path, records):

@@ -12,34 +12,15 @@ import pytest
 import torch
 
 from lamina.cli import main
-from lamina.model import ModelConfig, Transformer, from_state_dict, init_weights, weights
 from lamina.post import grpo as grpo_module
 from lamina.post.grpo import GRPOConfig, sample
 from lamina.post.grpo_loss import completion_batch, completion_logprobs, group_advantages, grpo_loss, pass_at_k
 from lamina.serve.sampling import SamplingParams
 
+from .conftest import lamina_model
+
 QUESTIONS = ["What is 12 + 30?", "Reverse the word apple.", "Name a colour.", "What is 7 times 6?"]
 GROUP = 4
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny Llama with SmolLM2's tokenizer and chat template, as a model directory."""
-    from lamina.checkpoint import write_hf
-    from lamina.tokenizer import load_tokenizer
-    tok = load_tokenizer("smollm2-135m-instruct")
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=tok.vocab_size,
-                         max_seq_len=256, tie_embeddings=True, rope_theta=10000.0, bos_token_id=tok.bos_id,
-                         eos_token_id=tok.eos_id)
-    path = tmp_path_factory.mktemp("grpo") / "base"
-    write_hf(path, config, weights(init_weights(Transformer(config), seed=1)), tok)
-    return path, config, tok
-
-
-def lamina_model(path) -> Transformer:
-    from lamina.checkpoint import read_hf
-    ck = read_hf(path)
-    return from_state_dict(ck.config, ck.weights, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

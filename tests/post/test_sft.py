@@ -12,37 +12,18 @@ import torch
 
 from lamina.cli import main
 from lamina.errors import LaminaError
-from lamina.model import ModelConfig, Transformer, from_state_dict, init_weights, weights
+from lamina.model import from_state_dict
 from lamina.model.loss import IGNORE_INDEX
 from lamina.post.chat_data import Tokenized, render_with_mask
 from lamina.post.packing import epoch_rows, fill_rows, pack
 from lamina.post.sft import SFTConfig, file_license
 
+from .conftest import lamina_model
 from .test_chat_data import CONVERSATIONS, SMOLLM2_WITH_GENERATION
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A tiny Llama with SmolLM2's tokenizer and chat template, as a model directory."""
-    from lamina.checkpoint import write_hf
-    from lamina.tokenizer import load_tokenizer
-    tok = load_tokenizer("smollm2-135m-instruct")
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=tok.vocab_size,
-                         max_seq_len=256, tie_embeddings=True, rope_theta=10000.0, bos_token_id=tok.bos_id,
-                         eos_token_id=tok.eos_id)
-    path = tmp_path_factory.mktemp("sft") / "base"
-    write_hf(path, config, weights(init_weights(Transformer(config), seed=1)), tok)
-    return path, config, tok
 
 
 def examples(tok) -> list[Tokenized]:
     return [Tokenized(*render_with_mask(tok, c)) for c in CONVERSATIONS]
-
-
-def model_of(base) -> Transformer:
-    from lamina.checkpoint import read_hf
-    ck = read_hf(base[0])
-    return from_state_dict(ck.config, ck.weights, dtype=torch.float32)
 
 
 def nats(model, batch) -> tuple[float, int]:
@@ -53,7 +34,7 @@ def nats(model, batch) -> tuple[float, int]:
 
 
 def test_a_packed_row_computes_what_its_conversations_compute_one_at_a_time(base):
-    model, chats = model_of(base), examples(base[2])
+    model, chats = lamina_model(base[0]), examples(base[2])
     packed = pack([chats], seq_len=256)
     assert packed.positions[0, :len(chats[0].ids) - 1].tolist() == list(range(len(chats[0].ids) - 1))
     assert packed.positions[0, len(chats[0].ids) - 1] == 0                  # restarts for the next one
@@ -80,8 +61,7 @@ def test_labels_are_ignored_off_the_assistant_turns_and_across_boundaries(base):
     trained = (packed.targets[0] != IGNORE_INDEX).sum()
     assert trained == sum(sum(c.assistant[1:]) for c in chats[:2])
     assert (packed.targets[0, packed.segments[0] < 0] == IGNORE_INDEX).all()
-    assert packed.mask[0, 0, n0, :n0].sum() == 0               # block-diagonal
-    assert packed.mask[0, 0, n0 + 1, n0:n0 + 2].all()
+    assert packed.segments[0, n0 - 1] == 0 and packed.segments[0, n0] == 1
 
 
 def test_rows_hold_every_conversation_once_a_pass_in_an_order_fixed_by_the_seed():
@@ -119,10 +99,10 @@ def test_sft_loss_and_labels_equal_trls_on_the_same_batch_and_weights(base, tmp_
     with torch.no_grad():
         theirs = float(trainer.compute_loss(trainer.model, dict(trainer.data_collator(prepared))))
     packed = pack([chats], seq_len=256)
-    ours, _ = nats(model_of(base), packed)
+    ours, _ = nats(lamina_model(base[0]), packed)
     assert ours / packed.trained == pytest.approx(theirs, rel=1e-5)
     unpacked = pack([[c] for c in chats], seq_len=128)            # one a row, padded, as TRL's batch
-    assert nats(model_of(base), unpacked)[0] / unpacked.trained == pytest.approx(theirs, rel=1e-5)
+    assert nats(lamina_model(base[0]), unpacked)[0] / unpacked.trained == pytest.approx(theirs, rel=1e-5)
 
 
 def write_chat(path, n: int = 24):
@@ -190,6 +170,36 @@ def test_sft_resumed_from_a_checkpoint_ends_bit_exact(base, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_two_gloo_ranks_train_as_one_process_does(base, tmp_path):
+    """Rows with very different numbers of assistant tokens on the two ranks: the loss is still
+    the mean over the whole batch's tokens (not the mean of each rank's mean), so the curve and
+    the weights are one process's."""
+    import os
+    import subprocess
+    import sys
+
+    from lamina.checkpoint import read_hf
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + {i}?"},
+                          {"role": "assistant", "content": f"{i} + {i} = {2 * i}." + " Yes." * (7 * (i % 2))}]}
+            for i in range(16)]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = sft_args(base[0], data, tmp_path / "one", "--max-steps", "3", "lr=1e-3", "compile=off")
+    assert main(args) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "lamina.cli"]
+    two = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in args]
+    subprocess.run([*torchrun, *two], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+
+    def curve(run):
+        return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(curve(tmp_path / "two")) == 3
+    np.testing.assert_allclose(curve(tmp_path / "two"), curve(tmp_path / "one"), rtol=1e-5)
+    a, b = (read_hf(tmp_path / run / "checkpoints" / "step-000003").weights for run in ("one", "two"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
 def test_data_without_a_license_is_refused_unless_one_is_given_or_beside_it(tmp_path, base, capsys):
     data = write_chat(tmp_path / "chat.jsonl")
     args = [a for a in sft_args(base[0], data, tmp_path / "run") if a not in ("--license", "MIT")]
@@ -200,6 +210,21 @@ def test_data_without_a_license_is_refused_unless_one_is_given_or_beside_it(tmp_
     assert file_license(data, "Apache-2.0") == ("Apache-2.0", "given with --license")
     with pytest.raises(LaminaError, match="not an SPDX license"):
         file_license(data, "whatever I like")
+
+
+def test_data_under_a_license_the_policy_refuses_is_refused_before_anything_is_written(tmp_path, base, capsys):
+    """Post-training data passes pretraining's policy: share-alike (copyleft) data is refused in
+    one line that says how to allow it, and nothing is written; allowed, it trains."""
+    data = write_chat(tmp_path / "chat.jsonl")
+    args = [a if a != "MIT" else "CC-BY-SA-4.0" for a in sft_args(base[0], data, tmp_path / "run", "--max-steps", "1")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "chat.jsonl: copyleft license CC-BY-SA-4.0 not allowed by policy" in err
+    assert "--allow-license CC-BY-SA-4.0" in err
+    assert not (tmp_path / "run").exists()
+    assert main(args + ["--allow-license", "CC-BY-SA-4.0"]) == 0
+    made_by = json.loads((tmp_path / "run" / "checkpoints" / "step-000001" / "lamina.json").read_text())["made_by"]
+    assert made_by["data"]["tokens_by_license"] == {"CC-BY-SA-4.0": made_by["data"]["tokens"]}
 
 
 def test_sft_config_names_a_bad_setting_and_where_it_came_from():

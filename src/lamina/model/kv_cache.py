@@ -38,6 +38,12 @@ class KVCache:
         v_cache.index_copy_(2, slots, v)
         return k_cache, v_cache
 
+    def take_rows(self, rows: Tensor) -> None:
+        """Make the cache's row b a copy of its row rows[b] (it then holds len(rows) rows): a prompt
+        prefilled once, then continued by several rows."""
+        self.k = [t.index_select(0, rows) for t in self.k]
+        self.v = [t.index_select(0, rows) for t in self.v]
+
 
 class SlotCache:
     """`n_slots` sequences of up to `max_len` tokens each, (n_slots, KV, max_len, D) per layer.

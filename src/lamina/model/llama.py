@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .kv_cache import Cache
 from .loss import linear_cross_entropy
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .segments import Segments
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
@@ -59,7 +60,7 @@ class Attention(nn.Module):
         self.wo = Linear(c.n_heads * c.head_dim, c.dim)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
-                slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
@@ -70,8 +71,11 @@ class Attention(nn.Module):
             # Attend over the slots the mask covers, a prefix of the cache: a prefill need not
             # read the slots that decoding will fill later.
             k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]              # (B, KV, L, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           enable_gqa=self.n_kv_heads != self.n_heads)
+        if isinstance(mask, Segments):
+            y = mask.attend(q, k, v, enable_gqa=self.n_kv_heads != self.n_heads)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))                        # (B, T, dim)
 
 
@@ -95,7 +99,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
-                slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, cache, slots, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
@@ -114,7 +118,7 @@ class Transformer(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def body(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
-             slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+             slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
         """The final-normed hidden states (B, T, dim) of `tokens` (B, T): everything but the
         output layer, which each caller applies to the positions it needs (`logits`, or
         `lamina.model.loss` without the logits tensor).
@@ -122,7 +126,9 @@ class Transformer(nn.Module):
         Without a cache this is the plain causal forward of training. With one, the caller gives
         each token's `positions` (B, T), the cache `slots` it is written to ((T,) for a KVCache,
         whose rows advance together; (B, T), each row its own, for a SlotCache), and a boolean
-        attention `mask` (B, 1, T, L) over the cache's first L slots (True = may attend)."""
+        attention `mask` (B, 1, T, L) over the cache's first L slots (True = may attend).
+        Packed rows of several sequences (no cache) give their `Segments` as the mask: attention
+        is then causal within each sequence, at the cost of the sequences alone."""
         B, T = tokens.shape
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
@@ -139,7 +145,7 @@ class Transformer(nn.Module):
         return self.output(h).float()
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
-                slots: Tensor | None = None, mask: Tensor | None = None,
+                slots: Tensor | None = None, mask: Tensor | Segments | None = None,
                 targets: Tensor | None = None) -> Tensor:
         """Float32 logits (B, T, vocab) of every position (the arguments are `body`'s), or with
         `targets` (B, T) the mean cross-entropy against them (targets of -100 count for nothing),

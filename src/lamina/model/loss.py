@@ -40,6 +40,12 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, ignore_inde
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, ignore_index: int, dtype: torch.dtype):
+        # Only the tokens with a target go through the head: in SFT the prompts and the system
+        # turn are often half the tokens, and their logits would be computed to be multiplied by 0.
+        kept = (targets != ignore_index).nonzero().squeeze(1)
+        full = h
+        if len(kept) < len(targets):                                        # a copy, only when needed
+            h, targets = h.index_select(0, kept), targets.index_select(0, kept)
         n, vocab = h.shape[0], weight.shape[0]
         rows = max(MIN_ROWS, CHUNK_BYTES.get(h.device.type, CHUNK_BYTES["cuda"]) // (4 * vocab))
         w = weight.to(dtype)
@@ -48,17 +54,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for start in range(0, n, rows):
-            hc, tc = h[start:start + rows].to(dtype), targets[start:start + rows]
-            keep = tc != ignore_index                                       # (r,)
-            at = torch.where(keep, tc, 0)[:, None]                          # (r, 1)
+            hc, at = h[start:start + rows].to(dtype), targets[start:start + rows, None]   # (r, dim), (r, 1)
             logp = torch.log_softmax((hc @ w.T).float(), dim=-1)            # (r, vocab)
-            total -= torch.where(keep, logp.gather(1, at)[:, 0], 0.0).sum()
+            total -= logp.gather(1, at).sum()
             if not (want_h or want_w):
                 continue
-            # d(sum of losses)/d(logits) = softmax - one_hot(target), zero on ignored rows.
+            # d(sum of losses)/d(logits) = softmax - one_hot(target)
             grad = logp.exp_()
             grad.scatter_add_(1, at, torch.full_like(grad[:, :1], -1.0))
-            grad.mul_(keep[:, None])
             grad = grad.to(dtype)
             if want_h:
                 grad_h[start:start + rows] = grad @ w
@@ -67,7 +70,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_w.addmm_(grad.T, hc)
                 else:
                     grad_w += grad.T @ hc
-        count = (targets != ignore_index).sum()
+        count = torch.tensor(len(kept), dtype=torch.float32, device=h.device)
+        if grad_h is not None and h is not full:
+            grad_h = torch.zeros_like(full).index_copy_(0, kept, grad_h)
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.weight_dtype = weight.dtype
         return total / count

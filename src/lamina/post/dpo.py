@@ -28,7 +28,6 @@ in OUT/adapter beside the merged model in OUT/model."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from dataclasses import dataclass
 from functools import partial
@@ -42,18 +41,18 @@ from torch import Tensor
 
 from ..data.ledger import Ledger
 from ..errors import LaminaError
-from ..fields import InvalidField, check_fields
+from ..fields import InvalidField
 from ..model import from_state_dict
 from ..model.loss import IGNORE_INDEX
 from ..train import distributed, state
-from ..train.config import TrainConfig
 from ..train.loop import (Inputs, Run, RunResult, StepResult, clip_and_step, grad_sync, run_loop, say, setup,
                           stop_if_diverged)
 from ..train.sizing import compute_dtype
 from .chat_data import ChatFile, Preference, Tokenized, read_chat, render_with_mask
-from .lora import LoRAConfig, adapters_disabled, apply_lora
+from .config import DataConfig, config_from_flags
+from .lora import adapters_disabled, apply_lora
 from .packing import pack
-from .sft import (LORA_TARGETS, ChatLedger, base_record, chat_sources, config_from_flags, count_documents,
+from .sft import (ChatLedger, base_record, chat_sources, count_documents,
                   load_base, write_ledger, write_lora)
 
 LOSSES = ("sigmoid", "ipo", "hinge")
@@ -61,12 +60,9 @@ REFERENCE_FILE = "reference_logps.npy"
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPOConfig:
+class DPOConfig(DataConfig):
     """One preference-training run; saved as dpo_config.json in the run directory."""
-    model: str = ""                      # the model to train: a model directory, GGUF file or packaged name
     data: tuple[str, ...] = ()           # preference data files (.jsonl, .parquet): prompt, chosen, rejected
-    licenses: tuple[str, ...] = ()       # SPDX license of each data file (one for all), else FILE.license
-    chat_format: str = ""                # render with this lamina format (chatml, llama3, ...) instead of the model's template
     out: str = "runs/dpo"                # run directory: checkpoints/, data/ledger.sqlite, reference_logps.npy, metrics.jsonl
     loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"   # DPO, IPO or SLiC's hinge
     beta: float = 0.1                    # how far from the reference the policy may move (lower: further)
@@ -74,67 +70,20 @@ class DPOConfig:
     seq_len: int = 1024                  # most tokens of prompt + completion; longer pairs are skipped
     batch_size: int = 8                  # pairs per optimizer step
     micro_batch_size: int = 0            # pairs per forward/backward (0: all of them)
-    max_steps: int = 100
     epochs: float = 0.0                  # if set, the step budget is this many passes over the pairs
     lr: float = 1e-6                     # peak learning rate (AdamW); LoRA wants far more (1e-4)
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     seed: int = 0                        # the order of the pairs
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"
-    save_every: int = 0                  # steps between checkpoints (0: only at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 10
     lora: bool = False                   # train LoRA adapters; the reference is then the base with them off
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+
+    POSITIVE = DataConfig.POSITIVE + ("beta",)
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("data", "licenses", "lora_targets"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("beta", "seq_len", "batch_size", "max_steps", "lr", "log_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise InvalidField(name, getattr(self, name), "must be positive")
-        for name in ("micro_batch_size", "epochs", "warmup_steps", "save_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise InvalidField(name, getattr(self, name), "must not be negative")
+        super().__post_init__()
         if not 0 <= self.label_smoothing < 0.5:
             raise InvalidField("label_smoothing", self.label_smoothing, "must be in [0, 0.5)")
         if self.label_smoothing and self.loss != "sigmoid":
             raise InvalidField("label_smoothing", self.label_smoothing,
                                f"applies to the sigmoid loss only, not {self.loss}")
-        if self.licenses and len(self.licenses) not in (1, len(self.data)):
-            raise InvalidField("licenses", self.licenses, f"give one license for all files or one per file "
-                                                          f"({len(self.data)})")
-        if self.lora:
-            self.lora_config()
-
-    def lora_config(self) -> LoRAConfig:
-        try:
-            return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                              targets=self.lora_targets, seed=self.seed)
-        except InvalidField as e:
-            raise e.came_from(e.source, prefix="lora_") from None
-
-    def train_config(self, steps: int) -> TrainConfig:
-        """The loop's settings for a run of `steps` optimizer steps, a pair counting as one row."""
-        return TrainConfig(out=self.out, seq_len=self.seq_len, batch_size=self.batch_size,
-                           micro_batch_size=self.micro_batch_size, max_steps=steps, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, schedule=self.schedule,
-                           min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, seed=self.seed,
-                           device=self.device, dtype=self.dtype, compile=self.compile,
-                           save_every=self.save_every or steps, eval_every=self.save_every or steps,
-                           keep_checkpoints=self.keep_checkpoints, log_every=self.log_every, samples=())
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def dpo_config(overrides: list[str] = (), **fields) -> DPOConfig:

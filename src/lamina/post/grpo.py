@@ -45,7 +45,7 @@ from ..checkpoint import load_checkpoint
 from ..data.ledger import Ledger
 from ..data.sources import Source
 from ..errors import LaminaError
-from ..fields import InvalidField, check_fields
+from ..fields import InvalidField
 from ..model import from_state_dict
 from ..serve.engine import Engine
 from ..serve.sampling import SamplingParams
@@ -54,11 +54,12 @@ from ..train import distributed, state
 from ..train.config import TrainConfig
 from ..train.loop import Inputs, Run, RunResult, StepResult, clip_and_step, run_loop, say, setup, stop_if_diverged
 from ..train.metrics import read_metrics
+from .config import PostConfig, config_from_flags
 from .grpo_loss import (CompletionBatch, LossType, clipped_surrogate, completion_batch, completion_logprobs,
                         group_advantages, k3_kl, kl_penalty, pass_at_k, reduce_loss)
-from .lora import LoRAConfig, adapters_disabled, apply_lora
+from .lora import adapters_disabled, apply_lora
 from .rewards import exact_answer_reward, format_reward
-from .sft import LORA_TARGETS, ChatLedger, base_record, config_from_flags, write_lora
+from .sft import ChatLedger, base_record, write_lora
 from .synth import LAMINA_LICENSE
 from .tasks import Problem, get_task, problems
 
@@ -72,14 +73,13 @@ CURVE_FILE = "heldout.png"
 
 
 @dataclass(frozen=True, kw_only=True)
-class GRPOConfig:
+class GRPOConfig(PostConfig):
     """One GRPO run; saved as grpo_config.json in the run directory."""
     model: str = ""                      # the policy to train: a model directory, GGUF file or packaged name
     task: str = "arithmetic"             # a task of lamina.post.tasks, optionally at a level: countdown:2
     out: str = "runs/grpo"               # run directory: checkpoints/, metrics.jsonl, heldout.png
     instruction: str = ""                # added after each question (e.g. the answer format asked for)
     system: str = ""                     # a system message before each question ("": the template's own)
-    chat_format: str = ""                # render with this lamina format instead of the model's template
     rewards: tuple[str, ...] = ("exact_answer",)   # exact_answer, format; summed with reward_weights
     reward_weights: tuple[float, ...] = ()          # one per reward (default: all 1)
     group_size: int = 8                  # G: completions sampled per prompt
@@ -96,41 +96,24 @@ class GRPOConfig:
     num_iterations: int = 1              # μ: optimizer updates on each batch of samples
     max_steps: int = 100                 # steps, each a batch of groups sampled and trained on
     lr: float = 1e-6                     # peak learning rate (AdamW), TRL's default
-    weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: Literal["cosine", "wsd", "constant"] = "constant"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
     micro_batch_size: int = 0            # completions per forward/backward (0: all of a step's)
     generation_batch: int = 64           # rows the engine samples at once
     seed: int = 0                        # problems, samples and LoRA initialisation
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     compile: Literal["auto", "on", "off"] = "off"
     eval_every: int = 10                 # steps between held-out evaluations (and before the first, after the last)
     eval_problems: int = 50              # held-out problems answered at each evaluation (0: none)
     pass_k: int = 4                      # samples per held-out problem for pass@1 and pass@k (0: greedy only)
-    save_every: int = 0                  # steps between checkpoints (0: only at the end)
-    keep_checkpoints: int = 2
     log_every: int = 1
-    lora: bool = False                   # train LoRA adapters instead of every weight
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+
+    POSITIVE = PostConfig.POSITIVE + ("group_size", "prompts_per_step", "max_new_tokens", "num_iterations",
+                                      "generation_batch", "eval_every")
+    NOT_NEGATIVE = PostConfig.NOT_NEGATIVE + ("beta", "temperature", "eval_problems", "pass_k", "epsilon_low",
+                                              "epsilon_high")
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("rewards", "reward_weights", "lora_targets"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("group_size", "prompts_per_step", "max_new_tokens", "num_iterations", "max_steps", "lr",
-                     "generation_batch", "eval_every", "log_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise InvalidField(name, getattr(self, name), "must be positive")
-        for name in ("micro_batch_size", "warmup_steps", "save_every", "weight_decay", "grad_clip", "beta",
-                     "temperature", "eval_problems", "pass_k", "epsilon_low", "epsilon_high"):
-            if getattr(self, name) < 0:
-                raise InvalidField(name, getattr(self, name), "must not be negative")
+        super().__post_init__()
         if self.group_size < 2:
             raise InvalidField("group_size", self.group_size, "must be at least 2: advantages compare a group")
         if not 0 < self.top_p <= 1:
@@ -148,15 +131,6 @@ class GRPOConfig:
             raise InvalidField("micro_batch_size", self.micro_batch_size,
                                f"must divide the {self.prompts_per_step * self.group_size} completions of a step")
         get_task(self.task)
-        if self.lora:
-            self.lora_config()
-
-    def lora_config(self) -> LoRAConfig:
-        try:
-            return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                              targets=self.lora_targets, seed=self.seed)
-        except InvalidField as e:
-            raise e.came_from(e.source, prefix="lora_") from None
 
     @property
     def completions_per_step(self) -> int:
@@ -168,17 +142,8 @@ class GRPOConfig:
 
     def train_config(self, seq_len: int) -> TrainConfig:
         """The loop's settings: a batch is a step's completions, each at most `seq_len` tokens."""
-        steps = self.max_steps
-        return TrainConfig(out=self.out, seq_len=seq_len, batch_size=self.completions_per_step,
-                           micro_batch_size=self.micro_batch_size, max_steps=steps, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, schedule=self.schedule,
-                           min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, seed=self.seed,
-                           device=self.device, dtype=self.dtype, compile=self.compile,
-                           save_every=self.save_every or steps, eval_every=self.eval_every,
-                           keep_checkpoints=self.keep_checkpoints, log_every=self.log_every, samples=())
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.loop_config(self.max_steps, seq_len=seq_len, batch_size=self.completions_per_step,
+                                eval_every=self.eval_every)
 
 
 def grpo_config(overrides: list[str] = (), **fields) -> GRPOConfig:
@@ -319,20 +284,20 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
     # A completion whose advantage is 0 (its whole group scored alike) adds exactly nothing to the
     # loss or its gradient unless the KL term is on: it is left out of the forward, not the normalisers.
     trained = list(range(len(asked))) if config.beta else torch.nonzero(advantages).flatten().tolist()
-    batch = completion_batch([prompts[i] for i in trained], [completions[i] for i in trained], run.device)
     advantages = advantages[trained].to(run.device)
     n, all_tokens = len(asked), sum(map(len, completions))
     parts = [slice(i, i + run.plan.micro) for i in range(0, len(trained), run.plan.micro)]
-    ref = [grpo_state.reference_logprobs(run, batch.rows(s)) for s in parts] if config.beta else None
+    batches = [completion_batch([prompts[i] for i in trained[s]], [completions[i] for i in trained[s]], run.device)
+               for s in parts]
+    ref = [grpo_state.reference_logprobs(run, b) for b in batches] if config.beta else None
     old = None
     if config.num_iterations > 1:          # the samples' own log-probabilities, before any update
         with torch.no_grad(), run.autocast():
-            old = [completion_logprobs(run.model, batch.rows(s), config.temperature)[0] for s in parts]
+            old = [completion_logprobs(run.model, b, config.temperature)[0] for b in batches]
     figures = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "entropy": 0.0}
     for _ in range(config.num_iterations):
         figures = dict.fromkeys(figures, 0.0)
-        for j, s in enumerate(parts):
-            part = batch.rows(s)
+        for j, (s, part) in enumerate(zip(parts, batches)):
             with run.autocast():
                 logps, entropy = completion_logprobs(run.model, part, config.temperature)
             sampled = logps.detach() if old is None else old[j]     # the log-probs the samples were drawn with
@@ -350,7 +315,7 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
             figures["entropy"] += float(entropy.sum())
         stop_if_diverged(run, figures["loss"])
         grad_norm = clip_and_step(run)
-    tokens = sum(len(prompts[i]) + len(completions[i]) for i in trained)
+    tokens = sum(int(b.tokens.numel()) for b in batches)        # each group's prompt once
     if run.cluster.main:
         run.ledger.tokens[0] += tokens
     if step + 1 == run.config.total_steps:                   # and after the last update
@@ -358,7 +323,7 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
     lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)
     stops = set(task.tokenizer.stop_ids)
     per_group = rewards.view(-1, config.group_size)
-    m = max(batch.n_tokens, 1)              # the trained tokens
+    m = max(sum(b.n_tokens for b in batches), 1)      # the trained tokens
     return StepResult(figures["loss"], grad_norm, tokens * config.num_iterations, {
         "reward": float(rewards.mean()), "reward_std": float(rewards.std()), **by_reward,
         "accuracy": sum(p.check(r) for p, r in zip(asked, replies)) / n,

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..model.segments import Segments, Sequence
+
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 STD_EPS = 1e-4            # added to a group's std before dividing, as TRL does
 
@@ -95,14 +97,17 @@ def pass_at_k(n: int, correct: int, k: int) -> float:
 
 @dataclass(frozen=True)
 class CompletionBatch:
-    """Prompts followed by their completions, one a row, right-padded: what the training forward reads."""
-    tokens: Tensor       # (N, T) prompt then completion ids, 0 after
-    at: Tensor           # (N, C) the position whose hidden state predicts each completion token
+    """Prompts and their completions as one packed row, what the training forward reads. A run of
+    completions of the same prompt (a GRPO group) shares one copy of it: the prompt's tokens go
+    through the model once, and each completion attends to them and to itself
+    (`lamina.model.segments`), computing what a row of prompt + completion would. The last token
+    of a completion is only ever a target, so it is not an input."""
+    tokens: Tensor       # (1, T) the prompts and completions, each prompt once per run of its completions
+    positions: Tensor    # (1, T) a completion's positions continue its prompt's
+    layout: Segments     # who attends to whom
+    at: Tensor           # (N, C) flat position whose hidden state predicts each completion token
     completion: Tensor   # (N, C) completion ids, 0 after
     mask: Tensor         # (N, C) bool: a real completion token
-
-    def rows(self, i: slice) -> CompletionBatch:
-        return CompletionBatch(self.tokens[i], self.at[i], self.completion[i], self.mask[i])
 
     @property
     def n_tokens(self) -> int:
@@ -110,18 +115,33 @@ class CompletionBatch:
 
 
 def completion_batch(prompts: list[list[int]], completions: list[list[int]], device=None) -> CompletionBatch:
-    T = max((len(p) + len(c) for p, c in zip(prompts, completions)), default=1)
+    tokens: list[int] = []
+    positions: list[int] = []
+    sequences: list[Sequence] = []
     C = max((len(c) for c in completions), default=1)
-    tokens = torch.zeros(len(prompts), T, dtype=torch.long)
     at = torch.zeros(len(prompts), C, dtype=torch.long)
     completion = torch.zeros(len(prompts), C, dtype=torch.long)
     mask = torch.zeros(len(prompts), C, dtype=torch.bool)
+    prompt = range(0)
     for b, (p, c) in enumerate(zip(prompts, completions)):
-        tokens[b, :len(p) + len(c)] = torch.tensor(p + c)
-        at[b, :len(c)] = torch.arange(len(p) - 1, len(p) - 1 + len(c))
+        if not p:
+            raise ValueError("a completion needs a prompt (at least one token) to be predicted from")
+        if b == 0 or p != prompts[b - 1]:
+            prompt = range(len(tokens), len(tokens) + len(p))
+            tokens += p
+            positions += range(len(p))
+            sequences.append(Sequence(prompt))
+        own = range(len(tokens), len(tokens) + len(c) - 1)         # inputs: the completion but its last token
+        tokens += c[:-1]
+        positions += range(len(p), len(p) + len(own))
+        if own:
+            sequences.append(Sequence(own, prefix=prompt))
+        at[b, :len(c)] = torch.tensor([prompt[-1], *own], dtype=torch.long)[:len(c)]
         completion[b, :len(c)] = torch.tensor(c, dtype=torch.long)
         mask[b, :len(c)] = True
-    return CompletionBatch(*(t.to(device) for t in (tokens, at, completion, mask)))
+    device = torch.device(device or "cpu")
+    return CompletionBatch(torch.tensor([tokens], device=device), torch.tensor([positions], device=device),
+                           Segments.of(sequences, device), *(t.to(device) for t in (at, completion, mask)))
 
 
 def _chunk_logprobs(h: Tensor, weight: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -146,8 +166,8 @@ def completion_logprobs(model, batch: CompletionBatch, temperature: float = 1.0)
     """Per-token log-probabilities (N, C) of the completion tokens, and the entropy of each
     prediction (N, C), zero where masked. The output layer runs only where a completion token is
     predicted."""
-    h = model.body(batch.tokens)                                                    # (N, T, dim)
-    picked = h.gather(1, batch.at[..., None].expand(-1, -1, h.shape[-1]))[batch.mask]   # (M, dim)
+    h = model.body(batch.tokens, batch.positions, mask=batch.layout)[0]           # (T, dim)
+    picked = h[batch.at[batch.mask]]                                                # (M, dim)
     logp, entropy = token_logprobs(picked, model.output.weight, batch.completion[batch.mask], temperature)
     zeros = torch.zeros(batch.mask.shape, device=logp.device)
     return zeros.masked_scatter(batch.mask, logp), zeros.masked_scatter(batch.mask, entropy.detach())

@@ -3,9 +3,10 @@
 Padding every conversation to the longest wastes most of a batch on short chats; packing fills
 each row, but plain concatenation would let a conversation attend to the one before it and start
 its positions where that one ended. Here each conversation keeps its own world: its positions
-restart at 0, the attention mask is causal within it and empty across it (block-diagonal), and
-no target crosses a boundary. So a packed row computes the same losses as its conversations one
-at a time. Rows are filled best-fit in an order drawn per epoch from the seed."""
+restart at 0, attention is causal within it and never across it (`lamina.model.segments`: each
+conversation attends on its own, at its own length's cost, not the row's), and no target crosses
+a boundary. So a packed row computes the same losses as its conversations one at a time. Rows
+are filled best-fit in an order drawn per epoch from the seed."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..model.loss import IGNORE_INDEX
+from ..model.segments import Segments
 from .chat_data import Tokenized
 
 
@@ -27,11 +29,15 @@ class Packed:
     tokens: Tensor          # (B, T) long: inputs, padding after the last conversation
     targets: Tensor         # (B, T) long: the next token where the assistant said it, else IGNORE_INDEX
     positions: Tensor       # (B, T) long: from 0 in every conversation
-    mask: Tensor            # (B, 1, T, T) bool: True where a query may attend to a key
     segments: Tensor        # (B, T) long: which conversation of the row (-1 for padding)
 
     def to(self, device: torch.device) -> Packed:
-        return Packed(*(t.to(device) for t in (self.tokens, self.targets, self.positions, self.mask, self.segments)))
+        return Packed(*(t.to(device) for t in (self.tokens, self.targets, self.positions, self.segments)))
+
+    @property
+    def mask(self) -> Segments:
+        """The attention layout: causal within each conversation, nothing across."""
+        return Segments.from_ids(self.segments)
 
     @property
     def trained(self) -> int:
@@ -75,15 +81,6 @@ def epoch_rows(examples: Sequence[Tokenized], seq_len: int, seed: int, epoch: in
     return fill_rows([length(e) for e in examples], seq_len, order)
 
 
-def block_causal_mask(segments: Tensor) -> Tensor:
-    """(B, T) conversation index per position -> (B, 1, T, T): a position sees the earlier ones of
-    its own conversation (padding, one segment of its own, sees itself, so no row is empty)."""
-    T = segments.shape[1]
-    same = segments[:, :, None] == segments[:, None, :]                           # (B, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
-    return (same & causal)[:, None]                                               # (B, 1, T, T)
-
-
 def pack(rows: Sequence[Sequence[Tokenized]], seq_len: int, pad_id: int = 0) -> Packed:
     """Rows of conversations -> one batch of `seq_len` columns."""
     B = len(rows)
@@ -104,6 +101,4 @@ def pack(rows: Sequence[Sequence[Tokenized]], seq_len: int, pad_id: int = 0) -> 
             segments[b, at:at + n] = s
             at += n
         positions[b, at:] = np.arange(seq_len - at)
-    segments_t = torch.from_numpy(segments)
-    return Packed(torch.from_numpy(tokens), torch.from_numpy(targets), torch.from_numpy(positions),
-                  block_causal_mask(segments_t), segments_t)
+    return Packed(*(torch.from_numpy(a) for a in (tokens, targets, positions, segments)))

@@ -25,7 +25,6 @@ import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -35,115 +34,33 @@ from ..data.ledger import Ledger
 from ..data.licenses import NOASSERTION, normalize_license
 from ..data.sources import Source
 from ..errors import LaminaError
-from ..fields import InvalidField, check_fields
 from ..files import sha256
 from ..model import from_state_dict, weights
-from ..model.loss import IGNORE_INDEX
+from ..model.segments import Segments
 from ..tokenizer import chat_format
 from ..train import distributed, state
 from ..train.accounting import TokenLedger
-from ..train.config import TrainConfig, parse_override
 from ..train.loop import (Inputs, Run, RunResult, StepResult, clip_and_step, grad_sync, run_loop, say, setup,
                           stop_if_diverged)
 from .chat_data import ChatFile, Conversation, Preference, Tokenized, read_chat, tokenize_conversations
-from .lora import LoRAConfig, apply_lora, merge_lora, save_adapter
+from .lora import apply_lora, merge_lora, save_adapter
+from .config import DataConfig, config_from_flags
 from .packing import epoch_rows, pack
-
-LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SFTConfig:
+class SFTConfig(DataConfig):
     """One fine-tuning run; saved as sft_config.json in the run directory."""
-    model: str = ""                      # the model to fine-tune: a model directory, GGUF file or packaged name
     data: tuple[str, ...] = ()           # chat data files (.jsonl, .parquet)
-    licenses: tuple[str, ...] = ()       # SPDX license of each data file (one for all), else FILE.license
     format: str = ""                     # the data format of every file ("": recognised per file)
-    chat_format: str = ""                # render with this lamina format (chatml, llama3, ...) instead of the model's template
     out: str = "runs/sft"                # run directory: checkpoints/, data/ledger.sqlite, metrics.jsonl
     seq_len: int = 1024                  # tokens per packed row; longer conversations are skipped
     batch_size: int = 8                  # packed rows per optimizer step
-    micro_batch_size: int = 0            # rows per forward/backward (0: all of them)
-    max_steps: int = 100
-    epochs: float = 0.0                  # if set, the step budget is this many passes over the data
-    lr: float = 2e-5                     # peak learning rate (AdamW)
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    seed: int = 0                        # packing order
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    compile: Literal["auto", "on", "off"] = "auto"
-    save_every: int = 0                  # steps between checkpoints (0: only at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    lora: bool = False                   # train LoRA adapters instead of every weight
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = LORA_TARGETS
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        for name in ("data", "licenses", "lora_targets"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("seq_len", "batch_size", "max_steps", "lr", "log_every", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise InvalidField(name, getattr(self, name), "must be positive")
-        for name in ("micro_batch_size", "epochs", "warmup_steps", "save_every", "weight_decay", "grad_clip"):
-            if getattr(self, name) < 0:
-                raise InvalidField(name, getattr(self, name), "must not be negative")
-        if self.licenses and len(self.licenses) not in (1, len(self.data)):
-            raise InvalidField("licenses", self.licenses, f"give one license for all files or one per file "
-                                                          f"({len(self.data)})")
-        if self.lora:
-            self.lora_config()
-
-    def lora_config(self) -> LoRAConfig:
-        try:
-            return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
-                              targets=self.lora_targets, seed=self.seed)
-        except InvalidField as e:
-            raise e.came_from(e.source, prefix="lora_") from None
-
-    def train_config(self, steps: int) -> TrainConfig:
-        """The loop's settings for a run of `steps` optimizer steps (the model preset is unused:
-        the run starts from `model`)."""
-        return TrainConfig(out=self.out, seq_len=self.seq_len, batch_size=self.batch_size,
-                           micro_batch_size=self.micro_batch_size, max_steps=steps, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, schedule=self.schedule,
-                           min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, seed=self.seed,
-                           device=self.device, dtype=self.dtype, compile=self.compile,
-                           save_every=self.save_every or steps, eval_every=self.save_every or steps,
-                           keep_checkpoints=self.keep_checkpoints, log_every=self.log_every, samples=())
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def sft_config(overrides: list[str] = (), **fields) -> SFTConfig:
     """An SFTConfig from flags (`fields`, None where not given) and `key=value` overrides."""
     return config_from_flags(SFTConfig, overrides, **fields)
-
-
-def config_from_flags(cls, overrides: list[str] = (), **fields):
-    """A config of the dataclass `cls` (any post-training stage's) from flags (`fields`, None
-    where not given) and `key=value` overrides; a bad value is one line that says where it came from."""
-    values = {k: v for k, v in fields.items() if v is not None}
-    sources = {k: f"from --{k.replace('_', '-')}" for k in values}
-    for item in overrides:
-        key, value = parse_override(item)
-        values[key], sources[key] = value, f"from the command line: {item}"
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise LaminaError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
-    try:
-        return cls(**values)
-    except InvalidField as e:
-        raise e.came_from(sources.get(e.name, "")) from None
 
 
 # ---- the data, with provenance ----
@@ -176,12 +93,21 @@ def file_license(path: Path, given: str | None) -> tuple[str, str]:
                       f"{sidecar.name} (`SPDX-License-Identifier: MIT`)")
 
 
-def chat_sources(config: SFTConfig) -> list[ChatSource]:
+def chat_sources(config: DataConfig) -> list[ChatSource]:
+    """The data files as sources, each with its license, which the config's policy must allow:
+    a file under a license it does not allow (copyleft, non-commercial, unknown) is refused
+    before anything is read, as pretraining refuses such a source."""
     given = list(config.licenses) * len(config.data) if len(config.licenses) == 1 else list(config.licenses)
+    policy = config.policy()
     sources, ids = [], set()
     for i, name in enumerate(config.data):
         path = Path(name)
         spdx, where = file_license(path, given[i] if given else None)
+        verdict = policy.decide_source(path.name, spdx)
+        if not verdict.allowed:
+            raise LaminaError(f"{path}: {verdict.reason} (its license {where}); post-training data passes the "
+                              f"policy pretraining data does. If its terms allow what you will do with the model, "
+                              f"allow it with --allow-license {spdx}")
         sid = path.name
         while sid in ids:                   # two files of one name in different folders
             sid += "'"
@@ -295,24 +221,27 @@ class ChatRows:
 
 
 def sft_step(run: Run, rows: ChatRows) -> StepResult:
-    """One optimizer step on a batch of packed rows: the loss is the mean over the batch's
-    assistant tokens (micro-batches weighted by their share of them), as TRL's SFT computes it."""
+    """One optimizer step on a batch of packed rows: the loss is the mean over the whole batch's
+    assistant tokens, on all ranks together (micro-batches and ranks weighted by their share of
+    them), as TRL's SFT computes it (transformers' `average_tokens_across_devices`)."""
     config, cluster, plan = run.config, run.cluster, run.plan
     batch = rows.batch(run.progress.step, config.batch_size)
-    mine = pack(batch[cluster.rank * plan.per_rank:(cluster.rank + 1) * plan.per_rank], config.seq_len).to(run.device)
-    counts = [int((mine.targets[i * plan.micro:(i + 1) * plan.micro] != IGNORE_INDEX).sum())
-              for i in range(plan.accum)]
+    counts = [sum(sum(e.assistant[1:]) for e in row) for row in batch]     # trained targets per row
     total = sum(counts)
+    first = cluster.rank * plan.per_rank
+    mine = pack(batch[first:first + plan.per_rank], config.seq_len).to(run.device)
     loss_sum = 0.0
     for i in range(plan.accum):
         rows_i = slice(i * plan.micro, (i + 1) * plan.micro)
+        share = sum(counts[first + i * plan.micro:first + (i + 1) * plan.micro])
         with grad_sync(run, last=i == plan.accum - 1):
             with run.autocast():
-                loss = run.forward(mine.tokens[rows_i], positions=mine.positions[rows_i], mask=mine.mask[rows_i],
-                                   targets=mine.targets[rows_i])
-            (loss * (counts[i] / total)).backward()
-        loss_sum += loss.item() * counts[i]
-    loss_value = distributed.mean(loss_sum / total, cluster, run.device)
+                loss = run.forward(mine.tokens[rows_i], positions=mine.positions[rows_i],
+                                   mask=Segments.from_ids(mine.segments[rows_i]), targets=mine.targets[rows_i])
+            # the ranks' gradients are averaged: scaled by the world, their shares add up to the batch's mean
+            (loss * (share * cluster.world / total)).backward()
+        loss_sum += loss.item() * share
+    loss_value = distributed.total(loss_sum, cluster, run.device) / total
     stop_if_diverged(run, loss_value)
     grad_norm = clip_and_step(run)
     conversations = [e for row in batch for e in row]

@@ -36,6 +36,7 @@ class Engine:
     def __init__(self, model: Transformer, *, compile: bool = False):
         self.model = model.eval()
         self.config = model.config
+        self.compiled = compile
         self._decode = compile_decode_step(model) if compile else model
 
     @property
@@ -60,9 +61,20 @@ class Engine:
         n_new = min(params.max_new_tokens, context - P)
         if n_new == 0:
             return
-        S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context)
+        # A compiled decode step wants few distinct shapes: the cache rounds up to CACHE_BLOCK and
+        # every step attends over all of it. Eagerly, shapes cost nothing: the cache is what the
+        # request needs, and a step attends over the slots written so far.
+        S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context) if self.compiled else P + n_new
         dev = self.device
-        cache = KVCache(self.config, B, S, dtype=self.dtype, device=dev)
+        # Rows asking the same prompt (GRPO samples a group of completions per prompt) share one
+        # prefill: the first row of each distinct prompt runs it, the cache then copies its rows.
+        numbered: dict[tuple[int, ...], int] = {}
+        source = [numbered.setdefault(tuple(p), len(numbered)) for p in prompts]     # each row's distinct prompt
+        distinct: list[int] = []                                                    # the first row asking each
+        for b, u in enumerate(source):
+            if u == len(distinct):
+                distinct.append(b)
+        cache = KVCache(self.config, len(distinct), S, dtype=self.dtype, device=dev)
 
         pads = torch.tensor([P - len(p) for p in prompts], device=dev)                 # (B,)
         tokens = torch.zeros(B, P, dtype=torch.long, device=dev)
@@ -75,8 +87,13 @@ class Engine:
         query = torch.arange(P, device=dev)[:, None]                                    # (P, 1)
         causal = slot[None, :P] <= query                                                # (P, P)
         mask = (causal & valid[:, None, :P]) | (slot[None, :P] == query)               # (B, P, P)
-        hidden = self.model.body(tokens, positions, cache, slot[:P], mask[:, None])     # (B, P, dim)
-        logits = self.model.logits(hidden[:, -1])                                       # (B, V)
+        once = torch.tensor(distinct, device=dev)
+        hidden = self.model.body(tokens[once], positions[once], cache, slot[:P], mask[once, None])   # (U, P, dim)
+        logits = self.model.logits(hidden[:, -1])                                       # (U, V)
+        if len(distinct) < B:
+            copy = torch.tensor(source, device=dev)
+            cache.take_rows(copy)
+            logits = logits[copy]                                                       # (B, V)
 
         seen = None
         if params.repetition_penalty != 1.0:
@@ -106,5 +123,6 @@ class Engine:
             at = P + step
             valid[:, at] = True
             position = position + 1
+            seen_slots = S if self.compiled else at + 1
             logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
-                                  valid[:, None, None, :])[:, -1]
+                                  valid[:, None, None, :seen_slots])[:, -1]

@@ -84,4 +84,17 @@ def next_token(logits: Tensor, params: SamplingParams, seen: Tensor | None,
     if params.greedy:
         return logits.argmax(-1)
     logits = keep_top_p(keep_top_k(logits / params.temperature, params.top_k), params.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    return draw(logits.softmax(-1), generator)
+
+
+def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row of probs (B, V), each with its probability: by inverse transform, one
+    uniform number per row against the row's cumulative sum. `torch.multinomial` draws an
+    exponential variate for every vocabulary entry instead: for 16 rows of SmolLM2's 49k
+    vocabulary on 2 CPU cores that is 15 ms a token, most of a batched decode step's sampling.
+    A token of probability 0 is never drawn (the first index whose running sum exceeds u)."""
+    cdf = probs.cumsum(-1)                                                          # (B, V)
+    total = cdf[:, -1:]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))          # below the total, rounding aside
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
