@@ -170,7 +170,7 @@ BAD_REQUESTS = [
      AUTH, 400, "temperature"),
     ("unknown role", "/v1/chat/completions",
      {"model": MODEL_NAME, "messages": [{"role": "wizard", "content": "x"}]}, AUTH, 400, "messages"),
-    ("n > 1", "/v1/completions", {"model": MODEL_NAME, "prompt": "a", "n": 2}, AUTH, 400, None),
+    ("n over the cap", "/v1/completions", {"model": MODEL_NAME, "prompt": "a", "n": 99}, AUTH, 400, "n"),
     ("missing model", "/v1/completions", {"prompt": "a"}, AUTH, 400, "model"),
     ("unknown model", "/v1/chat/completions", {"model": "gpt-9", "messages": QUESTION}, AUTH, 404, "model_not_found"),
     ("negative max_tokens", "/v1/completions", {"model": MODEL_NAME, "prompt": "a", "max_tokens": -3},

@@ -35,7 +35,8 @@ from .batcher import Batcher, BatcherConfig
 from .completions import Completions, Limits
 from .llm import LLM
 from .metrics import Metrics, MetricsMiddleware
-from .protocol import APIError, ChatBody, CompletionBody, check_model, error_body, validation_message
+from .protocol import (APIError, ChatBody, CompletionBody, DetokenizeBody, TokenizeBody, check_model, error_body,
+                       validation_message)
 
 log = logging.getLogger("lamina.serve")
 WEB_FILES = {"/": ("index.html", "text/html"), "/web/chat.js": ("chat.js", "text/javascript"),
@@ -56,6 +57,8 @@ class ServeConfig:
     default_max_tokens: int = 1024      # a chat request that sets no max_tokens gets at most this
     request_timeout_s: float = 600.0    # seconds after which a running request is ended
     max_body_bytes: int = 4 << 20       # larger request bodies are refused (413)
+    max_n: int = 16                     # most choices per prompt (`n`)
+    max_choices: int = 64               # most choices per request: prompts of a batch x n
     engine: BatcherConfig = field(default_factory=BatcherConfig)
 
     def __post_init__(self) -> None:
@@ -64,6 +67,8 @@ class ServeConfig:
                 raise LaminaError(f"{name.replace('_', ' ')} must be at least 1")
         if self.default_max_tokens < 1:
             raise LaminaError("default max tokens must be at least 1")
+        if not 1 <= self.max_n <= self.max_choices:
+            raise LaminaError(f"max n must be at least 1 and at most max choices ({self.max_choices})")
         if self.request_timeout_s <= 0:
             raise LaminaError(f"the request timeout must be positive, got {self.request_timeout_s}")
         if not 0 <= self.port < 65536:
@@ -179,7 +184,8 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
     max_len = batcher.max_len
     limits = Limits(max_len=max_len, max_prompt=min(config.max_prompt_tokens or max_len, max_len - 1),
                     max_tokens=min(config.max_tokens or max_len, max_len - 1),
-                    default_max_tokens=config.default_max_tokens, timeout_s=config.request_timeout_s)
+                    default_max_tokens=config.default_max_tokens, timeout_s=config.request_timeout_s,
+                    max_n=config.max_n, max_choices=config.max_choices)
     completions = Completions(batcher, llm.tokenizer, metrics, config.model_name, limits)
     created = int(time.time())
 
@@ -202,12 +208,13 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, http: Request):
         check_model(body.model, config.model_name)
-        return await completions.respond(http, body, completions.chat_prompt(body), chat=True)
+        return await completions.respond(http, body, [completions.chat_prompt(body)], chat=True)
 
     @app.post("/v1/completions")
     async def text_completions(body: CompletionBody, http: Request):
         check_model(body.model, config.model_name)
-        return await completions.respond(http, body, completions.completion_prompt(body), chat=False)
+        prompts, echoes = completions.completion_prompts(body)
+        return await completions.respond(http, body, prompts, chat=False, echoes=echoes)
 
     @app.get("/v1/models")
     async def models():
@@ -221,6 +228,35 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
     def model_card() -> dict:
         return {"id": config.model_name, "object": "model", "created": created, "owned_by": "lamina",
                 "max_model_len": max_len}
+
+    # vLLM's tokenizer endpoints: lm-eval's `local-completions` tokenizes through them, so it needs
+    # no copy of the tokenizer (and the ids it scores are the server's own)
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeBody):
+        if body.model is not None:
+            check_model(body.model, config.model_name)
+        if body.messages is not None:
+            tokens = completions.chat_prompt_of(body.messages)
+        else:
+            completions.check_chars(len(body.prompt), "prompt")
+            tokens = llm.tokenizer.encode(body.prompt, bos=None if body.add_special_tokens else False)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeBody):
+        if body.model is not None:
+            check_model(body.model, config.model_name)
+        vocab = llm.model.config.vocab_size
+        if any(not 0 <= t < vocab for t in body.tokens):
+            raise APIError(400, f"token ids must be in [0, {vocab})", param="tokens")
+        return {"prompt": llm.tokenizer.decode(body.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        tok = llm.tokenizer
+        return {"tokenizer_class": "lamina", "bos_token": tok.bos_token, "eos_token": tok.eos_token,
+                "pad_token": None, "chat_template": tok.chat_template, "model_max_length": max_len,
+                "vocab_size": tok.vocab_size}
 
     @app.get("/health")
     async def health():

@@ -37,11 +37,12 @@ from ..model import Transformer
 from ..model.kv_cache import SlotCache
 from ..tokenizer import Tokenizer
 from .engine import CACHE_BLOCK, compile_decode_step
-from .sampling import SamplingParams, next_token
+from .sampling import SamplingParams, TokenLogprob, logprobs_of, next_token
 from .text import StopMatcher, TextStream
 
 log = logging.getLogger("lamina.serve")
 PREFILL_TOKENS = 4096   # most (padded) prompt tokens prefilled in one forward
+PROMPT_LOGPROB_ROWS = 256   # prompt positions whose (rows, vocab) logits are held at once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +92,8 @@ class Output:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)   # of the tokens since the last output (if asked)
+    prompt_logprobs: list[TokenLogprob] | None = None     # on the first output (if asked)
 
 
 _ids = itertools.count()
@@ -111,8 +114,11 @@ class Request:
     slot: int = -1
     generator: torch.Generator | None = None
     seen: Tensor | None = None
+    counts: Tensor | None = None                          # (1, V) times each token was generated
     text: TextStream | None = None
     matcher: StopMatcher | None = None
+    pending: list[TokenLogprob] = field(default_factory=list)   # log-probs not yet in an output
+    prompt_logprobs: list[TokenLogprob] | None = None
 
     @property
     def length(self) -> int:
@@ -300,23 +306,57 @@ class Batcher:
 
     def _prefill(self, rows: list[Request]) -> Tensor:
         """Write the prompts of requests in consecutive slots into the cache, left-padded into one
-        batch; logits (k, V) of each prompt's last token."""
-        k, T = len(rows), max(len(r.prompt) for r in rows)
+        batch; logits (k, V) of each prompt's last token, in the order of `rows`. Requests asking
+        the same prompt (the `n` choices of one API request) share one prefill: the first one's
+        slot is computed, the others copy it."""
+        start, k = rows[0].slot, len(rows)
+        first: dict[tuple[int, ...], Request] = {}
+        for r in rows:
+            first.setdefault(tuple(r.prompt), r)
+        computed = list(first.values())
+        # the computed requests take the first slots of the group, the copies the rest
+        for i, r in enumerate(computed + [r for r in rows if first[tuple(r.prompt)] is not r]):
+            r.slot = start + i
+            self.running[r.slot] = r
+        u, T = len(computed), max(len(r.prompt) for r in computed)
         dev = self.cache.k[0].device
-        pads = torch.tensor([T - len(r.prompt) for r in rows], device=dev)[:, None]  # (k, 1)
-        tokens = torch.zeros(k, T, dtype=torch.long, device=dev)
-        for i, r in enumerate(rows):
+        pads = torch.tensor([T - len(r.prompt) for r in computed], device=dev)[:, None]  # (u, 1)
+        tokens = torch.zeros(u, T, dtype=torch.long, device=dev)
+        for i, r in enumerate(computed):
             tokens[i, T - len(r.prompt):] = torch.tensor(r.prompt, device=dev)
-        at = torch.arange(T, device=dev)[None] - pads                               # (k, T), < 0 on padding
+        at = torch.arange(T, device=dev)[None] - pads                               # (u, T), < 0 on padding
         # Padding writes the slot's last position, which no real token reaches (a request ends
         # when its length reaches max_len) and no mask covers.
-        slots = torch.where(at >= 0, at, self.max_len - 1)                         # (k, T)
+        slots = torch.where(at >= 0, at, self.max_len - 1)                         # (u, T)
         key = torch.arange(T, device=dev)
-        mask = (key[None, None] <= at[..., None]) | ((at[..., None] < 0) & (key == 0))  # (k, T, T)
-        self.stats["prompt_tokens"] += sum(len(r.prompt) for r in rows)
-        hidden = self.model.body(tokens, at.clamp(min=0), self.cache.rows(rows[0].slot, k), slots,
-                                 mask[:, None])                                     # (k, T, dim)
-        return self.model.logits(hidden[:, -1])                                     # (k, V)
+        mask = (key[None, None] <= at[..., None]) | ((at[..., None] < 0) & (key == 0))  # (u, T, T)
+        self.stats["prompt_tokens"] += sum(len(r.prompt) for r in computed)
+        hidden = self.model.body(tokens, at.clamp(min=0), self.cache.rows(start, u), slots,
+                                 mask[:, None])                                     # (u, T, dim)
+        logits = self.model.logits(hidden[:, -1])                                    # (u, V)
+        for i, r in enumerate(computed):
+            if r.params.prompt_logprobs is not None:
+                r.prompt_logprobs = self._prompt_logprobs(hidden[i, T - len(r.prompt):], r)
+        index = {id(r): i for i, r in enumerate(computed)}
+        for r in rows:
+            src = first[tuple(r.prompt)]
+            if src is not r:
+                self.cache.move(src.slot, r.slot, len(r.prompt))
+                if r.params.prompt_logprobs is not None:
+                    r.prompt_logprobs = src.prompt_logprobs if src.params.prompt_logprobs == \
+                        r.params.prompt_logprobs else self._prompt_logprobs(hidden[index[id(src)],
+                                                                                   T - len(r.prompt):], r)
+        return logits[[index[id(first[tuple(r.prompt)])] for r in rows]]           # (k, V)
+
+    def _prompt_logprobs(self, hidden: Tensor, r: Request) -> list[TokenLogprob]:
+        """Each prompt token's log-probability given the ones before it (None for the first) and
+        the likeliest tokens there, from the prompt's hidden states (P, dim), a chunk at a time."""
+        targets = torch.tensor(r.prompt[1:], device=hidden.device)
+        out = [TokenLogprob(r.prompt[0], None)]
+        for lo in range(0, len(targets), PROMPT_LOGPROB_ROWS):
+            logits = self.model.logits(hidden[lo:lo + PROMPT_LOGPROB_ROWS][:len(targets) - lo])
+            out += logprobs_of(logits, targets[lo:lo + PROMPT_LOGPROB_ROWS], r.params.prompt_logprobs)
+        return out
 
     def _start(self, r: Request) -> bool:
         """Set up a request leaving the queue; False (and the request answered) if it cannot run."""
@@ -335,6 +375,8 @@ class Batcher:
         if r.params.repetition_penalty != 1.0:
             r.seen = torch.zeros(1, self.model.config.vocab_size, dtype=torch.bool)
             r.seen[0, r.prompt] = True
+        if r.params.counts_tokens:
+            r.counts = torch.zeros(1, self.model.config.vocab_size)
         r.text, r.matcher = TextStream(self.tokenizer), StopMatcher(r.stop)
 
     def _decode_step(self, rows: list[Request]) -> Tensor:
@@ -360,10 +402,17 @@ class Batcher:
         best = logits.argmax(-1).tolist()
         for i, r in enumerate(rows):
             try:
-                if r.params.greedy and r.seen is None:
+                if r.params.max_new_tokens == 0:            # the prompt's log-probs were all it asked
+                    self._finish(r, "length")
+                    continue
+                if r.params.greedy and r.params.raw:
                     token = best[i]
                 else:
-                    token = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator))
+                    token = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator, r.counts,
+                                           len(r.tokens)))
+                if r.params.logprobs is not None:
+                    r.pending += logprobs_of(logits[i:i + 1], torch.tensor([token], device=logits.device),
+                                             r.params.logprobs)
                 self._accept(r, token)
             except Exception:
                 self._fail(r, "choosing its next token")
@@ -372,12 +421,14 @@ class Batcher:
         """Add a sampled token to a request: emit its text, or finish it."""
         if r.finish_reason is not None:
             return
-        if token in r.params.stop_token_ids:
+        if token in r.params.stop_token_ids:               # its log-prob stays: a client may want it
             return self._finish(r, "stop", self._drain(r)[0])
         r.tokens.append(token)
         self.stats["generated_tokens"] += 1
         if r.seen is not None:
             r.seen[0, token] = True
+        if r.counts is not None:
+            r.counts[0, token] += 1
         text, stopped = r.matcher.feed(r.text.push(token))
         if stopped:
             return self._finish(r, "stop", text)
@@ -385,7 +436,15 @@ class Batcher:
             tail, stopped = self._drain(r)
             return self._finish(r, "stop" if stopped else "length", text + tail)
         if text:
-            r.on_output(Output(text, None, len(r.prompt), len(r.tokens)))
+            r.on_output(self._output(r, text, None))
+
+    @staticmethod
+    def _output(r: Request, text: str, reason: str | None) -> Output:
+        """An output of `r`, carrying the log-probs gathered since the last one (and the prompt's,
+        on the first)."""
+        out = Output(text, reason, len(r.prompt), len(r.tokens), r.pending, r.prompt_logprobs)
+        r.pending, r.prompt_logprobs = [], None
+        return out
 
     @staticmethod
     def _drain(r: Request) -> tuple[str, bool]:
@@ -399,7 +458,7 @@ class Batcher:
         r.finish_reason = reason
         self.stats["finished"] += 1
         try:
-            r.on_output(Output(text, reason, len(r.prompt), len(r.tokens)))
+            r.on_output(self._output(r, text, reason))
         except Exception:   # the client's own callback: it must not stop the others' answers
             log.exception("request %d: its output callback failed", r.id)
 

@@ -1,14 +1,15 @@
 """Serving one completion request: turn the body into prompt tokens (chat messages through
 lamina's sandboxed chat format, so control-token text stays text), check it against the server's
-caps, hand it to the batcher, and answer as one JSON body or as server-sent events. The client
-going away, mid-stream or while waiting for a whole answer, cancels the request in the engine."""
+caps, hand its choices (each prompt of a batch, `n` times) to the batcher, and answer as one JSON
+body or as server-sent events, with log-probabilities where asked. The client going away,
+mid-stream or while waiting for a whole answer, cancels every choice in the engine."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -18,23 +19,23 @@ from ..tokenizer import Tokenizer, render_chat
 from .batcher import Batcher, Output, QueueFull
 from .batcher import Request as EngineRequest
 from .metrics import Metrics
-from .protocol import APIError, ChatBody, CompletionBody, Reply, SamplingBody, usage
-from .sampling import SamplingParams
+from .protocol import APIError, ChatBody, CompletionBody, Message, Reply, SamplingBody, usage
+from .sampling import SEED_RANGE, TokenLogprob
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CHARS_PER_TOKEN_LIMIT = 64   # text this many times longer than the token cap is refused untokenized
 
 
 class Bridge:
-    """Carries a request's outputs from the engine thread to its asyncio handler."""
+    """Carries the outputs of a request's choices from the engine thread to its asyncio handler."""
 
     def __init__(self):
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Output] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, Output]] = asyncio.Queue()
 
-    def put(self, out: Output) -> None:   # engine thread
+    def put(self, index: int, out: Output) -> None:   # engine thread
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, out)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (index, out))
         except RuntimeError:   # the event loop is closed: the server is shutting down
             pass
 
@@ -50,6 +51,44 @@ class Limits:
     max_tokens: int           # largest max_tokens taken
     default_max_tokens: int   # for a chat request that sets none
     timeout_s: float          # deadline of every request
+    max_n: int = 16           # most choices per prompt
+    max_choices: int = 64     # most choices per request (prompts x n)
+
+
+@dataclass(eq=False)
+class Choice:
+    """One choice of an answer, as the engine runs it."""
+    index: int
+    request: EngineRequest
+    echo: str = ""                       # text said before the completion (the prompt, with echo)
+    logprobs: bool = False               # whether the answer reports log-probabilities
+    hidden: tuple[int, ...] = ()         # tokens whose log-probs are not reported (chat: the end of turn)
+    pieces: list[str] = field(default_factory=list)
+    entries: list[TokenLogprob] = field(default_factory=list)
+    offset: int = 0                      # characters of this choice's text sent so far
+    last: Output | None = None           # the finishing output
+
+    def take(self, out: Output) -> tuple[str, list[TokenLogprob]]:
+        """The text and log-prob entries an output adds to this choice (the echo with the first)."""
+        text = out.text
+        if self.echo and not self.pieces:
+            text = self.echo + text
+        entries = [e for e in [*(out.prompt_logprobs or []), *out.logprobs] if e.token not in self.hidden] \
+            if self.logprobs else []
+        self.pieces.append(text)
+        self.entries += entries
+        if out.finish_reason is not None:
+            self.last = out
+        return text, entries
+
+
+def choice_seed(seed: int | None, i: int) -> int | None:
+    """Choice i's seed: the request's for the first, the next ones (wrapping) for the others, so
+    that a seeded request with n > 1 gives n different answers, the same every time."""
+    if seed is None or i == 0:
+        return seed
+    lo, hi = SEED_RANGE
+    return (seed + i - lo) % (hi - lo + 1) + lo
 
 
 class Completions:
@@ -60,60 +99,98 @@ class Completions:
 
     # -- prompts ----------------------------------------------------------------------------
     def chat_prompt(self, body: ChatBody) -> list[int]:
-        messages = [m.plain() for m in body.messages]
-        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
+        return self.chat_prompt_of(body.messages)
+
+    def chat_prompt_of(self, messages: list[Message]) -> list[int]:
+        messages = [m.plain() for m in messages]
+        self.check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             return render_chat(self.tok, messages)
         except LaminaError as e:
             raise APIError(400, str(e), param="messages") from None
 
-    def completion_prompt(self, body: CompletionBody) -> list[int]:
-        if isinstance(body.prompt, str):
-            self._check_chars(len(body.prompt), "prompt")
-            prompt = self.tok.encode(body.prompt)
-        else:
-            prompt, vocab = body.prompt, self.batcher.model.config.vocab_size
-            if any(not 0 <= t < vocab for t in prompt):
-                raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
-        if not prompt:
-            raise APIError(400, "the prompt is empty", param="prompt")
-        return prompt
+    def completion_prompts(self, body: CompletionBody) -> tuple[list[list[int]], list[str]]:
+        """Each prompt of the batch as token ids, and as the text echo gives back."""
+        texts = [p for p in body.prompts if isinstance(p, str)]
+        self.check_chars(sum(map(len, texts)), "prompt")
+        prompts, echoes, vocab = [], [], self.batcher.model.config.vocab_size
+        for p in body.prompts:
+            if isinstance(p, str):
+                ids = self.tok.encode(p)
+            else:
+                ids = p
+                if any(not 0 <= t < vocab for t in ids):
+                    raise APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+            if not ids:
+                raise APIError(400, "the prompt is empty", param="prompt")
+            prompts.append(ids)
+            echoes.append((p if isinstance(p, str) else self.tok.decode(ids)) if body.echo else "")
+        return prompts, echoes
 
-    def _check_chars(self, n: int, param: str) -> None:
+    def check_chars(self, n: int, param: str) -> None:
         if n > CHARS_PER_TOKEN_LIMIT * self.limits.max_prompt:   # do not tokenize megabytes
             raise APIError(400, f"the {param} are far longer than the {self.limits.max_prompt}-token "
                            "limit", param=param, code="context_length_exceeded")
 
     # -- the engine -------------------------------------------------------------------------
-    def admit(self, body: SamplingBody, prompt: list[int], param: str) -> tuple[EngineRequest, Bridge]:
-        """Check the request against the caps and hand it to the batcher."""
-        lim, P = self.limits, len(prompt)
-        if P > lim.max_prompt:
-            raise APIError(400, f"the prompt has {P} tokens; this server takes at most {lim.max_prompt}",
-                           param=param, code="context_length_exceeded")
+    def admit(self, body: SamplingBody, prompts: list[list[int]], echoes: list[str], param: str
+              ) -> tuple[list[Choice], Bridge]:
+        """Check the request against the caps and hand each of its choices to the batcher."""
+        lim = self.limits
+        if body.n > lim.max_n:
+            raise APIError(400, f"n is {body.n}; this server allows at most {lim.max_n}", param="n")
+        if len(prompts) * body.n > lim.max_choices:
+            raise APIError(400, f"{len(prompts)} prompts x n={body.n} is {len(prompts) * body.n} choices; this "
+                           f"server takes at most {lim.max_choices} in a request", param="prompt")
         if body.limit is not None and body.limit > lim.max_tokens:
             raise APIError(400, f"max_tokens is {body.limit}; this server allows at most {lim.max_tokens}",
                            param="max_tokens")
-        want = body.limit or min(lim.default_max_tokens, lim.max_len - P)
-        if P + want > lim.max_len:
-            raise APIError(400, f"this server's maximum context length is {lim.max_len} tokens; you "
-                           f"asked for {P + want} ({P} in the prompt, {want} in the completion)",
-                           param="max_tokens", code="context_length_exceeded")
+        if body.limit == 0 and not getattr(body, "echo", False):
+            raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)",
+                           param="max_tokens")
+        vocab = self.batcher.model.config.vocab_size
+        if any(int(k) >= vocab for k in body.logit_bias or {}):
+            raise APIError(400, f"logit_bias keys must be token ids below {vocab}", param="logit_bias")
+        plans = []
+        for p in prompts:
+            P = len(p)
+            if P > lim.max_prompt:
+                raise APIError(400, f"the prompt has {P} tokens; this server takes at most {lim.max_prompt}",
+                               param=param, code="context_length_exceeded")
+            want = body.limit if body.limit is not None else min(lim.default_max_tokens, lim.max_len - P)
+            if P + want > lim.max_len:
+                raise APIError(400, f"this server's maximum context length is {lim.max_len} tokens; you "
+                               f"asked for {P + want} ({P} in the prompt, {want} in the completion)",
+                               param="max_tokens", code="context_length_exceeded")
+            plans.append(want)
+        bridge, choices = Bridge(), []
         try:
-            params = SamplingParams(max_new_tokens=want, temperature=body.temperature, top_p=body.top_p,
-                                    top_k=body.top_k, seed=body.seed, stop_token_ids=self.tok.stop_ids)
+            for i, (p, want, echo) in enumerate(zip(prompts, plans, echoes)):
+                for j in range(body.n):
+                    index = i * body.n + j
+                    params = body.sampling(want, self.tok.stop_ids, choice_seed(body.seed, j))
+                    request = EngineRequest(p, params, stop=body.stop, deadline=time.monotonic() + lim.timeout_s,
+                                            on_output=lambda out, index=index: bridge.put(index, out))
+                    # chat hides the end-of-turn token, as OpenAI does; the completions API reports
+                    # it, as vLLM does (lm-eval's echo scoring counts on one generated entry)
+                    choices.append(Choice(index, request, echo, body.token_logprobs is not None,
+                                          self.tok.stop_ids if isinstance(body, ChatBody) else ()))
+                    self.batcher.submit(request)
         except ValueError as e:   # the body's checks should have caught it; still the client's fault
+            self._cancel(choices)
             raise APIError(400, str(e)) from None
-        bridge = Bridge()
-        request = EngineRequest(prompt, params, stop=body.stop, on_output=bridge.put,
-                                deadline=time.monotonic() + lim.timeout_s)
-        try:
-            self.batcher.submit(request)
         except QueueFull as e:
+            self._cancel(choices)
             raise APIError(429, str(e), type="rate_limit_error", code="rate_limit_exceeded") from None
         except LaminaError as e:
+            self._cancel(choices)
             raise APIError(400, str(e), param=param, code="context_length_exceeded") from None
-        return request, bridge
+        return choices, bridge
+
+    def _cancel(self, choices: list[Choice]) -> None:
+        for c in choices:
+            if c.request.finish_reason is None:
+                self.batcher.cancel(c.request)
 
     def failure(self, out: Output) -> APIError:
         if out.finish_reason == "timeout":
@@ -122,70 +199,81 @@ class Completions:
         return APIError(500, "the engine failed on this request", type="server_error")
 
     # -- answers ----------------------------------------------------------------------------
-    async def respond(self, http: Request, body: SamplingBody, prompt: list[int], chat: bool):
+    async def respond(self, http: Request, body: SamplingBody, prompts: list[list[int]], chat: bool,
+                      echoes: list[str] | None = None):
         start = time.monotonic()
-        request, bridge = self.admit(body, prompt, "messages" if chat else "prompt")
-        reply = Reply(self.model_name, chat)
+        choices, bridge = self.admit(body, prompts, echoes or [""] * len(prompts), "messages" if chat else "prompt")
+        reply = Reply(self.model_name, chat, self.tok)
+        prompt_tokens = sum(map(len, prompts))
         if body.stream:
             usage_too = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(self.events(request, bridge, reply, start, usage_too),
+            return StreamingResponse(self.events(choices, bridge, reply, start, usage_too, prompt_tokens),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        return await self.whole(http, request, bridge, reply, start)
+        return await self.whole(http, choices, bridge, reply, start, prompt_tokens)
 
-    async def _next(self, bridge: Bridge, start: float | None) -> Output:
-        out = await bridge.queue.get()
+    async def _next(self, bridge: Bridge, start: float | None) -> tuple[int, Output]:
+        got = await bridge.queue.get()
         if start is not None:
             self.metrics.ttft.observe(time.monotonic() - start)
-        return out
+        return got
 
-    async def events(self, request: EngineRequest, bridge: Bridge, reply: Reply, start: float,
-                     usage_too: bool):
-        """Server-sent events: a role chunk (chat), text chunks, a finish chunk, usage if asked,
-        `[DONE]`. An error after the stream began is sent as an `{"error": ...}` event."""
+    async def events(self, choices: list[Choice], bridge: Bridge, reply: Reply, start: float,
+                     usage_too: bool, prompt_tokens: int):
+        """Server-sent events: a role chunk per choice (chat), text chunks (each naming its choice),
+        a finish chunk per choice, usage if asked, `[DONE]`. An error after the stream began is
+        sent as an `{"error": ...}` event."""
+        by_index = {c.index: c for c in choices}
         try:
             if reply.chat:
-                yield sse(reply.chunk(None, first=True))
-            out = await self._next(bridge, start)
-            while True:
-                if out.text:
-                    yield sse(reply.chunk(out.text))
+                for c in choices:
+                    yield sse(reply.chunk(c.index, None, first=True))
+            left, first, failed = len(choices), start, None
+            while left:
+                index, out = await self._next(bridge, first)
+                first, c = None, by_index[index]
+                text, entries = c.take(out)
+                if text or entries:
+                    logprobs = reply.logprobs(entries, c.offset) if c.logprobs else None
+                    yield sse(reply.chunk(index, text, logprobs=logprobs))
+                    c.offset += len(text)
                 if out.finish_reason is not None:
-                    break
-                out = await self._next(bridge, None)
-            if out.finish_reason in ("stop", "length"):
-                yield sse(reply.chunk(None, out.finish_reason))
-                if usage_too:
-                    yield sse(reply.usage_chunk(usage(out.prompt_tokens, out.completion_tokens)))
-            else:
-                yield sse(self.failure(out).body())
+                    left -= 1
+                    if out.finish_reason not in ("stop", "length"):
+                        failed = out
+                        break
+                    yield sse(reply.chunk(index, None, out.finish_reason))
+            if failed is not None:
+                yield sse(self.failure(failed).body())
+            elif usage_too:
+                yield sse(reply.usage_chunk(usage(prompt_tokens, sum(c.last.completion_tokens for c in choices))))
             yield sse("[DONE]")
         finally:
-            if request.finish_reason is None:   # the client went away mid-stream
-                self.batcher.cancel(request)
+            self._cancel(choices)   # any still running: the client went away, or one choice failed
 
-    async def whole(self, http: Request, request: EngineRequest, bridge: Bridge, reply: Reply,
-                    start: float):
+    async def whole(self, http: Request, choices: list[Choice], bridge: Bridge, reply: Reply, start: float,
+                    prompt_tokens: int):
         """The whole answer as one body, watching for the client leaving while it waits."""
         gone = asyncio.ensure_future(disconnected(http))
-        pieces, first = [], start
+        by_index, first, left = {c.index: c for c in choices}, start, len(choices)
         try:
-            while True:
+            while left:
                 got = asyncio.ensure_future(self._next(bridge, first))
                 await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not got.done():                     # the client left: `finally` cancels
                     got.cancel()
                     return Response(status_code=499)
-                out, first = got.result(), None
-                pieces.append(out.text)
+                (index, out), first = got.result(), None
+                by_index[index].take(out)
                 if out.finish_reason is not None:
-                    break
+                    left -= 1
+                    if out.finish_reason not in ("stop", "length"):
+                        raise self.failure(out)
         finally:
             gone.cancel()
-            if request.finish_reason is None:
-                self.batcher.cancel(request)
-        if out.finish_reason not in ("stop", "length"):
-            raise self.failure(out)
-        return reply.full("".join(pieces), out.finish_reason, usage(out.prompt_tokens, out.completion_tokens))
+            self._cancel(choices)
+        answers = [reply.choice(c.index, "".join(c.pieces), c.last.finish_reason,
+                                reply.logprobs(c.entries) if c.logprobs else None) for c in choices]
+        return reply.full(answers, usage(prompt_tokens, sum(c.last.completion_tokens for c in choices)))
 
 
 async def disconnected(http: Request) -> None:

@@ -100,6 +100,7 @@ class Engine:
             seen = torch.zeros(B, self.config.vocab_size, dtype=torch.bool, device=dev)
             for b, p in enumerate(prompts):
                 seen[b, p] = True
+        counts = torch.zeros(B, self.config.vocab_size, device=dev) if params.counts_tokens else None
         generator = None
         if not params.greedy:
             generator = torch.Generator(device=dev)
@@ -108,7 +109,7 @@ class Engine:
         done = torch.zeros(B, dtype=torch.bool, device=dev)
         position = positions[:, -1:]                                                    # (B, 1)
         for step in range(n_new):
-            token = next_token(logits, params, seen, generator)                         # (B,)
+            token = next_token(logits, params, seen, generator, counts, step)          # (B,)
             newly_done = torch.isin(token, stops) & ~done
             ended = done if include_stop else done | newly_done
             out = [None if d else t for t, d in zip(token.tolist(), ended.tolist())]
@@ -120,6 +121,8 @@ class Engine:
                 return
             if seen is not None:
                 seen.scatter_(1, token[:, None], True)
+            if counts is not None:
+                counts.scatter_add_(1, token[:, None], torch.ones_like(counts[:, :1]))
             at = P + step
             valid[:, at] = True
             position = position + 1

@@ -2,21 +2,19 @@
 and response, stream-chunk and error bodies as plain dicts, shaped as in OpenAI's API reference
 (https://platform.openai.com/docs/api-reference/chat, .../completions, error codes in
 .../docs/guides/error-codes). Only what lamina implements is accepted: a field that would change
-the result and is not supported (n > 1, logprobs, penalties, logit_bias, tools, a JSON response
-format, ...) is refused with a message that names it, never silently ignored; left out, null or
-set to its no-op value (n: 1, logprobs: false, {} or []) it is accepted."""
+the result and is not supported (tools, a JSON response format, best_of, suffix) is refused with
+a message that names it, never silently ignored; left out, null or set to its no-op value
+({} or [], "none") it is accepted."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
-
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .sampling import SEED_RANGE, SamplingParams
+from .sampling import MAX_LOGPROBS, SEED_RANGE, SamplingParams, TokenLogprob
 
 DEFAULTS = SamplingParams()
 
@@ -60,14 +58,13 @@ class SamplingBody(_Body):
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])   # what torch takes
     stream: bool = False
     stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)                     # choices per prompt; the server caps it (ServeConfig.max_n)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None   # token id (as a string) -> -100..100 added to its logit
+    min_tokens: int = Field(0, ge=0)            # not OpenAI's; vLLM's: no stop token before this many
     # Not implemented yet: accepted only as their no-op values (see `_unsupported`).
-    n: Any = None
     best_of: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    frequency_penalty: Any = None
-    presence_penalty: Any = None
-    logit_bias: Any = None
     response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
@@ -82,20 +79,47 @@ class SamplingBody(_Body):
             raise ValueError("at most 4 stop sequences")
         return tuple(s for s in stops if s)
 
-    @field_validator("n", "best_of", "logprobs", "top_logprobs", "frequency_penalty", "presence_penalty",
-                     "logit_bias", "response_format", "tools", "tool_choice", "functions", "function_call")
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v):
+        for key, value in (v or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"values must be in [-100, 100], got {value} for token {key}")
+        return v
+
+    @field_validator("best_of", "response_format", "tools", "tool_choice", "functions", "function_call")
     @classmethod
     def _unsupported(cls, v, info):
         if not is_no_op(info.field_name, v):
             raise ValueError(unsupported(info.field_name))
         return v
 
+    def sampling(self, max_new_tokens: int, stop_token_ids: tuple[int, ...], seed: int | None) -> SamplingParams:
+        """The engine's parameters for one choice of this request."""
+        return SamplingParams(max_new_tokens=max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                              top_k=self.top_k, seed=seed, stop_token_ids=stop_token_ids,
+                              presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                              logit_bias=tuple((int(k), v) for k, v in (self.logit_bias or {}).items()),
+                              min_tokens=self.min_tokens, logprobs=self.token_logprobs,
+                              prompt_logprobs=self.prompt_logprobs)
+
+    @property
+    def token_logprobs(self) -> int | None:
+        """Alternatives reported per generated token (None: no log-probs)."""
+        return None
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        """Alternatives reported per prompt token (None: no prompt log-probs)."""
+        return None
+
 
 # Parameters lamina does not implement yet, with the values that ask for nothing (besides null).
-UNSUPPORTED = {"n": "1", "best_of": "1", "logprobs": "false or 0", "top_logprobs": "0",
-               "frequency_penalty": "0", "presence_penalty": "0", "logit_bias": "{}",
-               "response_format": '{"type": "text"}', "tools": "[]", "tool_choice": '"none" or "auto"',
-               "functions": "[]", "function_call": '"none" or "auto"', "echo": "false", "suffix": '""'}
+UNSUPPORTED = {"best_of": "1", "response_format": '{"type": "text"}', "tools": "[]",
+               "tool_choice": '"none" or "auto"', "functions": "[]", "function_call": '"none" or "auto"',
+               "suffix": '""'}
 
 
 def unsupported(name: str) -> str:
@@ -107,13 +131,9 @@ def is_no_op(name: str, v: Any) -> bool:
     if v is None:
         return True
     if isinstance(v, bool):            # JSON true/false: not a number, whatever Python says
-        return v is False and name in ("logprobs", "echo")
-    if name in ("n", "best_of"):
+        return False
+    if name == "best_of":
         return type(v) is int and v == 1
-    if name in ("frequency_penalty", "presence_penalty", "top_logprobs"):
-        return type(v) in (int, float) and v == 0
-    if name == "logprobs":             # chat: a boolean; completions: how many (0: none)
-        return type(v) is int and v == 0
     if name == "response_format":
         return v == {"type": "text"}
     if name in ("tool_choice", "function_call"):
@@ -140,6 +160,19 @@ class Message(_Body):
 class ChatBody(SamplingBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, v, info):
+        if v and not info.data.get("logprobs"):
+            raise ValueError("needs logprobs: true")
+        return v
+
+    @property
+    def token_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def limit(self) -> int | None:
@@ -147,23 +180,20 @@ class ChatBody(SamplingBody):
 
 
 class CompletionBody(SamplingBody):
-    prompt: str | list[str] | list[int]
-    echo: Any = None
+    prompt: str | list[str] | list[int] | list[list[int]]   # one prompt or a batch, as text or token ids
+    echo: bool = False                          # the prompt comes back before the completion (and its log-probs)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: Any = None
-    max_tokens: int | None = Field(16, ge=1)   # the completions API's default is 16
+    max_tokens: int | None = Field(16, ge=0)   # the completions API's default is 16; 0 only with echo
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v):
-        if isinstance(v, list) and v and isinstance(v[0], str):
-            if len(v) != 1:
-                raise ValueError("one prompt per request (n=1)")
-            return v[0]
+    def _prompts(cls, v):
         if isinstance(v, list) and not v:
             raise ValueError("the prompt is empty")
         return v
 
-    @field_validator("echo", "suffix")
+    @field_validator("suffix")
     @classmethod
     def _plain(cls, v, info):
         if not is_no_op(info.field_name, v):
@@ -171,8 +201,42 @@ class CompletionBody(SamplingBody):
         return v
 
     @property
+    def prompts(self) -> list[str | list[int]]:
+        """The batch of prompts (a single prompt is a batch of one)."""
+        v = self.prompt
+        return [v] if isinstance(v, str) or isinstance(v[0], int) else list(v)
+
+    @property
+    def token_logprobs(self) -> int | None:
+        return self.logprobs
+
+    @property
+    def prompt_logprobs(self) -> int | None:
+        return self.logprobs if self.echo else None
+
+    @property
     def limit(self) -> int | None:
         return self.max_tokens
+
+
+class TokenizeBody(_Body):
+    """vLLM's /tokenize: a prompt, or chat messages rendered with the model's template."""
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool = True      # a prompt: with the tokenizer's BOS, if it adds one
+
+    @field_validator("messages")
+    @classmethod
+    def _one_of(cls, v, info):
+        if (v is None) == (info.data.get("prompt") is None):
+            raise ValueError("give a prompt or messages, not both")
+        return v
+
+
+class DetokenizeBody(_Body):
+    model: str | None = None
+    tokens: list[int]
 
 
 def validation_message(errors: list[dict]) -> tuple[str, str | None]:
@@ -191,32 +255,64 @@ def validation_message(errors: list[dict]) -> tuple[str, str | None]:
 
 
 class Reply:
-    """Ids, clock and model name shared by the response and every chunk of one request."""
+    """Ids, clock and model name shared by the response and every chunk of one request, and the
+    OpenAI shapes of its choices and their log-probabilities."""
 
-    def __init__(self, model: str, chat: bool):
-        self.model, self.chat = model, chat
+    def __init__(self, model: str, chat: bool, tokenizer=None):
+        self.model, self.chat, self.tok = model, chat, tokenizer
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+        self._pieces: dict[int, tuple[str, list[int]]] = {}
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": "lamina"}
 
-    def full(self, text: str, finish_reason: str, usage: dict) -> dict:
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": finish_reason}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage}
+    def _piece(self, token: int) -> tuple[str, list[int]]:
+        """A token as text (bytes that are part of a character show as U+FFFD) and as its bytes."""
+        if token not in self._pieces:
+            raw = self.tok.piece(token)
+            self._pieces[token] = (raw.decode("utf-8", errors="replace"), list(raw))
+        return self._pieces[token]
 
-    def chunk(self, text: str | None, finish_reason: str | None = None, *, first: bool = False) -> dict:
+    def logprobs(self, entries: list[TokenLogprob], offset: int = 0) -> dict:
+        """OpenAI's `logprobs` of a choice or chunk: chat's `content` list (token, logprob, bytes,
+        top_logprobs), or the completions API's parallel lists (tokens, token_logprobs,
+        top_logprobs, text_offset from `offset`); a prompt's first token has no log-probability."""
+        if self.chat:
+            def one(token: int, logprob: float) -> dict:
+                text, raw = self._piece(token)
+                return {"token": text, "logprob": logprob, "bytes": raw}
+            return {"content": [one(e.token, e.logprob) | {"top_logprobs": [one(t, lp) for t, lp in e.top]}
+                                for e in entries], "refusal": None}
+        tokens, logprobs, tops, offsets = [], [], [], []
+        for e in entries:
+            text = self._piece(e.token)[0]
+            tokens.append(text)
+            logprobs.append(e.logprob)
+            tops.append(None if e.logprob is None else {self._piece(t)[0]: lp for t, lp in e.top})
+            offsets.append(offset)
+            offset += len(text)
+        return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict:
+        if self.chat:
+            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": finish_reason}
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def full(self, choices: list[dict], usage: dict) -> dict:
+        obj = "chat.completion" if self.chat else "text_completion"
+        return {**self._head(obj), "choices": sorted(choices, key=lambda c: c["index"]), "usage": usage}
+
+    def chunk(self, index: int, text: str | None, finish_reason: str | None = None, *, first: bool = False,
+              logprobs: dict | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else \
                 ({} if text is None else {"content": text})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return {**self._head("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, usage: dict) -> dict:

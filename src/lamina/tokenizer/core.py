@@ -18,7 +18,9 @@ from tokenizers import Tokenizer as Backend
 from tokenizers import processors
 
 from ..errors import LaminaError
-from .ranks import Ranks
+from .ranks import Ranks, byte_to_char, unspell
+
+BYTE_LEVEL = frozenset(byte_to_char())      # the characters GPT-2 style byte-level BPE spells bytes with
 
 # Tokens that end an assistant turn in the chat formats lamina knows (Llama 3, ChatML, Llama 2).
 TURN_END_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "<|endoftext|>")
@@ -96,24 +98,27 @@ class Tokenizer:
     def token_bytes(self) -> list[int]:
         """How many bytes of text each id stands for (0 for special tokens): the denominator of
         bits per byte, which compares models across tokenizers."""
-        lengths = [0] * self.vocab_size
+        special = set(self.special_tokens.values())
+        return [0 if i in special else len(self.piece(i)) for i in range(self.vocab_size)]
+
+    def piece(self, i: int) -> bytes:
+        """The bytes of text id `i` stands for (a special token: its name), whole even where they are
+        only part of a character: what an API reports as a token's `bytes`."""
         if self.ranks is not None:
-            for token, rank in self.ranks.ranks.items():
-                lengths[rank] = len(token)
-            return lengths
-        from .ranks import byte_to_char, unspell
-        byte_level, special = set(byte_to_char()), set(self.special_tokens.values())
-        for i in range(self.vocab_size):
-            piece = self.backend.id_to_token(i)
-            if piece is None or i in special:
-                continue
-            if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):             # SentencePiece byte fallback
-                lengths[i] = 1
-            elif set(piece) <= byte_level:                              # GPT-2 style byte-level BPE
-                lengths[i] = len(unspell(piece))
-            else:                                                       # SentencePiece: ▁ is a space
-                lengths[i] = len(piece.replace("\u2581", " ").encode())
-        return lengths
+            try:
+                return self.encoding.decode_single_token_bytes(i)
+            except KeyError:                                        # an id no token has
+                return b""
+        piece = self.backend.id_to_token(i)
+        if piece is None:
+            return b""
+        if piece in self.special_tokens:
+            return piece.encode()
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):             # SentencePiece byte fallback
+            return bytes([int(piece[3:5], 16)])
+        if set(piece) <= BYTE_LEVEL:                                # GPT-2 style byte-level BPE
+            return unspell(piece)
+        return piece.replace("\u2581", " ").encode()              # SentencePiece: ▁ is a space
 
     @property
     def stop_ids(self) -> tuple[int, ...]:
