@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..errors import LaminaError
+from . import anthropic
 from .batcher import Batcher, BatcherConfig
 from .completions import Completions, Limits
 from .llm import LLM
@@ -42,6 +43,7 @@ log = logging.getLogger("lamina.serve")
 WEB_FILES = {"/": ("index.html", "text/html"), "/web/chat.js": ("chat.js", "text/javascript"),
              "/web/chat.css": ("chat.css", "text/css")}
 OPEN_PATHS = {"/health", *WEB_FILES}   # no API key needed
+ANTHROPIC_PATH = "/v1/messages"
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
@@ -106,20 +108,22 @@ class Gate:
         length = headers.get(b"content-length", b"0")
         too_large = f"the request body is over {self.max_body} bytes"
         if not length.isdigit() or int(length) > self.max_body:
-            return await self._refuse(send, 413, too_large, "request_too_large")
+            return await self._refuse(send, 413, too_large, "request_too_large", scope)
         if self.key and scope["path"] not in OPEN_PATHS:
             given = headers.get(b"authorization", b"").decode("latin-1")
             scheme, _, token = given.partition(" ")
-            if not given:
+            if not given and b"x-api-key" in headers:          # the Anthropic SDK's header
+                scheme, token = "bearer", headers[b"x-api-key"].decode("latin-1")
+            elif not given:
                 return await self._refuse(send, 401, "no API key given: send the header "
-                                          "'Authorization: Bearer YOUR_KEY'", "invalid_api_key")
+                                          "'Authorization: Bearer YOUR_KEY'", "invalid_api_key", scope)
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
-                return await self._refuse(send, 401, "incorrect API key provided", "invalid_api_key")
+                return await self._refuse(send, 401, "incorrect API key provided", "invalid_api_key", scope)
         body = await self._read_body(receive)
         if body is None:      # the client left while sending
             return
         if len(body) > self.max_body:
-            return await self._refuse(send, 413, too_large, "request_too_large")
+            return await self._refuse(send, 413, too_large, "request_too_large", scope)
         replay = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def received():   # the whole body once, then what the server says next (a disconnect)
@@ -141,8 +145,8 @@ class Gate:
         return b"".join(chunks)
 
     @staticmethod
-    async def _refuse(send, status: int, message: str, code: str):
-        body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
+    async def _refuse(send, status: int, message: str, code: str, scope: dict):
+        body = json.dumps(shaped(scope["path"], status, error_body(message, "invalid_request_error", None, code))).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
@@ -152,27 +156,35 @@ class Gate:
         await send({"type": "http.response.body", "body": body})
 
 
+def shaped(path: str, status: int, body: dict) -> dict:
+    """An OpenAI-style error body, or the same error in Anthropic's shape on its route."""
+    return anthropic.error_body(status, body["error"]["message"]) if path.startswith(ANTHROPIC_PATH) else body
+
+
 def add_error_handlers(app: FastAPI) -> None:
-    """Every error, ours, pydantic's or Starlette's, as an OpenAI-style body."""
+    """Every error, ours, pydantic's or Starlette's, as an OpenAI-style body (Anthropic's on its route)."""
+    def answer(request: Request, status: int, body: dict) -> JSONResponse:
+        return JSONResponse(shaped(request.url.path, status, body), status_code=status)
+
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return answer(request, e.status, e.body())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         message, param = validation_message(e.errors())
-        return JSONResponse(error_body(message, param=param), status_code=400)
+        return answer(request, 400, error_body(message, param=param))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
         message = f"no route {request.method} {request.url.path}" if e.status_code in (404, 405) else str(e.detail)
-        return JSONResponse(error_body(message, code=code), status_code=e.status_code)
+        return answer(request, e.status_code, error_body(message, code=code))
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception):
         log.exception("request failed")
-        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+        return answer(request, 500, error_body("internal server error", "server_error"))
 
 
 def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: bool = True) -> FastAPI:
@@ -215,6 +227,13 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
         check_model(body.model, config.model_name)
         prompts, echoes = completions.completion_prompts(body)
         return await completions.respond(http, body, prompts, chat=False, echoes=echoes)
+
+    messages = anthropic.Messages(completions)
+
+    @app.post(ANTHROPIC_PATH)
+    async def anthropic_messages(body: anthropic.MessagesBody, http: Request):
+        check_model(body.model, config.model_name)
+        return await messages.respond(http, body)
 
     @app.get("/v1/models")
     async def models():

@@ -92,6 +92,7 @@ class Output:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    stop_sequence: str | None = None    # on the last output: the stop string that ended the reply, if one did
     logprobs: list[TokenLogprob] = field(default_factory=list)   # of the tokens since the last output (if asked)
     prompt_logprobs: list[TokenLogprob] | None = None     # on the first output (if asked)
 
@@ -442,7 +443,8 @@ class Batcher:
     def _output(r: Request, text: str, reason: str | None) -> Output:
         """An output of `r`, carrying the log-probs gathered since the last one (and the prompt's,
         on the first)."""
-        out = Output(text, reason, len(r.prompt), len(r.tokens), r.pending, r.prompt_logprobs)
+        matched = r.matcher.matched if reason is not None and r.matcher is not None else None
+        out = Output(text, reason, len(r.prompt), len(r.tokens), matched, r.pending, r.prompt_logprobs)
         r.pending, r.prompt_logprobs = [], None
         return out
 

@@ -217,60 +217,80 @@ class Completions:
             self.metrics.ttft.observe(time.monotonic() - start)
         return got
 
+    async def pieces(self, choices: list[Choice], bridge: Bridge, start: float):
+        """What the choices produce, as it comes: (choice, text, log-prob entries, output); ends
+        when every choice has finished, or after the first that failed (its output says how).
+        Leaving early (the client went away) cancels the choices still running."""
+        by_index = {c.index: c for c in choices}
+        try:
+            left, first = len(choices), start
+            while left:
+                index, out = await self._next(bridge, first)
+                first, c = None, by_index[index]
+                text, entries = c.take(out)
+                yield c, text, entries, out
+                if out.finish_reason is not None:
+                    left -= 1
+                    if out.finish_reason not in ("stop", "length"):
+                        return
+        finally:
+            self._cancel(choices)   # any still running: the client went away, or one choice failed
+
     async def events(self, choices: list[Choice], bridge: Bridge, reply: Reply, start: float,
                      usage_too: bool, prompt_tokens: int):
         """Server-sent events: a role chunk per choice (chat), text chunks (each naming its choice),
         a finish chunk per choice, usage if asked, `[DONE]`. An error after the stream began is
         sent as an `{"error": ...}` event."""
-        by_index = {c.index: c for c in choices}
+        stream = self.pieces(choices, bridge, start)
         try:
             if reply.chat:
                 for c in choices:
                     yield sse(reply.chunk(c.index, None, first=True))
-            left, first, failed = len(choices), start, None
-            while left:
-                index, out = await self._next(bridge, first)
-                first, c = None, by_index[index]
-                text, entries = c.take(out)
+            async for c, text, entries, out in stream:
                 if text or entries:
                     logprobs = reply.logprobs(entries, c.offset) if c.logprobs else None
-                    yield sse(reply.chunk(index, text, logprobs=logprobs))
+                    yield sse(reply.chunk(c.index, text, logprobs=logprobs))
                     c.offset += len(text)
-                if out.finish_reason is not None:
-                    left -= 1
-                    if out.finish_reason not in ("stop", "length"):
-                        failed = out
-                        break
-                    yield sse(reply.chunk(index, None, out.finish_reason))
-            if failed is not None:
-                yield sse(self.failure(failed).body())
-            elif usage_too:
-                yield sse(reply.usage_chunk(usage(prompt_tokens, sum(c.last.completion_tokens for c in choices))))
+                if out.finish_reason in ("stop", "length"):
+                    yield sse(reply.chunk(c.index, None, out.finish_reason))
+                elif out.finish_reason is not None:
+                    yield sse(self.failure(out).body())
+                    break
+            else:
+                if usage_too:
+                    yield sse(reply.usage_chunk(usage(prompt_tokens, sum(c.last.completion_tokens for c in choices))))
             yield sse("[DONE]")
         finally:
-            self._cancel(choices)   # any still running: the client went away, or one choice failed
+            await stream.aclose()
+
+    async def collect(self, http: Request, choices: list[Choice], bridge: Bridge, start: float) -> bool:
+        """Wait for every choice to finish (each then holds its whole text), watching for the client
+        leaving meanwhile: False if it left. A failed choice raises its APIError."""
+        gone = asyncio.ensure_future(disconnected(http))
+        stream = self.pieces(choices, bridge, start)
+        try:
+            while True:
+                got = asyncio.ensure_future(anext(stream))
+                await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not got.done():                     # the client left: closing the stream cancels
+                    got.cancel()
+                    await asyncio.gather(got, return_exceptions=True)
+                    return False
+                try:
+                    _, _, _, out = got.result()
+                except StopAsyncIteration:
+                    return True
+                if out.finish_reason not in (None, "stop", "length"):
+                    raise self.failure(out)
+        finally:
+            gone.cancel()
+            await stream.aclose()
 
     async def whole(self, http: Request, choices: list[Choice], bridge: Bridge, reply: Reply, start: float,
                     prompt_tokens: int):
-        """The whole answer as one body, watching for the client leaving while it waits."""
-        gone = asyncio.ensure_future(disconnected(http))
-        by_index, first, left = {c.index: c for c in choices}, start, len(choices)
-        try:
-            while left:
-                got = asyncio.ensure_future(self._next(bridge, first))
-                await asyncio.wait({got, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if not got.done():                     # the client left: `finally` cancels
-                    got.cancel()
-                    return Response(status_code=499)
-                (index, out), first = got.result(), None
-                by_index[index].take(out)
-                if out.finish_reason is not None:
-                    left -= 1
-                    if out.finish_reason not in ("stop", "length"):
-                        raise self.failure(out)
-        finally:
-            gone.cancel()
-            self._cancel(choices)
+        """The whole answer as one body."""
+        if not await self.collect(http, choices, bridge, start):
+            return Response(status_code=499)
         answers = [reply.choice(c.index, "".join(c.pieces), c.last.finish_reason,
                                 reply.logprobs(c.entries) if c.logprobs else None) for c in choices]
         return reply.full(answers, usage(prompt_tokens, sum(c.last.completion_tokens for c in choices)))

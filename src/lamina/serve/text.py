@@ -37,15 +37,17 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...] = ()):
         self.stops = tuple(s for s in stops if s)
         self.pending = ""   # text that could still turn out to begin a stop string
+        self.matched: str | None = None   # the stop string found, once found
 
     def feed(self, text: str) -> tuple[str, bool]:
         """(text safe to show now, whether a stop string was found)."""
         if not self.stops:
             return text, False
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self.pending.find(s), s) for s in self.stops) if i >= 0]
         if hits:
-            out, self.pending = self.pending[:min(hits)], ""
+            at, self.matched = min(hits, key=lambda hit: hit[0])
+            out, self.pending = self.pending[:at], ""
             return out, True
         hold = max((n for s in self.stops for n in range(min(len(s) - 1, len(self.pending)), 0, -1)
                     if self.pending.endswith(s[:n])), default=0)
