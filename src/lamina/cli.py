@@ -378,7 +378,8 @@ def serve_config(args):
     engine = BatcherConfig(**_given(max_slots=args.max_concurrency, max_len=args.max_len,
                                     kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, compile=args.compile))
     return ServeConfig(**_given(host=args.host, port=args.port, max_prompt_tokens=args.max_prompt_tokens,
-                                max_tokens=args.max_tokens, request_timeout_s=args.timeout),
+                                max_tokens=args.max_tokens, request_timeout_s=args.timeout,
+                                drain_timeout_s=args.drain_timeout),
                        api_key=os.environ.get("LAMINA_API_KEY") if args.api_key is None else args.api_key,
                        model_name=args.served_model_name or args.model, engine=engine)
 
@@ -641,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--max-prompt-tokens", serve, "max_prompt_tokens", type=int)
     _flag(p, "--max-tokens", serve, "max_tokens", type=int)
     _flag(p, "--timeout", serve, "request_timeout_s", type=float)
+    _flag(p, "--drain-timeout", serve, "drain_timeout_s", type=float)
     _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
     _flag(p, "--compile", engine, "compile", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")

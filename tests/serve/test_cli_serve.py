@@ -96,3 +96,53 @@ def test_an_api_key_from_the_environment_that_cannot_work_is_refused_at_start(ca
     assert main(["serve", MODEL, "--port", str(free_port())]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("lamina: error: the API key") and message in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_drains_running_requests_refuses_new_ones_and_health_says_so():
+    """What a rolling restart behind a load balancer needs: on SIGTERM a streaming reply in flight
+    still ends normally, while /health and new requests answer 503 until the process exits."""
+    import threading
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "lamina.cli", "serve", MODEL, "--port", str(port),
+                             "--max-concurrency", "2", "--max-len", "256", "--threads", "2", "--drain-timeout", "120"],
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "LAMINA_API_KEY": "k"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "lamina serve did not come up"
+            try:
+                if httpx2.get(url + "/health").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.2)
+        stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=120, temperature=0,
+                                           stream=True)
+        pieces, first = [], threading.Event()
+
+        def read():
+            for chunk in stream:
+                pieces.append(chunk)
+                first.set()
+        reader = threading.Thread(target=read)
+        reader.start()
+        assert first.wait(60)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        health = httpx2.get(url + "/health")
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
+        with pytest.raises(openai.APIStatusError) as e:
+            client.completions.create(model=MODEL, prompt="Hello", max_tokens=2)
+        assert e.value.status_code == 503 and "shutting down" in str(e.value)
+        reader.join(120)
+        assert pieces[-1].choices[0].finish_reason == "length"
+        assert sum(1 for p in pieces if p.choices and p.choices[0].text) > 20
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "finishing the running requests" in proc.stdout.read()

@@ -239,7 +239,7 @@ def test_a_content_length_over_the_cap_is_refused_before_reading(url):
 
 # -- 3. unsupported parameters are named ---------------------------------------------------------
 
-UNSUPPORTED = [("best_of", 3), ("response_format", {"type": "json_object"}),
+UNSUPPORTED = [("best_of", 3),
                ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
                ("functions", [{"name": "f"}]), ("function_call", {"name": "f"})]
 NO_OPS = [("best_of", 1), ("response_format", {"type": "text"}), ("tools", []), ("tool_choice", "none"),
@@ -290,9 +290,10 @@ def test_unsupported_parameters_at_their_no_op_values_are_accepted(url):
 
 def test_the_sdk_sees_an_unsupported_parameter_refused_by_name(client):
     messages = [{"role": "user", "content": "Hi"}]
-    with pytest.raises(openai.BadRequestError, match="response_format: not supported yet") as e:
-        client.chat.completions.create(model=MODEL, messages=messages, response_format={"type": "json_object"})
-    assert e.value.param == "response_format"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError, match="tools: not supported yet") as e:
+        client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
+    assert e.value.param == "tools"
 
 
 # -- any value of any parameter: 200 or a 4xx, never a 500 or a hang ---------------------------

@@ -61,6 +61,7 @@ class ServeConfig:
     max_body_bytes: int = 4 << 20       # larger request bodies are refused (413)
     max_n: int = 16                     # most choices per prompt (`n`)
     max_choices: int = 64               # most choices per request: prompts of a batch x n
+    drain_timeout_s: float = 30.0       # on SIGTERM: seconds to finish running requests (new ones get 503)
     engine: BatcherConfig = field(default_factory=BatcherConfig)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,8 @@ class ServeConfig:
             raise LaminaError("default max tokens must be at least 1")
         if not 1 <= self.max_n <= self.max_choices:
             raise LaminaError(f"max n must be at least 1 and at most max choices ({self.max_choices})")
+        if self.drain_timeout_s < 0:
+            raise LaminaError(f"the drain timeout must not be negative, got {self.drain_timeout_s}")
         if self.request_timeout_s <= 0:
             raise LaminaError(f"the request timeout must be positive, got {self.request_timeout_s}")
         if not 0 <= self.port < 65536:
@@ -209,11 +212,13 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
         if config.engine.compile:
             await asyncio.to_thread(batcher.warmup)
         batcher.start()
+        app.state.ready = True
         yield
         batcher.stop()
 
     app = FastAPI(title="lamina", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.metrics, app.state.config = batcher, metrics, config
+    app.state.ready = False          # set once the engine is warm and running
 
     add_error_handlers(app)
 
@@ -279,6 +284,12 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
 
     @app.get("/health")
     async def health():
+        """Readiness for a load balancer: 200 once the model is loaded and the engine warm and
+        running; 503 while it warms up, and while it drains on its way out."""
+        if batcher.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not app.state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
@@ -327,6 +338,7 @@ def run(llm: LLM, config: ServeConfig, sock: socket.socket | None = None) -> Non
     if config.engine.compile:
         print("lamina: compiling the decode step ...", file=sys.stderr, flush=True)
         batcher.warmup()
+    app.state.ready = True
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
                                            timeout_graceful_shutdown=5))
 
@@ -337,8 +349,11 @@ def run(llm: LLM, config: ServeConfig, sock: socket.socket | None = None) -> Non
             batcher.stop()   # the server is gone (stopped, or failed to start): so is the engine
 
     def on_term(signum, frame) -> None:
-        server.should_exit = True
-        batcher.stop()
+        # graceful: take no new requests (503, /health too), finish the running ones within the
+        # drain timeout, then stop; `batcher.run` returns and the HTTP server is told to exit
+        print(f"lamina: SIGTERM: finishing the running requests (at most {config.drain_timeout_s:g} s), "
+              "taking no new ones", file=sys.stderr, flush=True)
+        batcher.drain(config.drain_timeout_s)
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main else None

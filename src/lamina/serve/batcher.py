@@ -37,6 +37,7 @@ from ..model import Transformer
 from ..model.kv_cache import SlotCache
 from ..tokenizer import Tokenizer
 from .engine import CACHE_BLOCK, compile_decode_step
+from .grammar import Constraint
 from .sampling import SamplingParams, TokenLogprob, logprobs_of, next_token
 from .text import StopMatcher, TextStream
 
@@ -83,6 +84,10 @@ class QueueFull(LaminaError):
     """Every slot is busy and the waiting line is full: try again later (HTTP 429)."""
 
 
+class Draining(LaminaError):
+    """The server is shutting down: it finishes the requests it has and takes no more (HTTP 503)."""
+
+
 @dataclass
 class Output:
     """What a request produced since its last output; `finish_reason` is set on the last one:
@@ -106,6 +111,7 @@ class Request:
     params: SamplingParams
     stop: tuple[str, ...] = ()
     deadline: float | None = None                          # time.monotonic() to give up at
+    constraint: Constraint | None = None                   # a grammar the reply must follow (structured output)
     on_output: Callable[[Output], None] = lambda out: None  # called on the engine's thread
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: bool = False
@@ -169,11 +175,14 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._drain_until: float | None = None      # time.monotonic() at which a drain gives up
         self.stats = {"requests": 0, "finished": 0, "aborted": 0, "timed_out": 0, "errors": 0,
                       "prompt_tokens": 0, "generated_tokens": 0, "steps": 0}
 
     # -- the client side (any thread) -------------------------------------------------------
     def submit(self, request: Request) -> Request:
+        if self._drain_until is not None:
+            raise Draining("the server is shutting down and takes no new requests; try another replica")
         if not request.prompt:
             raise LaminaError("the prompt is empty")
         if len(request.prompt) >= self.max_len:
@@ -194,6 +203,17 @@ class Batcher:
         request.cancelled = True
         with self._cond:
             self._cond.notify()
+
+    def drain(self, timeout: float) -> None:
+        """Take no new requests; `run` returns once every request here has finished, or after
+        `timeout` seconds (those still running then end as "abort"). Safe from a signal handler."""
+        self._drain_until = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def draining(self) -> bool:
+        return self._drain_until is not None
 
     @property
     def n_running(self) -> int:
@@ -242,9 +262,12 @@ class Batcher:
         try:
             while True:
                 with self._cond:
-                    while not (self.waiting or self.running or self._stopping):
+                    while not (self.waiting or self.running or self._stopping or self.draining):
                         self._cond.wait(timeout=1.0)   # a timeout lets Ctrl-C reach the main thread
                     if self._stopping:
+                        break
+                    if self.draining and (not (self.waiting or self.running)
+                                          or time.monotonic() > self._drain_until):
                         break
                 try:
                     self.step()
@@ -406,11 +429,13 @@ class Batcher:
                 if r.params.max_new_tokens == 0:            # the prompt's log-probs were all it asked
                     self._finish(r, "length")
                     continue
-                if r.params.greedy and r.params.raw:
+                row = logits[i:i + 1]
+                if r.constraint is not None:       # only the tokens the grammar takes next
+                    row = row.masked_fill(~r.constraint.allowed().to(row.device)[None], float("-inf"))
+                if r.params.greedy and r.params.raw and r.constraint is None:
                     token = best[i]
                 else:
-                    token = int(next_token(logits[i:i + 1], r.params, r.seen, r.generator, r.counts,
-                                           len(r.tokens)))
+                    token = int(next_token(row, r.params, r.seen, r.generator, r.counts, len(r.tokens)))
                 if r.params.logprobs is not None:
                     r.pending += logprobs_of(logits[i:i + 1], torch.tensor([token], device=logits.device),
                                              r.params.logprobs)
@@ -422,6 +447,8 @@ class Batcher:
         """Add a sampled token to a request: emit its text, or finish it."""
         if r.finish_reason is not None:
             return
+        if r.constraint is not None:
+            r.constraint.take(token)
         if token in r.params.stop_token_ids:               # its log-prob stays: a client may want it
             return self._finish(r, "stop", self._drain(r)[0])
         r.tokens.append(token)
@@ -433,6 +460,9 @@ class Batcher:
         text, stopped = r.matcher.feed(r.text.push(token))
         if stopped:
             return self._finish(r, "stop", text)
+        if r.constraint is not None and r.constraint.finished:   # the structure is complete
+            tail, _ = self._drain(r)
+            return self._finish(r, "stop", text + tail)
         if len(r.tokens) >= r.params.max_new_tokens or r.length >= self.max_len:
             tail, stopped = self._drain(r)
             return self._finish(r, "stop" if stopped else "length", text + tail)

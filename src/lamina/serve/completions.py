@@ -16,8 +16,9 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..errors import LaminaError
 from ..tokenizer import Tokenizer, render_chat
-from .batcher import Batcher, Output, QueueFull
+from .batcher import Batcher, Draining, Output, QueueFull
 from .batcher import Request as EngineRequest
+from .grammar import Constraint, GrammarError, check_grammar, json_schema_grammar
 from .metrics import Metrics
 from .protocol import APIError, ChatBody, CompletionBody, Message, Reply, SamplingBody, usage
 from .sampling import SEED_RANGE, TokenLogprob
@@ -148,6 +149,13 @@ class Completions:
         if body.limit == 0 and not getattr(body, "echo", False):
             raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)",
                            param="max_tokens")
+        grammar = None
+        if body.json_schema is not None:
+            try:
+                grammar = json_schema_grammar(body.json_schema)
+                check_grammar(grammar, self.tok)
+            except GrammarError as e:
+                raise APIError(400, f"response_format: {e}", param="response_format") from None
         vocab = self.batcher.model.config.vocab_size
         if any(int(k) >= vocab for k in body.logit_bias or {}):
             raise APIError(400, f"logit_bias keys must be token ids below {vocab}", param="logit_bias")
@@ -170,7 +178,8 @@ class Completions:
                     index = i * body.n + j
                     params = body.sampling(want, self.tok.stop_ids, choice_seed(body.seed, j))
                     request = EngineRequest(p, params, stop=body.stop, deadline=time.monotonic() + lim.timeout_s,
-                                            on_output=lambda out, index=index: bridge.put(index, out))
+                                            on_output=lambda out, index=index: bridge.put(index, out),
+                                            constraint=grammar and Constraint(grammar, self.tok))
                     # chat hides the end-of-turn token, as OpenAI does; the completions API reports
                     # it, as vLLM does (lm-eval's echo scoring counts on one generated entry)
                     choices.append(Choice(index, request, echo, body.token_logprobs is not None,
@@ -182,6 +191,9 @@ class Completions:
         except QueueFull as e:
             self._cancel(choices)
             raise APIError(429, str(e), type="rate_limit_error", code="rate_limit_exceeded") from None
+        except Draining as e:
+            self._cancel(choices)
+            raise APIError(503, str(e), type="server_error", code="shutting_down") from None
         except LaminaError as e:
             self._cancel(choices)
             raise APIError(400, str(e), param=param, code="context_length_exceeded") from None

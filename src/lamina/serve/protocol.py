@@ -63,9 +63,9 @@ class SamplingBody(_Body):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None   # token id (as a string) -> -100..100 added to its logit
     min_tokens: int = Field(0, ge=0)            # not OpenAI's; vLLM's: no stop token before this many
+    response_format: dict | None = None         # {"type": "text" | "json_object" | "json_schema", ...}
     # Not implemented yet: accepted only as their no-op values (see `_unsupported`).
     best_of: Any = None
-    response_format: Any = None
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
@@ -89,7 +89,27 @@ class SamplingBody(_Body):
                 raise ValueError(f"values must be in [-100, 100], got {value} for token {key}")
         return v
 
-    @field_validator("best_of", "response_format", "tools", "tool_choice", "functions", "function_call")
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, v):
+        kind = (v or {}).get("type", "text")
+        if kind == "json_schema":
+            spec = v.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+                raise ValueError('json_schema needs {"json_schema": {"name": ..., "schema": {...}}}')
+        elif kind not in ("text", "json_object"):
+            raise ValueError(f"type must be text, json_object or json_schema, not {kind!r}")
+        return v
+
+    @property
+    def json_schema(self) -> dict | None:
+        """The JSON schema the reply must validate against (json_object: any object), or None."""
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "json_object":
+            return {"type": "object"}
+        return self.response_format["json_schema"]["schema"] if kind == "json_schema" else None
+
+    @field_validator("best_of", "tools", "tool_choice", "functions", "function_call")
     @classmethod
     def _unsupported(cls, v, info):
         if not is_no_op(info.field_name, v):
@@ -117,7 +137,7 @@ class SamplingBody(_Body):
 
 
 # Parameters lamina does not implement yet, with the values that ask for nothing (besides null).
-UNSUPPORTED = {"best_of": "1", "response_format": '{"type": "text"}', "tools": "[]",
+UNSUPPORTED = {"best_of": "1", "tools": "[]",
                "tool_choice": '"none" or "auto"', "functions": "[]", "function_call": '"none" or "auto"',
                "suffix": '""'}
 
