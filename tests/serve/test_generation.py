@@ -152,3 +152,19 @@ def test_huge_page_copy_keeps_parameters_and_outputs():
     assert [p is q for p, q in zip(params, model.parameters())] == [True] * len(params)
     assert all(p.data_ptr() % 64 == 0 for p in params)
     assert torch.equal(before, after)
+
+
+def test_engine_applies_penalties_and_bias_and_refuses_logprobs(engine):
+    prompt = [[5, 6, 7, 8]]
+    greedy = SamplingParams(max_new_tokens=6, temperature=0.0)
+    plain = [t[0] for t in engine.generate(prompt, greedy)]
+    banned = [t[0] for t in engine.generate(prompt, SamplingParams(max_new_tokens=6, temperature=0.0,
+                                                                   logit_bias=((plain[0], -100.0),)))]
+    assert banned[0] != plain[0]
+    forced = [t[0] for t in engine.generate(prompt, SamplingParams(max_new_tokens=3, temperature=0.0,
+                                                                   logit_bias=((11, 100.0),)))]
+    assert forced == [11, 11, 11]
+    assert [t[0] for t in engine.generate(prompt, SamplingParams(max_new_tokens=3, temperature=0.0, logit_bias=(
+        (11, 100.0),), frequency_penalty=2.0))] == [11, 11, 11]       # +100 outweighs any penalty
+    with pytest.raises(LaminaError, match="log-probabilities come from the server"):
+        list(engine.generate(prompt, SamplingParams(max_new_tokens=2, logprobs=1)))

@@ -54,6 +54,9 @@ class Engine:
         `include_stop` the stop token itself comes first, as a trainer scoring it needs)."""
         if not prompts or any(not p for p in prompts):
             raise LaminaError("every prompt needs at least one token")
+        if params.logprobs is not None or params.prompt_logprobs is not None:
+            raise LaminaError("log-probabilities come from the server's batcher (`lamina serve`) or the "
+                              "eval scorer, not from Engine.generate")
         B, P = len(prompts), max(len(p) for p in prompts)
         context = self.config.max_seq_len
         if P >= context:

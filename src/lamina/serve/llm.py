@@ -41,7 +41,7 @@ class LLM:
     def generate(self, prompt: str | list[str], *, chat: bool = False, **kw) -> str | list[str]:
         """Text continuing `prompt` (or each of a list of prompts, generated as one batch).
         Keywords: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty,
-        seed, stop_token_ids."""
+        presence_penalty, frequency_penalty, logit_bias, min_tokens, seed, stop_token_ids."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, chat) for p in prompts]
         outs: list[list[int]] = [[] for _ in prompts]
