@@ -18,6 +18,7 @@ from ..errors import LaminaError
 from ..tokenizer import Tokenizer, render_chat
 from .batcher import Batcher, Draining, Output, QueueFull
 from .batcher import Request as EngineRequest
+from . import tools
 from .grammar import Constraint, GrammarError, check_grammar, json_schema_grammar
 from .metrics import Metrics
 from .protocol import APIError, ChatBody, CompletionBody, Message, Reply, SamplingBody, usage
@@ -64,6 +65,7 @@ class Choice:
     echo: str = ""                       # text said before the completion (the prompt, with echo)
     logprobs: bool = False               # whether the answer reports log-probabilities
     hidden: tuple[int, ...] = ()         # tokens whose log-probs are not reported (chat: the end of turn)
+    tools: list[dict] | None = None      # the request's tools, when its reply may call them
     pieces: list[str] = field(default_factory=list)
     entries: list[TokenLogprob] = field(default_factory=list)
     offset: int = 0                      # characters of this choice's text sent so far
@@ -100,10 +102,10 @@ class Completions:
 
     # -- prompts ----------------------------------------------------------------------------
     def chat_prompt(self, body: ChatBody) -> list[int]:
-        return self.chat_prompt_of(body.messages)
+        return self.chat_prompt_of(body.messages, body.tool_dicts() if body.tool_mode else None)
 
-    def chat_prompt_of(self, messages: list[Message]) -> list[int]:
-        messages = [m.plain() for m in messages]
+    def chat_prompt_of(self, messages: list[Message], tool_list: list[dict] | None = None) -> list[int]:
+        messages = tools.render([m.plain() for m in messages], tool_list)
         self.check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             return render_chat(self.tok, messages)
@@ -150,6 +152,16 @@ class Completions:
             raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)",
                            param="max_tokens")
         grammar = None
+        mode = body.tool_mode if isinstance(body, ChatBody) else None
+        if mode not in (None, "auto"):
+            if body.json_schema is not None:
+                raise APIError(400, "response_format and a required tool call cannot both hold the reply",
+                               param="response_format")
+            try:
+                grammar = tools.call_grammar(body.tool_dicts(), None if mode == "required" else mode)
+                check_grammar(grammar, self.tok)
+            except (GrammarError, ValueError) as e:
+                raise APIError(400, f"tools: a function's parameters cannot be enforced: {e}", param="tools") from None
         if body.json_schema is not None:
             try:
                 grammar = json_schema_grammar(body.json_schema)
@@ -183,7 +195,8 @@ class Completions:
                     # chat hides the end-of-turn token, as OpenAI does; the completions API reports
                     # it, as vLLM does (lm-eval's echo scoring counts on one generated entry)
                     choices.append(Choice(index, request, echo, body.token_logprobs is not None,
-                                          self.tok.stop_ids if isinstance(body, ChatBody) else ()))
+                                          self.tok.stop_ids if isinstance(body, ChatBody) else (),
+                                          body.tool_dicts() if mode else None))
                     self.batcher.submit(request)
         except ValueError as e:   # the body's checks should have caught it; still the client's fault
             self._cancel(choices)
@@ -259,11 +272,17 @@ class Completions:
                 for c in choices:
                     yield sse(reply.chunk(c.index, None, first=True))
             async for c, text, entries, out in stream:
-                if text or entries:
+                if (text or entries) and not c.tools:          # a reply that may call tools is sent whole
                     logprobs = reply.logprobs(entries, c.offset) if c.logprobs else None
                     yield sse(reply.chunk(c.index, text, logprobs=logprobs))
                     c.offset += len(text)
                 if out.finish_reason in ("stop", "length"):
+                    if c.tools:
+                        content, calls = tools.parse("".join(c.pieces), c.tools)
+                        logprobs = reply.logprobs(c.entries) if c.logprobs else None
+                        yield sse(reply.chunk(c.index, content, logprobs=logprobs, tool_calls=calls))
+                        yield sse(reply.chunk(c.index, None, "tool_calls" if calls else out.finish_reason))
+                        continue
                     yield sse(reply.chunk(c.index, None, out.finish_reason))
                 elif out.finish_reason is not None:
                     yield sse(self.failure(out).body())
@@ -303,8 +322,13 @@ class Completions:
         """The whole answer as one body."""
         if not await self.collect(http, choices, bridge, start):
             return Response(status_code=499)
-        answers = [reply.choice(c.index, "".join(c.pieces), c.last.finish_reason,
-                                reply.logprobs(c.entries) if c.logprobs else None) for c in choices]
+        answers = []
+        for c in choices:
+            text, calls = "".join(c.pieces), None
+            if c.tools:
+                text, calls = tools.parse(text, c.tools)
+            answers.append(reply.choice(c.index, text, c.last.finish_reason,
+                                        reply.logprobs(c.entries) if c.logprobs else None, calls))
         return reply.full(answers, usage(prompt_tokens, sum(c.last.completion_tokens for c in choices)))
 
 

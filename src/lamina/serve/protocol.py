@@ -66,8 +66,6 @@ class SamplingBody(_Body):
     response_format: dict | None = None         # {"type": "text" | "json_object" | "json_schema", ...}
     # Not implemented yet: accepted only as their no-op values (see `_unsupported`).
     best_of: Any = None
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
 
@@ -109,7 +107,7 @@ class SamplingBody(_Body):
             return {"type": "object"}
         return self.response_format["json_schema"]["schema"] if kind == "json_schema" else None
 
-    @field_validator("best_of", "tools", "tool_choice", "functions", "function_call")
+    @field_validator("best_of", "functions", "function_call")
     @classmethod
     def _unsupported(cls, v, info):
         if not is_no_op(info.field_name, v):
@@ -137,8 +135,7 @@ class SamplingBody(_Body):
 
 
 # Parameters lamina does not implement yet, with the values that ask for nothing (besides null).
-UNSUPPORTED = {"best_of": "1", "tools": "[]",
-               "tool_choice": '"none" or "auto"', "functions": "[]", "function_call": '"none" or "auto"',
+UNSUPPORTED = {"best_of": "1", "functions": "[] (use tools)", "function_call": '"none" or "auto" (use tool_choice)',
                "suffix": '""'}
 
 
@@ -166,20 +163,50 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str
+    arguments: str = "{}"          # a JSON object, as a string (OpenAI's shape)
+
+
+class ToolCall(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None      # an assistant's earlier calls
+    tool_call_id: str | None = None               # a tool's result answers this call
 
     def plain(self) -> dict:
-        """The message as lamina's chat renderer takes it (developer is the newer system)."""
+        """The message as lamina's chat renderer takes it (developer is the newer system), with
+        an assistant's calls (`lamina.serve.tools.render` makes them text)."""
         content = self.content if isinstance(self.content, str) else \
             "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+        out = {"role": "system" if self.role == "developer" else self.role, "content": content}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        return out
+
+
+class Function(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict | None = None                # a JSON schema of its arguments
+
+
+class Tool(_Body):
+    type: Literal["function"]
+    function: Function
 
 
 class ChatBody(SamplingBody):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
@@ -193,6 +220,32 @@ class ChatBody(SamplingBody):
     @property
     def token_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice(cls, v, info):
+        tools = info.data.get("tools") or []
+        if isinstance(v, dict):
+            name = (v.get("function") or {}).get("name") if v.get("type") == "function" else None
+            if name is None:
+                raise ValueError('a named choice is {"type": "function", "function": {"name": ...}}')
+            if name not in {t.function.name for t in tools}:
+                raise ValueError(f"names {name!r}, which is not one of the tools")
+        elif v == "required" and not tools:
+            raise ValueError("required needs tools")
+        return v
+
+    @property
+    def tool_mode(self) -> str | None:
+        """None (no tools, or "none"), "auto", "required", or the name of the one function to call."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, dict):
+            return self.tool_choice["function"]["name"]
+        return self.tool_choice or "auto"
+
+    def tool_dicts(self) -> list[dict]:
+        return [t.model_dump(exclude_none=True) for t in self.tools or []]
 
     @property
     def limit(self) -> int | None:
@@ -315,10 +368,12 @@ class Reply:
             offset += len(text)
         return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
 
-    def choice(self, index: int, text: str, finish_reason: str, logprobs: dict | None = None) -> dict:
+    def choice(self, index: int, text: str | None, finish_reason: str, logprobs: dict | None = None,
+               tool_calls: list[dict] | None = None) -> dict:
         if self.chat:
-            return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                    "finish_reason": finish_reason}
+            message = {"role": "assistant", "content": text} | ({"tool_calls": tool_calls} if tool_calls else {})
+            return {"index": index, "message": message, "logprobs": logprobs,
+                    "finish_reason": "tool_calls" if tool_calls else finish_reason}
         return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
     def full(self, choices: list[dict], usage: dict) -> dict:
@@ -326,10 +381,12 @@ class Reply:
         return {**self._head(obj), "choices": sorted(choices, key=lambda c: c["index"]), "usage": usage}
 
     def chunk(self, index: int, text: str | None, finish_reason: str | None = None, *, first: bool = False,
-              logprobs: dict | None = None) -> dict:
+              logprobs: dict | None = None, tool_calls: list[dict] | None = None) -> dict:
         if self.chat:
             delta = {"role": "assistant", "content": ""} if first else \
                 ({} if text is None else {"content": text})
+            if tool_calls:
+                delta["tool_calls"] = [{"index": k, **c} for k, c in enumerate(tool_calls)]
             choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
         choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
