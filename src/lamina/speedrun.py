@@ -17,12 +17,12 @@ from pathlib import Path
 from .data import build_corpus, data_recipe
 from .errors import LaminaError
 from .fields import InvalidField, check_fields
+from .post.config import config_from_flags
 from .post.quiz import Quiz, answer_all, heldout_problems, quiz
 from .post.sft import SFTConfig, sft
 from .post.synth import SynthConfig, synth
 from .serve import load
 from .train import RunResult, train, train_recipe
-from .train.config import parse_override
 
 DATA_RECIPE = "clean-small"
 CHAT_PREFIX = "sft."         # overrides of the chat stage: sft.max_steps=4
@@ -67,19 +67,7 @@ class ChatStage:
 
 def chat_stage(overrides: list[str]) -> ChatStage:
     """The ChatStage with `key=value` overrides (given on the command line as sft.key=value)."""
-    values, sources = {}, {}
-    for item in overrides:
-        key, value = parse_override(item)
-        values[key], sources[key] = value, f"from the command line: {CHAT_PREFIX}{item}"
-    known = {f.name for f in dataclasses.fields(ChatStage)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise LaminaError(f"unknown chat-stage settings {[CHAT_PREFIX + k for k in unknown]}; known: "
-                          + ", ".join(CHAT_PREFIX + k for k in sorted(known)))
-    try:
-        return ChatStage(**values)
-    except InvalidField as e:
-        raise e.came_from(sources.get(e.name, e.source), prefix=CHAT_PREFIX) from None
+    return config_from_flags(ChatStage, overrides, prefix=CHAT_PREFIX)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,8 @@ from .config import RopeScaling
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> Tensor:
     """Per-channel-pair angular frequencies, (head_dim/2,) float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    # float(theta): an integer theta (configs write 500000) too large for an int64 must still work
+    inv_freq = 1.0 / float(theta) ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
     if scaling is None:
         return inv_freq
     # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend in between.

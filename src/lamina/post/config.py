@@ -114,19 +114,22 @@ class DataConfig(PostConfig):
         return Policy(allow=PERMISSIVE | {normalize_license(x) for x in self.allow_licenses})
 
 
-def config_from_flags(cls, overrides: list[str] = (), **fields):
+def config_from_flags(cls, overrides: list[str] = (), prefix: str = "", **fields):
     """A config of the dataclass `cls` (any post-training method's) from flags (`fields`, None
-    where not given) and `key=value` overrides; a bad value is one line that says where it came from."""
+    where not given) and `key=value` overrides, written `{prefix}key=value` on the command line
+    (the speedrun's chat stage takes `sft.max_steps=4`); a bad value is one line that says where
+    it came from."""
     values = {k: v for k, v in fields.items() if v is not None}
     sources = {k: f"from --{k.replace('_', '-')}" for k in values}
     for item in overrides:
         key, value = parse_override(item)
-        values[key], sources[key] = value, f"from the command line: {item}"
+        values[key], sources[key] = value, f"from the command line: {prefix}{item}"
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise LaminaError(f"unknown settings {unknown}; known: {', '.join(sorted(known))}")
+        raise LaminaError(f"unknown {prefix and 'chat-stage '}settings {[prefix + k for k in unknown]}; known: "
+                          + ", ".join(prefix + k for k in sorted(known)))
     try:
         return cls(**values)
     except InvalidField as e:
-        raise e.came_from(sources.get(e.name, "")) from None
+        raise e.came_from(sources.get(e.name, e.source), prefix=prefix) from None
