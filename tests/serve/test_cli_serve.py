@@ -23,6 +23,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
+    """Until the server's /health says ready (failing if the process exits or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "lamina serve did not come up"
+        try:
+            if httpx2.get(url + "/health").status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.2)                   # not up yet, or up and still starting (503)
+
+
 def interactive_sigint() -> None:
     """Deliver Ctrl-C as a terminal does: a test run started in the background of a
     non-interactive shell (`.ci/run &`) hands its children SIGINT ignored, and Python keeps that."""
@@ -40,15 +54,7 @@ def test_lamina_serve_runs_with_the_key_from_the_environment_and_stops_on_a_sign
                             preexec_fn=interactive_sigint)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "lamina serve did not come up"
-            try:
-                if httpx2.get(url + "/health").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.2)
+        wait_ready(proc, url)
         assert httpx2.get(url + "/v1/models").status_code == 401
         client = openai.OpenAI(base_url=url + "/v1", api_key="from-env", max_retries=0)
         assert client.models.list().data[0].id == MODEL
@@ -111,15 +117,7 @@ def test_sigterm_drains_running_requests_refuses_new_ones_and_health_says_so():
     url = f"http://127.0.0.1:{port}"
     client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "lamina serve did not come up"
-            try:
-                if httpx2.get(url + "/health").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.2)
+        wait_ready(proc, url)
         stream = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=120, temperature=0,
                                            stream=True)
         pieces, first = [], threading.Event()

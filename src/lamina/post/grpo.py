@@ -41,7 +41,6 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
-from ..checkpoint import load_checkpoint
 from ..data.ledger import Ledger
 from ..data.sources import Source
 from ..errors import LaminaError
@@ -49,7 +48,7 @@ from ..fields import InvalidField
 from ..model import from_state_dict
 from ..serve.engine import Engine
 from ..serve.sampling import SamplingParams
-from ..tokenizer import chat_format, render_chat
+from ..tokenizer import render_chat
 from ..train import distributed, state
 from ..train.config import TrainConfig
 from ..train.loop import Inputs, Run, RunResult, StepResult, clip_and_step, run_loop, say, setup, stop_if_diverged
@@ -59,7 +58,7 @@ from .grpo_loss import (CompletionBatch, LossType, clipped_surrogate, completion
                         group_advantages, k3_kl, kl_penalty, pass_at_k, reduce_loss)
 from .lora import adapters_disabled, apply_lora
 from .rewards import exact_answer_reward, format_reward
-from .sft import ChatLedger, base_record, write_lora
+from .sft import ChatLedger, base_record, load_base, write_lora
 from .synth import LAMINA_LICENSE
 from .tasks import Problem, get_task, problems
 
@@ -337,21 +336,6 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
 
 # ---- the run ----
 
-def load_policy(config: GRPOConfig):
-    """The base checkpoint, its tokenizer holding the chat template the prompts are rendered with."""
-    if not config.model:
-        raise LaminaError("no model: give MODEL (a model directory, GGUF file or packaged name)")
-    ck = load_checkpoint(config.model)
-    if ck.tokenizer is None:
-        raise LaminaError(f"{config.model}: carries no tokenizer, so its chat format is unknown")
-    template = chat_format(config.chat_format).template if config.chat_format else ck.tokenizer.chat_template
-    if not template:
-        raise LaminaError(f"{config.model}: has no chat template; choose one with chat_format=chatml (or llama3, "
-                          "llama2, smollm2)")
-    ck.tokenizer.chat_template = template
-    return ck
-
-
 def write_task_ledger(path: Path, config: GRPOConfig) -> None:
     """The run's data ledger: one source, the task's templates (lamina's own text), one document."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,7 +374,7 @@ def prepare(config: GRPOConfig, cluster: distributed.Cluster, resume: bool, show
     if cluster.world > 1:
         raise LaminaError("lamina grpo runs on one device; start it without torchrun")
     out = Path(config.out)
-    ck = load_policy(config)
+    ck = load_base(config)[0]
     task = open_task(config, ck.tokenizer)
     longest = max(len(task.prompt(p)) for p in task.train + task.heldout) + config.max_new_tokens
     if longest > ck.config.max_seq_len:

@@ -44,7 +44,7 @@ from ..train.loop import (Inputs, Run, RunResult, StepResult, clip_and_step, gra
                           stop_if_diverged)
 from .chat_data import ChatFile, Conversation, Preference, Tokenized, read_chat, tokenize_conversations
 from .lora import apply_lora, merge_lora, save_adapter
-from .config import DataConfig, config_from_flags
+from .config import DataConfig, PostConfig, config_from_flags
 from .packing import epoch_rows, pack
 
 
@@ -271,8 +271,9 @@ def prepare_data(config: SFTConfig, tokenizer, template: str, show) -> tuple[lis
     return sources, files, examples
 
 
-def load_base(config: SFTConfig):
-    """The base checkpoint and the chat template the run renders (and saves) with."""
+def load_base(config: PostConfig):
+    """The base checkpoint and the chat template the run renders (and saves) with (any
+    post-training method's; one that reads data checks its seq_len against the model)."""
     if not config.model:
         raise LaminaError("no model: give MODEL (a model directory, GGUF file or packaged name)")
     ck = load_checkpoint(config.model)
@@ -283,7 +284,7 @@ def load_base(config: SFTConfig):
         raise LaminaError(f"{config.model}: has no chat template; choose one with chat_format=chatml (or llama3, "
                           "llama2, smollm2)")
     ck.tokenizer.chat_template = template          # the saved model carries what it was trained with
-    if config.seq_len > ck.config.max_seq_len:
+    if isinstance(config, DataConfig) and config.seq_len > ck.config.max_seq_len:
         raise InvalidField("seq_len", config.seq_len, f"the model takes at most {ck.config.max_seq_len} tokens")
     return ck, template
 
