@@ -8,6 +8,12 @@
   generate exactly as many tokens as each constrained reply had (`min_tokens`, `max_tokens`), so
   both ways do the same work; completion tokens/s (the issue's target: under 15% overhead at
   concurrency 8).
+- **LoRA adapters per request against the base model**: `--lora-clients` greedy chat requests at
+  once, half to each of two rank-16 adapters on every projection (`--lora`, made here with
+  lamina's `apply_lora` and saved in PEFT's format), so rows of both adapters share each decode
+  step, against the same requests to the base model; every reply is exactly `--lora-tokens`
+  tokens (`min_tokens`), completion tokens/s. The physical limit is the adapters' extra
+  arithmetic: r (in + out) per token and projection beside the base's in x out, printed beside.
 
     .venv/bin/python -m bench.serve_api [--prompts 2] [--prompt-tokens 256] [--max-tokens 64] [--runs 3]
 
@@ -60,6 +66,45 @@ async def round_(url: str, texts: list[str], together: bool, max_tokens: int, se
     return sum(a.usage.completion_tokens for a in answers), wall
 
 
+async def lora_round(url: str, models: list[str], tokens: int) -> tuple[int, float]:
+    """(completion tokens, wall seconds) of one greedy chat request per entry of `models`, at once,
+    each exactly `tokens` long."""
+    import openai
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+    start = time.perf_counter()
+    answers = await asyncio.gather(*(client.chat.completions.create(
+        model=m, max_tokens=tokens, temperature=0, extra_body={"min_tokens": tokens},
+        messages=[{"role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]}."}])
+        for i, m in enumerate(models)))
+    wall = time.perf_counter() - start
+    await client.close()
+    return sum(a.usage.completion_tokens for a in answers), wall
+
+
+def make_adapters(root: Path, rank: int) -> tuple[list[str], float]:
+    """Two PEFT adapter folders on MODEL (every projection, rank `rank`, B drawn at random so the
+    update is not zero), as `--lora` flags; and the fraction of extra multiply-adds per token."""
+    import torch
+
+    from lamina.model import from_state_dict
+    from lamina.post.lora import LoRAConfig, adapter_parameters, apply_lora, lora_modules, save_adapter
+    ck = load_checkpoint(MODEL)
+    flags = []
+    for i, name in enumerate(["lora-a", "lora-b"]):
+        model = from_state_dict(ck.config, ck.weights)
+        apply_lora(model, LoRAConfig(r=rank, alpha=2 * rank, seed=i))
+        with torch.no_grad():
+            for b in adapter_parameters(model)[1::2]:
+                b.normal_(0, 0.01)
+        save_adapter(model, root / name, base_ref=MODEL)
+        flags += ["--lora", f"{name}={root / name}"]
+    # per token: every projection (all adapted) and the output head; attention's own is small here
+    layers = lora_modules(model).values()
+    base = sum(m.weight.numel() for m in layers) + ck.config.vocab_size * ck.config.dim
+    extra = sum(m.lora_A.numel() + m.lora_B.numel() for m in layers)
+    return flags, extra / base
+
+
 async def json_round(url: str, lengths: list[int], constrained: bool) -> tuple[list[int], float]:
     """(completion tokens of each, wall seconds) of len(lengths) greedy chat requests at once: held
     to SCHEMA with at most lengths[i] tokens, or unconstrained with exactly lengths[i] tokens
@@ -90,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json-clients", type=int, default=8, help="concurrent chat requests in the JSON comparison")
     p.add_argument("--json-max-tokens", type=int, default=96)
+    p.add_argument("--lora-clients", type=int, default=8, help="concurrent chat requests in the LoRA comparison")
+    p.add_argument("--lora-tokens", type=int, default=64)
+    p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     if args.prompts * N > 8:
@@ -100,11 +148,15 @@ def main(argv: list[str] | None = None) -> None:
              "--threads", str(args.threads), "--max-concurrency", "8", "--max-len", "512",
              "--served-model-name", MODEL]
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server("lamina", argv_, port, MODEL, Path(tmp) / "lamina.log")
+        lora_flags, lora_work = make_adapters(Path(tmp), args.lora_rank)
+        server = Server("lamina", argv_ + lora_flags, port, MODEL, Path(tmp) / "lamina.log")
         try:
             server.wait("/health", timeout=600)
             rates = {"n=4": [], "4 requests": []}
             json_rates = {"json_schema": [], "unconstrained": []}
+            lora_ways = {"2 adapters mixed": ["lora-a", "lora-b"] * (args.lora_clients // 2),
+                         "base model": [MODEL] * (args.lora_clients // 2 * 2)}
+            lora_rates = {name: [] for name in lora_ways}
             # the constrained replies' own lengths (greedy: the same every round) set the work
             lengths, _ = asyncio.run(json_round(server.url, [args.json_max_tokens] * args.json_clients, True))
             for run in range(args.runs + 1):
@@ -116,6 +168,10 @@ def main(argv: list[str] | None = None) -> None:
                     tokens, wall = asyncio.run(json_round(server.url, lengths, name == "json_schema"))
                     if run:
                         json_rates[name].append(sum(tokens) / wall)
+                for name, models in lora_ways.items():
+                    tokens, wall = asyncio.run(lora_round(server.url, models, args.lora_tokens))
+                    if run:
+                        lora_rates[name].append(tokens / wall)
         finally:
             server.stop()
     base = statistics.median(rates["4 requests"])
@@ -125,8 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     rows += [{"system": "lamina", "way": name, "metric": "completion tokens/s", "median": statistics.median(v),
               "runs": v, "ratio": statistics.median(v) / base, "against": "unconstrained",
               "concurrency": args.json_clients} for name, v in json_rates.items()]
+    base = statistics.median(lora_rates["base model"])
+    rows += [{"system": "lamina", "way": name, "metric": "completion tokens/s", "median": statistics.median(v),
+              "runs": v, "ratio": statistics.median(v) / base, "against": "base model",
+              "concurrency": len(lora_ways[name]), "lora_rank": args.lora_rank,
+              "limit_ratio": 1 / (1 + lora_work)} for name, v in lora_rates.items()]
     for r in rows:
-        print(f"{r['way']:<14} {r['median']:8.1f} completion tokens/s  {r['ratio']:.2f}x {r['against']}")
+        print(f"{r['way']:<16} {r['median']:8.1f} completion tokens/s  {r['ratio']:.2f}x {r['against']}"
+              + (f" (arithmetic limit {r['limit_ratio']:.2f}x)" if "limit_ratio" in r else ""))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"benchmark": "serve_api", "model": MODEL, "machine": machine(args.threads),
                                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -394,11 +394,17 @@ def cmd_serve(args) -> None:
             raise LaminaError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     config = serve_config(args)
+    from .serve.adapters import parse_lora_flags
+    lora = parse_lora_flags(args.lora or [])
+    if lora and config.engine.compile:
+        raise LaminaError("--lora serves adapters eagerly; leave out --compile")
+    if config.model_name in lora:
+        raise LaminaError(f"--lora: {config.model_name!r} is the base model's served name; name the adapter otherwise")
     if config.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         print(f"lamina: warning: serving on {config.host} without an API key: anyone who can reach "
               "this port can use the model (set --api-key or LAMINA_API_KEY)", file=sys.stderr)
     sock = listen(config.host, config.port)   # a port in use fails before the model loads
-    run(load(args.model, **_given(dtype=args.dtype)), config, sock)
+    run(load(args.model, **_given(dtype=args.dtype), lora=lora), config, sock)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -645,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--drain-timeout", serve, "drain_timeout_s", type=float)
     _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
     _flag(p, "--compile", engine, "compile", action="store_true")
+    p.add_argument("--lora", action="append", metavar="NAME=DIR", default=None,
+                   help="serve a LoRA adapter (a PEFT folder) on the model as NAME, the `model` a request "
+                        "sends to use it; repeat for several: requests for different ones share a batch")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.set_defaults(func=cmd_serve)
     return parser

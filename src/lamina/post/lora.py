@@ -19,7 +19,8 @@ On disk an adapter is a folder of `adapter_config.json` (`peft_type` LORA, `r`, 
 `target_modules` by Hugging Face name, ...) and `adapter_model.safetensors` with PEFT's names
 (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`). lamina keeps wq/wk in
 Hugging Face's RoPE row order (two halves, not Meta's interleaving; `checkpoint.layout`), so B's
-rows are saved as they are. `lamina lora merge BASE ADAPTER OUT` writes the merged model."""
+rows are saved as they are (the folder's reader is `lamina.checkpoint.peft`, which the server
+uses too). `lamina lora merge BASE ADAPTER OUT` writes the merged model."""
 
 from __future__ import annotations
 
@@ -32,12 +33,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, write_hf
-from ..checkpoint.layout import from_lamina, to_lamina
+from ..checkpoint.peft import (CONFIG_FILE, PEFT_PREFIX, PROJECTIONS, WEIGHTS_FILE, PeftAdapter, hf_module, hf_target,
+                               read_peft, read_peft_config)
 from ..errors import LaminaError
 from ..fields import InvalidField, check_fields
 from ..files import atomic_directory
@@ -45,13 +46,6 @@ from ..model import from_state_dict, weights
 from ..model.llama import Linear, linear
 from ..version import __version__
 
-PROJECTIONS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
-CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."     # PeftModel -> LoraModel -> the transformers model
-# adapter_config.json keys naming PEFT features lamina does not implement; each must be unset
-UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
-               "fan_in_fan_out", "layer_replication", "target_parameters", "trainable_token_indices",
-               "alora_invocation_tokens", "use_qalora", "use_bdlora")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,18 +187,7 @@ def lora_config(model: nn.Module) -> LoRAConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# PEFT's files
-
-
-def hf_module(name: str) -> str:
-    """lamina module name -> Hugging Face's: layers.0.attention.wq -> model.layers.0.self_attn.q_proj"""
-    return from_lamina(f"{name}.weight", "hf").removesuffix(".weight")
-
-
-def hf_target(target: str) -> str:
-    """A projection's name in PEFT's target_modules: wq -> q_proj, w1 -> gate_proj."""
-    block = "feed_forward" if target in ("w1", "w2", "w3") else "attention"
-    return hf_module(f"layers.0.{block}.{target}").rpartition(".")[2]
+# PEFT's files (read by lamina.checkpoint.peft, which the server uses too)
 
 
 def peft_config(config: LoRAConfig, base_ref: str) -> dict:
@@ -237,91 +220,25 @@ def save_adapter(model: nn.Module, path: str | Path, base_ref: str) -> Path:
 def read_adapter(path: str | Path) -> tuple[LoRAConfig, dict[str, tuple[Tensor, Tensor]], dict]:
     """(the config, lamina module name -> (A, B), the raw adapter_config.json) of a PEFT LoRA
     folder; anything lamina cannot apply exactly is refused in one line."""
-    path = Path(path)
-    raw = _read_peft_config(path)
-    where = path / CONFIG_FILE
-    for key in UNSUPPORTED:
-        if raw.get(key) not in (None, False, {}, [], "none"):
-            raise LaminaError(f"{where}: {key} = {json.dumps(raw[key])[:60]} is not supported "
-                              "(lamina applies plain LoRA)")
-    if raw.get("bias", "none") != "none":
-        raise LaminaError(f"{where}: bias = {json.dumps(raw['bias'])[:40]} is not supported (only \"none\")")
-    pairs = _read_pairs(path / WEIGHTS_FILE)
-    try:
-        config = LoRAConfig(r=raw["r"], alpha=float(raw["lora_alpha"]), dropout=float(raw.get("lora_dropout", 0.0)),
-                            rslora=bool(raw.get("use_rslora", False)),
-                            targets=tuple(t for t in PROJECTIONS if any(n.endswith(f".{t}") for n in pairs)))
-    except KeyError as e:
-        raise LaminaError(f"{where}: missing field {e.args[0]}") from None
-    except (TypeError, ValueError, LaminaError) as e:
-        raise LaminaError(f"{where}: {e}") from None
-    for name, (a, b) in pairs.items():
-        if a.shape[0] != config.r or b.shape[1] != config.r:
-            raise LaminaError(f"{path / WEIGHTS_FILE}: the adapter of {hf_module(name)} has rank "
-                              f"{a.shape[0]}x{b.shape[1]}, adapter_config.json says r = {config.r}")
-    return config, pairs, raw
+    found = read_peft(path)
+    return _config_of(found), found.pairs, found.raw
 
 
-def _read_peft_config(path: Path) -> dict:
-    where = path / CONFIG_FILE
-    if not where.is_file():
-        raise LaminaError(f"{path}: no {CONFIG_FILE}; not a PEFT adapter folder")
-    try:
-        raw = json.loads(where.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LaminaError(f"{where}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise LaminaError(f"{where}: expected a JSON object")
-    if raw.get("peft_type") != "LORA":
-        raise LaminaError(f"{where}: peft_type {str(raw.get('peft_type'))[:40]} is not LORA")
-    return raw
-
-
-def _read_pairs(file: Path) -> dict[str, tuple[Tensor, Tensor]]:
-    """lamina module name -> (A, B) in float32, from PEFT's tensor names."""
-    if not file.is_file():
-        raise LaminaError(f"{file}: file not found (adapters saved as .bin are not read; resave with safetensors)")
-    found: dict[str, dict[str, Tensor]] = {}
-    try:
-        with safe_open(file, "pt") as f:
-            for key in f.keys():
-                stem, _, which = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
-                ours = to_lamina(f"{stem}.weight", "hf") if which in ("A.weight", "B.weight") else None
-                module = ours.removesuffix(".weight") if ours else ""
-                if module.rpartition(".")[2] not in PROJECTIONS:
-                    raise LaminaError(f"{file}: tensor {key[:80]} is not an adapter of a projection "
-                                      f"lamina adapts ({', '.join(PROJECTIONS)})")
-                found.setdefault(module, {})[which[0]] = f.get_tensor(key).float()
-    except LaminaError:
-        raise
-    except Exception as e:     # safetensors' own errors: truncated, bad header, ...
-        raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
-    if not found:
-        raise LaminaError(f"{file}: holds no adapters")
-    for module, ab in found.items():
-        if set(ab) != {"A", "B"}:
-            raise LaminaError(f"{file}: {hf_module(module)} has lora_{'A' if 'B' in ab else 'B'} missing")
-    return {m: (ab["A"], ab["B"]) for m, ab in found.items()}
+def _config_of(found: PeftAdapter) -> LoRAConfig:
+    return LoRAConfig(r=found.r, alpha=found.alpha, dropout=found.dropout, rslora=found.rslora,
+                      targets=found.targets)
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> list[nn.Parameter]:
     """Put the adapters of a PEFT LoRA folder on a lamina Transformer that has none (on the
     modules the file names, which may be fewer than every layer's) and return their parameters,
     trainable, with the rest frozen, as `apply_lora` does."""
-    config, pairs, _ = read_adapter(path)
+    found = read_peft(path)
+    config, pairs = _config_of(found), found.pairs
     if lora_modules(model):
         raise LaminaError("the model already has LoRA adapters; merge them (merge_lora) before adding others")
     names = _projection_names(model, config.targets)
-    missing = sorted(set(pairs) - set(names))
-    if missing:
-        raise LaminaError(f"{path}: adapts {hf_module(missing[0])}, which this model does not have")
-    for name, (a, b) in pairs.items():     # all checked before the model changes
-        base = model.get_submodule(name)
-        want_a, want_b = (config.r, base.in_features), (base.out_features, config.r)
-        if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
-            raise LaminaError(f"{path}: the adapter of {hf_module(name)} has shapes {tuple(a.shape)} and "
-                              f"{tuple(b.shape)}; this model needs {want_a} and {want_b} "
-                              "(an adapter of another base model?)")
+    found.check_fits({n: tuple(model.get_submodule(n).weight.shape) for n in names})   # before the model changes
     params = _wrap(model, [n for n in names if n in pairs], config)
     modules = lora_modules(model)
     with torch.no_grad():
@@ -339,7 +256,7 @@ def merge_adapter(base_ref: str | Path, adapter: str | Path, out: str | Path,
     model = from_state_dict(base.config, base.weights)
     load_adapter(model, adapter)
     merge_lora(model)
-    raw = _read_peft_config(Path(adapter))
+    raw = read_peft_config(Path(adapter))
     made_by = {"command": "lamina lora merge", "base": str(base.path), "base_format": base.format,
                "adapter": str(adapter), "adapter_base_model": raw.get("base_model_name_or_path"),
                "lora": {k: raw.get(k) for k in ("r", "lora_alpha", "use_rslora", "target_modules")}}

@@ -36,7 +36,7 @@ from .batcher import Batcher, BatcherConfig
 from .completions import Completions, Limits
 from .llm import LLM
 from .metrics import Metrics, MetricsMiddleware
-from .protocol import (APIError, ChatBody, CompletionBody, DetokenizeBody, TokenizeBody, check_model, error_body,
+from .protocol import (APIError, ChatBody, CompletionBody, DetokenizeBody, TokenizeBody, error_body,
                        validation_message)
 
 log = logging.getLogger("lamina.serve")
@@ -194,14 +194,19 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
     """The app, over a new `Batcher` (app.state.batcher). With `engine_thread` the app warms the
     engine up and runs it on a thread of its own while it serves; without, the caller runs
     `batcher.run()` (as `run` does, on the main thread)."""
-    batcher = Batcher(llm.model, llm.tokenizer, config.engine)
+    if config.model_name in llm.adapters.names:
+        raise LaminaError(f"the served model name {config.model_name!r} is also an adapter's name; rename one")
+    batcher = Batcher(llm.model, llm.tokenizer, config.engine, llm.adapters)
     metrics = Metrics(batcher)
     max_len = batcher.max_len
     limits = Limits(max_len=max_len, max_prompt=min(config.max_prompt_tokens or max_len, max_len - 1),
                     max_tokens=min(config.max_tokens or max_len, max_len - 1),
                     default_max_tokens=config.default_max_tokens, timeout_s=config.request_timeout_s,
                     max_n=config.max_n, max_choices=config.max_choices)
-    completions = Completions(batcher, llm.tokenizer, metrics, config.model_name, limits)
+    # the request's `model` picks the base model or one of its LoRA adapters (`--lora NAME=DIR`)
+    models = {config.model_name: 0, **{name: llm.adapters.index(name) for name in llm.adapters.names}}
+    completions = Completions(batcher, llm.tokenizer, metrics, models, limits)
+    check_model = completions.check_model
     created = int(time.time())
 
     @asynccontextmanager
@@ -224,12 +229,12 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, http: Request):
-        check_model(body.model, config.model_name)
+        check_model(body.model)
         return await completions.respond(http, body, [completions.chat_prompt(body)], chat=True)
 
     @app.post("/v1/completions")
     async def text_completions(body: CompletionBody, http: Request):
-        check_model(body.model, config.model_name)
+        check_model(body.model)
         prompts, echoes = completions.completion_prompts(body)
         return await completions.respond(http, body, prompts, chat=False, echoes=echoes)
 
@@ -237,28 +242,30 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
 
     @app.post(ANTHROPIC_PATH)
     async def anthropic_messages(body: anthropic.MessagesBody, http: Request):
-        check_model(body.model, config.model_name)
+        check_model(body.model)
         return await messages.respond(http, body)
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [model_card()]}
+    async def list_models():
+        return {"object": "list", "data": [model_card(name) for name in models]}
 
-    @app.get("/v1/models/{name}")
+    @app.get("/v1/models/{name:path}")
     async def model(name: str):
-        check_model(name, config.model_name)
-        return model_card()
+        check_model(name)
+        return model_card(name)
 
-    def model_card() -> dict:
-        return {"id": config.model_name, "object": "model", "created": created, "owned_by": "lamina",
-                "max_model_len": max_len}
+    def model_card(name: str) -> dict:
+        """The base model, or an adapter with its base as `parent` (as vLLM lists them; the
+        adapter's folder stays the server's own business)."""
+        return {"id": name, "object": "model", "created": created, "owned_by": "lamina", "max_model_len": max_len,
+                "parent": config.model_name if models[name] else None}
 
     # vLLM's tokenizer endpoints: lm-eval's `local-completions` tokenizes through them, so it needs
     # no copy of the tokenizer (and the ids it scores are the server's own)
     @app.post("/tokenize")
     async def tokenize(body: TokenizeBody):
         if body.model is not None:
-            check_model(body.model, config.model_name)
+            check_model(body.model)
         if body.messages is not None:
             tokens = completions.chat_prompt_of(body.messages)
         else:
@@ -269,7 +276,7 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeBody):
         if body.model is not None:
-            check_model(body.model, config.model_name)
+            check_model(body.model)
         vocab = llm.model.config.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):
             raise APIError(400, f"token ids must be in [0, {vocab})", param="tokens")

@@ -36,6 +36,7 @@ from ..errors import LaminaError
 from ..model import Transformer
 from ..model.kv_cache import SlotCache
 from ..tokenizer import Tokenizer
+from .adapters import Adapters
 from .engine import CACHE_BLOCK, compile_decode_step
 from .grammar import Constraint
 from .sampling import SamplingParams, TokenLogprob, logprobs_of, next_token
@@ -112,6 +113,7 @@ class Request:
     stop: tuple[str, ...] = ()
     deadline: float | None = None                          # time.monotonic() to give up at
     constraint: Constraint | None = None                   # a grammar the reply must follow (structured output)
+    adapter: int = 0                                       # the LoRA adapter computing it (0: the base model)
     on_output: Callable[[Output], None] = lambda out: None  # called on the engine's thread
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: bool = False
@@ -145,6 +147,11 @@ def prefill_groups(rows: list[Request], budget: int = PREFILL_TOKENS) -> list[li
     return groups
 
 
+def _key(r: Request) -> tuple[int, tuple[int, ...]]:
+    """What decides a prompt's cache: its adapter and its tokens."""
+    return r.adapter, tuple(r.prompt)
+
+
 def bucket(n: int, slots: int, compiled: bool) -> int:
     """Rows of the decode batch for n running requests. Compiled, every shape costs a compilation
     (tens of seconds on 2 cores), so there are two: one row, whose matmuls become multi-core GEMV
@@ -157,8 +164,12 @@ class Batcher:
     """The continuous-batching engine: `submit` requests from any thread, `start` a thread that
     runs `step` while there is work (or call `step` yourself), `cancel` a request whose client left."""
 
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: BatcherConfig = BatcherConfig()):
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, config: BatcherConfig = BatcherConfig(),
+                 adapters: Adapters | None = None):
         self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        self.adapters = adapters or Adapters(model, {})
+        if config.compile and len(self.adapters):
+            raise LaminaError("LoRA adapters served per request run eagerly; leave out --compile")
         dtype, device = model.tok_embeddings.weight.dtype, model.tok_embeddings.weight.device
         per_token = SlotCache.bytes_per_token(model.config, dtype)
         self.max_len = slot_length(config, model.config.max_seq_len, per_token)
@@ -185,6 +196,8 @@ class Batcher:
             raise Draining("the server is shutting down and takes no new requests; try another replica")
         if not request.prompt:
             raise LaminaError("the prompt is empty")
+        if not 0 <= request.adapter <= len(self.adapters):
+            raise LaminaError(f"no LoRA adapter {request.adapter} (this engine has {len(self.adapters)})")
         if len(request.prompt) >= self.max_len:
             raise LaminaError(f"the prompt has {len(request.prompt)} tokens; at most "
                               f"{self.max_len - 1} fit (server max length {self.max_len})")
@@ -331,15 +344,15 @@ class Batcher:
     def _prefill(self, rows: list[Request]) -> Tensor:
         """Write the prompts of requests in consecutive slots into the cache, left-padded into one
         batch; logits (k, V) of each prompt's last token, in the order of `rows`. Requests asking
-        the same prompt (the `n` choices of one API request) share one prefill: the first one's
-        slot is computed, the others copy it."""
+        the same prompt of the same adapter (the `n` choices of one API request) share one
+        prefill: the first one's slot is computed, the others copy it."""
         start, k = rows[0].slot, len(rows)
-        first: dict[tuple[int, ...], Request] = {}
+        first: dict[tuple[int, tuple[int, ...]], Request] = {}
         for r in rows:
-            first.setdefault(tuple(r.prompt), r)
+            first.setdefault(_key(r), r)
         computed = list(first.values())
         # the computed requests take the first slots of the group, the copies the rest
-        for i, r in enumerate(computed + [r for r in rows if first[tuple(r.prompt)] is not r]):
+        for i, r in enumerate(computed + [r for r in rows if first[_key(r)] is not r]):
             r.slot = start + i
             self.running[r.slot] = r
         u, T = len(computed), max(len(r.prompt) for r in computed)
@@ -355,22 +368,23 @@ class Batcher:
         key = torch.arange(T, device=dev)
         mask = (key[None, None] <= at[..., None]) | ((at[..., None] < 0) & (key == 0))  # (u, T, T)
         self.stats["prompt_tokens"] += sum(len(r.prompt) for r in computed)
-        hidden = self.model.body(tokens, at.clamp(min=0), self.cache.rows(start, u), slots,
-                                 mask[:, None])                                     # (u, T, dim)
+        with self.adapters.select([r.adapter for r in computed]):
+            hidden = self.model.body(tokens, at.clamp(min=0), self.cache.rows(start, u), slots,
+                                     mask[:, None])                                 # (u, T, dim)
         logits = self.model.logits(hidden[:, -1])                                    # (u, V)
         for i, r in enumerate(computed):
             if r.params.prompt_logprobs is not None:
                 r.prompt_logprobs = self._prompt_logprobs(hidden[i, T - len(r.prompt):], r)
         index = {id(r): i for i, r in enumerate(computed)}
         for r in rows:
-            src = first[tuple(r.prompt)]
+            src = first[_key(r)]
             if src is not r:
                 self.cache.move(src.slot, r.slot, len(r.prompt))
                 if r.params.prompt_logprobs is not None:
                     r.prompt_logprobs = src.prompt_logprobs if src.params.prompt_logprobs == \
                         r.params.prompt_logprobs else self._prompt_logprobs(hidden[index[id(src)],
                                                                                    T - len(r.prompt):], r)
-        return logits[[index[id(first[tuple(r.prompt)])] for r in rows]]           # (k, V)
+        return logits[[index[id(first[_key(r)])] for r in rows]]                   # (k, V)
 
     def _prompt_logprobs(self, hidden: Tensor, r: Request) -> list[TokenLogprob]:
         """Each prompt token's log-probability given the ones before it (None for the first) and
@@ -405,11 +419,13 @@ class Batcher:
 
     def _decode_step(self, rows: list[Request]) -> Tensor:
         """Logits (n, V) of the next token of every running request, one batched forward."""
-        return self._decode_batch([r.tokens[-1] for r in rows], [r.length - 1 for r in rows])
+        with self.adapters.select([r.adapter for r in rows]):
+            return self._decode_batch([r.tokens[-1] for r in rows], [r.length - 1 for r in rows])
 
     def _decode_batch(self, last: list[int], at: list[int]) -> Tensor:
         """Logits (n, V) for tokens `last` at positions `at` of slots 0..n-1, padded to the
-        decode batch (padding rows write position 0 of free slots and attend to it alone)."""
+        decode batch (padding rows write position 0 of free slots and attend to it alone; only
+        compiled, and so never with adapters, which select rows 0..n-1)."""
         n = len(last)
         B = bucket(n, self.config.max_slots, self.config.compile)
         dev = self.cache.k[0].device

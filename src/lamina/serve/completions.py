@@ -21,7 +21,7 @@ from .batcher import Request as EngineRequest
 from . import tools
 from .grammar import Constraint, GrammarError, check_grammar, json_schema_grammar
 from .metrics import Metrics
-from .protocol import APIError, ChatBody, CompletionBody, Message, Reply, SamplingBody, usage
+from .protocol import APIError, ChatBody, CompletionBody, Message, Reply, SamplingBody, model_index, usage
 from .sampling import SEED_RANGE, TokenLogprob
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -95,10 +95,14 @@ def choice_seed(seed: int | None, i: int) -> int | None:
 
 
 class Completions:
-    def __init__(self, batcher: Batcher, tokenizer: Tokenizer, metrics: Metrics, model_name: str,
+    def __init__(self, batcher: Batcher, tokenizer: Tokenizer, metrics: Metrics, models: dict[str, int],
                  limits: Limits):
+        """`models`: the names clients may send as `model`, each with its adapter (0: the base)."""
         self.batcher, self.tok, self.metrics = batcher, tokenizer, metrics
-        self.model_name, self.limits = model_name, limits
+        self.models, self.limits = models, limits
+
+    def check_model(self, name: str) -> int:
+        return model_index(name, self.models)
 
     # -- prompts ----------------------------------------------------------------------------
     def chat_prompt(self, body: ChatBody) -> list[int]:
@@ -151,6 +155,7 @@ class Completions:
         if body.limit == 0 and not getattr(body, "echo", False):
             raise APIError(400, "max_tokens must be at least 1 (0 only with echo: the prompt alone)",
                            param="max_tokens")
+        adapter = self.check_model(body.model)
         grammar = None
         mode = body.tool_mode if isinstance(body, ChatBody) else None
         if mode not in (None, "auto"):
@@ -191,7 +196,8 @@ class Completions:
                     params = body.sampling(want, self.tok.stop_ids, choice_seed(body.seed, j))
                     request = EngineRequest(p, params, stop=body.stop, deadline=time.monotonic() + lim.timeout_s,
                                             on_output=lambda out, index=index: bridge.put(index, out),
-                                            constraint=grammar and Constraint(grammar, self.tok))
+                                            constraint=grammar and Constraint(grammar, self.tok),
+                                            adapter=adapter)
                     # chat hides the end-of-turn token, as OpenAI does; the completions API reports
                     # it, as vLLM does (lm-eval's echo scoring counts on one generated entry)
                     choices.append(Choice(index, request, echo, body.token_logprobs is not None,
@@ -228,7 +234,7 @@ class Completions:
                       echoes: list[str] | None = None):
         start = time.monotonic()
         choices, bridge = self.admit(body, prompts, echoes or [""] * len(prompts), "messages" if chat else "prompt")
-        reply = Reply(self.model_name, chat, self.tok)
+        reply = Reply(body.model, chat, self.tok)
         prompt_tokens = sum(map(len, prompts))
         if body.stream:
             usage_too = bool(body.stream_options and body.stream_options.include_usage)

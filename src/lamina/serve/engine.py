@@ -13,6 +13,7 @@ import torch
 
 from ..errors import LaminaError
 from ..model import KVCache, Transformer
+from .adapters import Adapters
 from .sampling import SamplingParams, next_token
 
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
@@ -33,9 +34,12 @@ def compile_decode_step(model: Transformer):
 
 
 class Engine:
-    def __init__(self, model: Transformer, *, compile: bool = False):
+    def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None):
         self.model = model.eval()
         self.config = model.config
+        self.adapters = adapters or Adapters(model, {})
+        if compile and len(self.adapters):
+            raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
         self.compiled = compile
         self._decode = compile_decode_step(model) if compile else model
 
@@ -48,12 +52,17 @@ class Engine:
         return self.model.tok_embeddings.weight.device
 
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], params: SamplingParams, *,
-                 include_stop: bool = False) -> Iterator[list[int | None]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams, *, include_stop: bool = False,
+                 adapters: list[int] | None = None) -> Iterator[list[int | None]]:
         """Yield, for every step, the new token of each row (None once a row has stopped; with
-        `include_stop` the stop token itself comes first, as a trainer scoring it needs)."""
+        `include_stop` the stop token itself comes first, as a trainer scoring it needs).
+        `adapters` gives each row's LoRA adapter (`Adapters.index`; 0 or None: the base model)."""
         if not prompts or any(not p for p in prompts):
             raise LaminaError("every prompt needs at least one token")
+        rows = list(adapters) if adapters is not None else [0] * len(prompts)
+        if len(rows) != len(prompts) or any(not 0 <= r <= len(self.adapters) for r in rows):
+            raise LaminaError(f"adapters: one index in [0, {len(self.adapters)}] for each of the "
+                              f"{len(prompts)} prompts")
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise LaminaError("log-probabilities come from the server's batcher (`lamina serve`) or the "
                               "eval scorer, not from Engine.generate")
@@ -69,10 +78,10 @@ class Engine:
         # request needs, and a step attends over the slots written so far.
         S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context) if self.compiled else P + n_new
         dev = self.device
-        # Rows asking the same prompt (GRPO samples a group of completions per prompt) share one
-        # prefill: the first row of each distinct prompt runs it, the cache then copies its rows.
-        numbered: dict[tuple[int, ...], int] = {}
-        source = [numbered.setdefault(tuple(p), len(numbered)) for p in prompts]     # each row's distinct prompt
+        # Rows asking the same prompt of the same adapter (GRPO samples a group of completions per
+        # prompt) share one prefill: the first such row runs it, the cache then copies its rows.
+        numbered: dict[tuple[int, tuple[int, ...]], int] = {}
+        source = [numbered.setdefault((r, tuple(p)), len(numbered)) for r, p in zip(rows, prompts)]
         distinct: list[int] = []                                                    # the first row asking each
         for b, u in enumerate(source):
             if u == len(distinct):
@@ -91,7 +100,8 @@ class Engine:
         causal = slot[None, :P] <= query                                                # (P, P)
         mask = (causal & valid[:, None, :P]) | (slot[None, :P] == query)               # (B, P, P)
         once = torch.tensor(distinct, device=dev)
-        hidden = self.model.body(tokens[once], positions[once], cache, slot[:P], mask[once, None])   # (U, P, dim)
+        with self.adapters.select([rows[b] for b in distinct]):
+            hidden = self.model.body(tokens[once], positions[once], cache, slot[:P], mask[once, None])   # (U, P, dim)
         logits = self.model.logits(hidden[:, -1])                                       # (U, V)
         if len(distinct) < B:
             copy = torch.tensor(source, device=dev)
@@ -130,5 +140,6 @@ class Engine:
             valid[:, at] = True
             position = position + 1
             seen_slots = S if self.compiled else at + 1
-            logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
-                                  valid[:, None, None, :seen_slots])[:, -1]
+            with self.adapters.select(rows):
+                logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
+                                      valid[:, None, None, :seen_slots])[:, -1]

@@ -15,15 +15,27 @@ from ..dtypes import parse_dtype
 from ..errors import LaminaError
 from ..model import Transformer, from_state_dict
 from ..tokenizer import Tokenizer, render_chat
+from .adapters import Adapters
 from .engine import Engine
 from .sampling import SamplingParams
 from .text import TextStream
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,
-                 checkpoint: Checkpoint | None = None):
+                 checkpoint: Checkpoint | None = None, lora: dict[str, str | Path] | None = None):
+        """`lora`: LoRA adapter folders (PEFT format) by name, put on the model side by side and
+        chosen per call (`adapter=NAME`) or per request by `lamina serve`."""
         self.model, self.tokenizer, self.checkpoint = model, tokenizer, checkpoint
-        self.engine = Engine(model, compile=compile)
+        self.adapters = Adapters(model, lora or {})
+        self.engine = Engine(model, compile=compile, adapters=self.adapters)
+
+    def _rows(self, adapter: str | None, n: int) -> list[int]:
+        if adapter is None:
+            return [0] * n
+        if adapter not in self.adapters.names:
+            known = ", ".join(self.adapters.names) or "none loaded"
+            raise LaminaError(f"no LoRA adapter named {adapter!r} (adapters: {known})")
+        return [self.adapters.index(adapter)] * n
 
     def _params(self, stop_token_ids=None, **kw) -> SamplingParams:
         stops = self.tokenizer.stop_ids if stop_token_ids is None else tuple(stop_token_ids)
@@ -38,24 +50,28 @@ class LLM:
             return render_chat(self.tokenizer, messages)
         return self.tokenizer.encode(prompt)
 
-    def generate(self, prompt: str | list[str], *, chat: bool = False, **kw) -> str | list[str]:
-        """Text continuing `prompt` (or each of a list of prompts, generated as one batch).
-        Keywords: max_new_tokens, temperature (0 = greedy), top_k, top_p, repetition_penalty,
-        presence_penalty, frequency_penalty, logit_bias, min_tokens, seed, stop_token_ids."""
+    def generate(self, prompt: str | list[str], *, chat: bool = False, adapter: str | None = None,
+                 **kw) -> str | list[str]:
+        """Text continuing `prompt` (or each of a list of prompts, generated as one batch), by the
+        base model or by the LoRA adapter named `adapter`. Keywords: max_new_tokens, temperature
+        (0 = greedy), top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
+        logit_bias, min_tokens, seed, stop_token_ids."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         ids = [self.encode_prompt(p, chat) for p in prompts]
         outs: list[list[int]] = [[] for _ in prompts]
-        for step in self.engine.generate(ids, self._params(**kw)):
+        for step in self.engine.generate(ids, self._params(**kw), adapters=self._rows(adapter, len(ids))):
             for row, token in zip(outs, step):
                 if token is not None:
                     row.append(token)
         texts = [self.tokenizer.decode(o) for o in outs]
         return texts[0] if isinstance(prompt, str) else texts
 
-    def stream(self, prompt: str | list[dict], *, chat: bool = False, **kw) -> Iterator[str]:
+    def stream(self, prompt: str | list[dict], *, chat: bool = False, adapter: str | None = None,
+               **kw) -> Iterator[str]:
         """Yield pieces of text as they are generated."""
         text = TextStream(self.tokenizer)
-        for (token,) in self.engine.generate([self.encode_prompt(prompt, chat)], self._params(**kw)):
+        for (token,) in self.engine.generate([self.encode_prompt(prompt, chat)], self._params(**kw),
+                                             adapters=self._rows(adapter, 1)):
             if token is None:
                 break
             piece = text.push(token)
@@ -89,8 +105,10 @@ def move_to_huge_pages(model: nn.Module) -> None:
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
-         compile: bool = False, tokenizer: str | Path | None = None) -> LLM:
-    """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name."""
+         compile: bool = False, tokenizer: str | Path | None = None,
+         lora: dict[str, str | Path] | None = None) -> LLM:
+    """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name;
+    with `lora`, LoRA adapter folders (PEFT format) by name, served side by side on it."""
     ck = load_checkpoint(model)
     tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
     if tok is None:
@@ -106,4 +124,4 @@ def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str
         move_to_huge_pages(net)
         for k in shared:   # the checkpoint keeps the model's tensors, not the copies left behind
             ck.weights[k] = params[k].detach()
-    return LLM(net, tok, compile=compile, checkpoint=ck)
+    return LLM(net, tok, compile=compile, checkpoint=ck, lora=lora)

@@ -402,7 +402,10 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def check_model(name: str, served: str) -> None:
-    if name != served:
-        raise APIError(404, f"the model {name!r} does not exist; this server serves {served!r}",
-                       param="model", code="model_not_found")
+def model_index(name: str, models: dict[str, int]) -> int:
+    """The adapter serving the model a request names (0: the base model); OpenAI's 404 naming
+    `model` for one this server does not serve."""
+    if name not in models:
+        raise APIError(404, f"the model {name[:100]!r} does not exist; this server serves "
+                       f"{', '.join(map(repr, models))}", param="model", code="model_not_found")
+    return models[name]
