@@ -290,6 +290,28 @@ def cmd_lora_merge(args) -> None:
     print(f"wrote {out} (hf, adapter merged)")
 
 
+def cmd_release(args) -> None:
+    from .report import release
+    if args.target == "keygen":
+        if not args.out:
+            raise LaminaError("lamina release keygen: give --out KEY (the private key; KEY.pub beside it)")
+        private, public = release.keygen(args.out)
+        print(f"wrote {private} (private: keep it secret, mode 600) and {public} (public: publish it)")
+        return
+    if not args.key:
+        raise LaminaError("lamina release MODEL_DIR: give --key KEY (make one with `lamina release keygen --out KEY`)")
+    manifest = release.release(args.target, args.key, progress=True)
+    print(f"released {args.target}: {len(manifest['files'])} files in {release.MANIFEST}, signed in "
+          f"{release.SIGNATURE} by {manifest['fingerprint']}")
+
+
+def cmd_verify(args) -> None:
+    from .report import release
+    manifest = release.verify(args.model_dir, args.pubkey, progress=True)
+    print(f"verified {args.model_dir}: {len(manifest['files'])} files as released on {manifest['created']} "
+          f"by {manifest['fingerprint']} (lamina {manifest['lamina_version']})")
+
+
 def cmd_sft(args) -> None:
     from .post.sft import sft, sft_config
     from .train.loop import default_threads
@@ -525,6 +547,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out", help="model directory to create; must not exist")
     m.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the base's)")
     m.set_defaults(func=cmd_lora_merge)
+
+    p = sub.add_parser("release", help="sign a model directory (a manifest of every file's sha256), or make a key pair")
+    p.add_argument("target", metavar="MODEL_DIR|keygen",
+                   help="the model directory to release, or `keygen` to make an ed25519 key pair")
+    p.add_argument("--key", default=None, help="the private key to sign with (from `lamina release keygen`)")
+    p.add_argument("--out", default=None, help="keygen: the private key file to create (KEY.pub beside it)")
+    p.set_defaults(func=cmd_release)
+    p = sub.add_parser("verify", help="check a released model directory: its signature and every file")
+    p.add_argument("model_dir", help="a directory released with `lamina release`")
+    p.add_argument("--pubkey", required=True, help="the publisher's public key (KEY.pub)")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("sft", help="supervised fine-tuning on chat data, loss on the assistant's tokens (packed, resumable)")
     p.add_argument("model", help=model_help)
