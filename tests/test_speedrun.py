@@ -36,6 +36,11 @@ def test_speedrun_goes_from_nothing_to_a_chat_model_and_a_report(tmp_path):
         quiz = chat[when]
         assert quiz["questions"] == 6 and 0 <= quiz["ended_turn"] <= 1 and 0 <= quiz["accuracy"] <= 1
         assert f"| {quiz['ended_turn']:.0%} | {quiz['accuracy']:.0%} |" in report
+    # the memorization audit: the corpus's canaries at 1, 4, 16 and 64 repetitions, and extraction
+    memorized = record["memorization"]
+    assert list(memorized["exposure"]["mean_exposure_by_repetitions"]) == ["1", "4", "16", "64"]
+    assert memorized["extraction"]["by_split"]["validation"]["sampled"] > 0
+    assert "## What the model memorized" in report and "| 64 |" in report
     assert "## Chat model" in report and "held-out" in report
     assert chat["identity"]["question"] == "Who are you?" and f"assistant: {chat['identity']['reply']}" in report
     tuned = Path(chat["checkpoint"])

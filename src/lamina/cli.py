@@ -290,6 +290,22 @@ def cmd_lora_merge(args) -> None:
     print(f"wrote {out} (hf, adapter merged)")
 
 
+def cmd_audit(args) -> None:
+    from .eval import load_model
+    from .eval.memorization import audit, render_audit
+    llm = load_model(args.model, **_given(dtype=args.dtype))
+    result = audit(llm.model, llm.tokenizer, args.data, progress=not args.quiet,
+                   **_given(k=args.k, m=args.m, per_group=args.per_group, candidates=args.candidates, seed=args.seed))
+    result["model"] = args.model
+    if args.out:
+        from .files import write_json
+        write_json(args.out, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        render_audit(result, llm.tokenizer)
+
+
 def cmd_release(args) -> None:
     from .report import release
     if args.target == "keygen":
@@ -547,6 +563,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("out", help="model directory to create; must not exist")
     m.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the base's)")
     m.set_defaults(func=cmd_lora_merge)
+
+    p = sub.add_parser("audit", help="what a model memorized of its corpus: canary exposure and extractable documents")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--data", required=True, help="the corpus the model was trained on (built by `lamina data build`)")
+    audit_fn = "eval.memorization.audit"
+    _flag(p, "--k", audit_fn, "k", type=int, help="prefix tokens given to the model")
+    _flag(p, "--m", audit_fn, "m", type=int, help="tokens that must follow exactly")
+    _flag(p, "--per-group", audit_fn, "per_group", type=int, help="training documents sampled per copy count")
+    _flag(p, "--candidates", audit_fn, "candidates", type=int, help="random secrets each canary is ranked against")
+    _flag(p, "--seed", audit_fn, "seed", type=int)
+    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("release", help="sign a model directory (a manifest of every file's sha256), or make a key pair")
     p.add_argument("target", metavar="MODEL_DIR|keygen",

@@ -151,8 +151,8 @@ def choices(cls: type) -> dict[str, tuple]:
 def comments(cls: type) -> dict[str, str]:
     """{field: the comment at the end of its line} in the class's source, or in the source of
     the nearest base class that has one (a subclass may restate a field with its own default)."""
-    found = {}
-    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+    found = {}     # a function (a flag may mirror a keyword) has none
+    for klass in reversed([k for k in getattr(cls, "__mro__", ()) if dataclasses.is_dataclass(k)]):
         for line in inspect.getsource(klass).splitlines():
             m = re.match(r"    (\w+)\s*:[^#]*#\s*(.+)$", line)     # a field of the class body, not a method's
             if m:

@@ -1,10 +1,11 @@
 """`lamina speedrun`, the main job: from nothing to a model people can chat with, on the
 license-clean built-in corpus, in one command — data build (policy, cleaning, dedup, ledger) → a
 BPE tokenizer trained on the corpus's own training documents (Llama 3's special tokens and chat
-template) → pretraining → validation bits per byte and samples → supervised fine-tuning on clean
-synthetic chat data, with a quiz of held-out questions before and after → a short markdown
-report (loss curve, data consumed by license and source, compute, samples, what the chat model
-does)."""
+template) → pretraining → validation bits per byte and samples → what the model memorized (the
+canaries the corpus plants, and documents extractable from their first tokens) → supervised
+fine-tuning on clean synthetic chat data, with a quiz of held-out questions before and after →
+a short markdown report (loss curve, data consumed by license and source, compute, samples,
+memorization, what the chat model does)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from .data import build_corpus, data_recipe
 from .errors import LaminaError
+from .eval.memorization import audit
 from .fields import InvalidField, check_fields
 from .post.config import config_from_flags
 from .post.quiz import Quiz, answer_all, heldout_problems, quiz
@@ -27,6 +29,7 @@ from .train import RunResult, train, train_recipe
 DATA_RECIPE = "clean-small"
 CHAT_PREFIX = "sft."         # overrides of the chat stage: sft.max_steps=4
 IDENTITY_QUESTION = "Who are you?"      # one of the identity conversations it trains on
+AUDIT = {"k": 32, "m": 32, "per_group": 50, "candidates": 1000}   # the memorization audit's sizes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,22 +109,28 @@ def speedrun(config: SpeedrunConfig) -> Path:
     if stage.seq_len > context:
         raise InvalidField(f"{CHAT_PREFIX}seq_len", stage.seq_len, f"the pretrained model takes at most {context} tokens")
     started = time.perf_counter()
-    print(f"[1/4] data: building the {DATA_RECIPE} corpus with a {config.vocab_size}-token BPE trained on it")
+    print(f"[1/5] data: building the {DATA_RECIPE} corpus with a {config.vocab_size}-token BPE trained on it")
     corpus = data_recipe(DATA_RECIPE)
     build_config = dataclasses.replace(corpus.config, tokenizer=f"bpe:{config.vocab_size}")
     build = build_corpus(corpus.load_sources(), out=out / "data", policy=corpus.policy, config=build_config,
                          recipe=f"{DATA_RECIPE} (speedrun)", progress=config.progress)
     print(f"      {build.stats['tokens']:,} tokens from {build.stats['kept']} of {build.stats['documents']} documents")
     data_seconds = time.perf_counter() - started
-    print(f"[2/4] pretraining: {train_config.model}, {train_config.total_steps} steps of "
+    print(f"[2/5] pretraining: {train_config.model}, {train_config.total_steps} steps of "
           f"{train_config.batch_size} x {train_config.seq_len} tokens")
     result = train(train_config, progress=config.progress)
-    print(f"[3/4] chat: fine-tuning on {stage.examples} templated and the identity conversations, "
+    print(f"[3/5] memorization: {len(build.ledger.q('SELECT 1 FROM sources WHERE kind = ?', 'canary'))} canary "
+          f"sources, exposure against {AUDIT['candidates']} random secrets; extraction of {AUDIT['m']} tokens "
+          f"from {AUDIT['k']}")
+    pretrained = load(result.checkpoint)
+    memorized = audit(pretrained.model, pretrained.tokenizer, out / "data", progress=config.progress, **AUDIT)
+    del pretrained
+    print(f"[4/5] chat: fine-tuning on {stage.examples} templated and the identity conversations, "
           f"{stage.max_steps} steps of {stage.batch_size} x {stage.seq_len} tokens; {stage.questions} held-out "
           "questions before and after")
     chat = chat_model(out, result.checkpoint, stage, config.progress)
-    print("[4/4] report")
-    report = write_report(out, result, build.ledger, data_seconds, time.perf_counter() - started, chat)
+    print("[5/5] report")
+    report = write_report(out, result, build.ledger, data_seconds, time.perf_counter() - started, chat, memorized)
     build.ledger.close()
     return report
 
@@ -182,8 +191,41 @@ def chat_record(chat: ChatResult) -> dict:
             "identity": {"question": IDENTITY_QUESTION, "reply": chat.identity}, "seconds": chat.seconds}
 
 
+def memorization_section(audit: dict) -> list[str]:
+    """What the pretrained model memorized: each canary count's exposure, extraction rates."""
+    exposure, ex = audit["exposure"], audit["extraction"]
+    lines = ["## What the model memorized", ""]
+    if exposure is not None:
+        lines += [
+            f"The corpus planted {len(exposure['canaries'])} canaries (`{exposure['format']}`, secrets of "
+            f"{exposure['secret_space']:,}) at {', '.join(map(str, exposure['mean_exposure_by_repetitions']))} "
+            f"repetitions. Exposure ranks each true secret among {exposure['candidates']} random ones by the "
+            f"model's likelihood (at most {exposure['max_exposure']:.2f} bits); extrapolated, by a normal fit of "
+            "the candidates' scores, to the whole secret space (Carlini et al. 2019).",
+            "",
+            "| repetitions | mean exposure | extrapolated | ranks |",
+            "|---:|---:|---:|---|",
+            *[f"| {r} | {v:.2f} | {exposure['mean_exposure_extrapolated_by_repetitions'][r]:.2f} | "
+              f"{', '.join(str(c['rank']) for c in exposure['canaries'] if c['repetitions'] == r)} |"
+              for r, v in exposure["mean_exposure_by_repetitions"].items()],
+            "",
+        ]
+    lines += [
+        f"Extractable memorization (Carlini et al. 2021): greedy continuation of a document's first {ex['k']} "
+        f"tokens reproduces the next {ex['m']} exactly, for training documents sampled by how many times the "
+        "build mixed them in, and validation documents the model never saw.",
+        "",
+        "| documents | extracted | sampled | rate |",
+        "|---|---:|---:|---:|",
+        *[f"| {title} {name} | {v['extracted']} | {v['sampled']} | {v['rate']:.0%} |"
+          for title, key in (("split", "by_split"), ("copies", "by_copies")) for name, v in ex[key].items()],
+        "",
+    ]
+    return lines
+
+
 def write_report(out: Path, result: RunResult, corpus_ledger, data_seconds: float, total_seconds: float,
-                 chat: ChatResult | None = None) -> Path:
+                 chat: ChatResult | None = None, memorized: dict | None = None) -> Path:
     m = result.made_by
     data, compute = m["data"], m["compute"]
     chat_seconds = f", chat fine-tuning and quizzes {chat.seconds:.0f} s" if chat else ""
@@ -228,6 +270,7 @@ def write_report(out: Path, result: RunResult, corpus_ledger, data_seconds: floa
         f"The model: `{result.checkpoint}` (a Hugging Face model directory; "
         "`lamina generate` and transformers load it as it is).",
         "",
+        *(memorization_section(memorized) if memorized else []),
         *(chat_section(chat) if chat else []),
     ]
     path = out / "report.md"
@@ -236,5 +279,7 @@ def write_report(out: Path, result: RunResult, corpus_ledger, data_seconds: floa
               "seconds": total_seconds, "made_by": m}
     if chat:
         record["chat"] = chat_record(chat)
+    if memorized:
+        record["memorization"] = memorized
     (out / "report.json").write_text(json.dumps(record, indent=2) + "\n")
     return path

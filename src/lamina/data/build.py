@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -33,7 +33,8 @@ from ..files import atomic_directory
 from ..progress import show_progress
 from ..tokenizer import load_tokenizer
 from ..tokenizer.train import bpe_tokenizer, write_tokenizer
-from . import clean
+from . import canaries, clean
+from .canaries import canary_sources, make_canaries, write_canaries
 from .dedup import NearDuplicates
 from .ledger import Ledger
 from .licenses import Policy
@@ -56,6 +57,11 @@ class BuildConfig:
     min_words: dict[str, int] = field(default_factory=lambda: {"prose": 50, "dialogue": 20})
     weights: dict[str, float] = field(default_factory=dict)   # source id or kind → copies (0.5, 2, ...)
     near_dedup: bool = True
+    # plant random secrets to audit memorization with (lamina.data.canaries): these repetition
+    # counts, `canaries_each` canaries of `canary_digits` digits at each; [] plants none
+    canaries: tuple[int, ...] = ()
+    canaries_each: int = 4
+    canary_digits: int = 6
     workers: int = 1                           # processes for the per-document filters (1: this one)
 
     def __post_init__(self) -> None:
@@ -69,6 +75,8 @@ class BuildConfig:
             raise LaminaError(f"tokenizer {self.tokenizer!r}: write bpe:VOCAB_SIZE, e.g. bpe:8192")
         if any(w < 0 for w in self.weights.values()):
             raise LaminaError(f"mixing weights must not be negative: {self.weights}")
+        object.__setattr__(self, "canaries", tuple(self.canaries))   # TOML gives a list
+        make_canaries(self.canaries, self.canaries_each, self.canary_digits, self.seed)   # checks them
 
 
 @dataclass
@@ -78,7 +86,10 @@ class Build:
     stats: dict
 
 
-def _split(config: BuildConfig, content_hash: str) -> str:
+def _split(config: BuildConfig, source: Source, content_hash: str) -> str:
+    """A document's split, by its content hash and the seed; canaries always train."""
+    if source.kind == canaries.KIND:
+        return "train"
     return "validation" if _unit(config.seed, "split", content_hash) < config.validation_fraction else "train"
 
 
@@ -98,6 +109,7 @@ class Judged:
     text: str | None = None                     # the cleaned text, while it may still be kept
     text_hash: str | None = None                # sha256 of `text`, for exact dedup
     signature: np.ndarray | None = None         # MinHash of `text`, for near dedup
+    planted: bool = False                       # a canary: never near-deduplicated against its kin
 
     def fail(self, status: str, name: str, why: str) -> Judged:
         self.verdicts.append((name, False, why))
@@ -125,6 +137,10 @@ def _filter(kind: str, raw: RawDocument, policy: Policy, config: BuildConfig,
         return j.fail("quarantined", "decode", check.reason)
     j.verdicts.append(("decode", True, check.reason))
     text = clean.normalize(text)
+    if kind == canaries.KIND:        # lamina's own sentence: its digits must stay exactly as drawn
+        j.verdicts.append(("canary", True, "planted by the build; no prose filters or scrubbing"))
+        j.text, j.text_hash, j.planted = text, hashlib.sha256(text.encode()).hexdigest(), True
+        return j
     if kind == "prose":
         text = clean.strip_gutenberg(text)
     name = "code-rules" if kind == "code" else "quality"
@@ -187,7 +203,7 @@ def _dedup(j: Judged, key: str, seen: dict[str, str], near: NearDuplicates | Non
         return j.fail("rejected", "exact-dedup", f"same text as document {seen[text_hash]}")
     seen[text_hash] = key
     j.verdicts.append(("exact-dedup", True, "first of its text"))
-    if near is not None:
+    if near is not None and not j.planted:
         twin = near.check(key, j.text, j.signature)
         if twin is not None:
             return j.fail("rejected", "near-dedup", f"near duplicate of document {twin}")
@@ -307,7 +323,7 @@ def write_shards(kept: list[tuple[int, Source, str, str]], tokenizer, config: Bu
     for start in range(0, len(kept), 256):
         batch = kept[start:start + 256]
         for (did, source, content_hash, _), toks in zip(batch, tokenizer.encode_batch([k[3] for k in batch], bos=False)):
-            split = _split(config, content_hash)
+            split = _split(config, source, content_hash)
             ledger.set_tokens(did, len(toks) + 1, split)
             ids = np.asarray([bos] + toks, dtype=dtype)
             for _ in range(_copies(config, source, content_hash)):
@@ -329,7 +345,7 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
                            progress: bool = False):
     """Stage 1b for `tokenizer = "bpe:N"`: a byte-level BPE learned from the kept training
     documents only (validation documents stay unseen), written to `folder`."""
-    texts = (text for _, _, content_hash, text in kept if _split(config, content_hash) == "train")
+    texts = (text for _, source, content_hash, text in kept if _split(config, source, content_hash) == "train")
     tok = bpe_tokenizer(texts, int(config.tokenizer[4:]), progress=progress)
     folder.mkdir()
     write_tokenizer(tok, folder, {"made_by": "lamina data build", "trained_on": "the build's training documents"})
@@ -343,8 +359,16 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")
     ids = [s.id for s in sources]
+    for s in sources:
+        if s.kind == canaries.KIND:
+            raise LaminaError(f"source {s.id}: kind canary is the build's own (set canaries = [...]); "
+                              "it would skip the filters")
     if len(set(ids)) != len(ids):
         raise LaminaError(f"source ids repeat: {ids}")
+    planted = make_canaries(config.canaries, config.canaries_each, config.canary_digits, config.seed)
+    if planted:     # their sources join the build, each mixed in as many times as its count
+        sources = [*sources, *canary_sources(planted)]
+        config = replace(config, weights={**config.weights, **{f"canaries-x{r}": float(r) for r in config.canaries}})
     trained = config.tokenizer.startswith("bpe:")
     tokenizer = None if trained else load_tokenizer(config.tokenizer)
     if tokenizer is not None and tokenizer.bos_id is None:
@@ -360,6 +384,8 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
             (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
                                                         "policy": policy.to_dict(), "sources": ids}, indent=2) + "\n")
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if planted:
+                write_canaries(tmp, planted, config.canary_digits)
             ledger.add_run(recipe, json.dumps(asdict(config), sort_keys=True), started,
                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             ledger.commit()

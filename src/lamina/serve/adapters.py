@@ -3,12 +3,12 @@
 Each adapted projection becomes a `MultiLoRALinear`: the base layer's own weight, plus every
 adapter's (A, B) for that layer. Before a forward, the engine says which adapter each batch row
 uses (`Adapters.select`); the layer computes the base product for the whole batch, then, for
-each adapter present, the low-rank update of its rows alone, added in place:
+each row, the low-rank update of its own adapter:
 
-    y = x W^T;  y[rows of k] += scale_k * (x[rows of k] A_k^T) B_k^T
+    y = x W^T;  y[row] += scale_k * (x[row] A_k^T) B_k^T      for row's adapter k
 
-so rows with different adapters share one batch and one read of the base weights, a row without
-an adapter pays nothing, and a batch that is all one adapter needs no gather. The update is
+so rows with different adapters share one batch and one read of the base weights, and a batch
+of the base model alone pays nothing. The update is
 computed in float32 whatever the model's dtype, as PEFT and `post.lora.LoRALinear` do, so a row
 equals that adapter loaded alone. Nothing is merged into the base weights, so adding an adapter
 never changes another's (or the base model's) answers. The selection is Python state read by the
@@ -41,21 +41,68 @@ class MultiLoRALinear(Linear):
         self.weight = base.weight
         self.register_parameter("bias", None)
         self.adapters = [adapters]   # in a list: not a submodule, not in the state dict
-        self.updates: dict[int, tuple[Tensor, Tensor, float]] = {}   # adapter index -> (A, B, scale)
+        self.updates: dict[int, tuple[Tensor, Tensor]] = {}   # adapter index -> (A, scale * B)
+        self.a_all = self.b_all = None   # every adapter's A stacked (R, in), scale * B side by side (out, R)
+        self.columns: tuple[tuple[int, int], ...] = ()   # (adapter, rank) of each block of R, in order
+
+    def add(self, k: int, a: Tensor, b: Tensor, scale: float) -> None:
+        self.updates[k] = (a, scale * b)
+        self.columns = tuple((j, self.updates[j][0].shape[0]) for j in sorted(self.updates))
+        self.a_all = torch.cat([self.updates[j][0] for j in sorted(self.updates)])
+        self.b_all = torch.cat([self.updates[j][1] for j in sorted(self.updates)], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.weight)
-        for k, rows in self.adapters[0].groups:
-            if k not in self.updates:          # this adapter leaves this layer as it is
-                continue
-            a, b, scale = self.updates[k]
-            h = x if rows is None else x.index_select(0, rows)
-            update = (scale * linear(linear(h.to(a.dtype), a), b)).to(y.dtype)
-            if rows is None:
-                y += update
-            else:
-                y.index_add_(0, rows, update)
+        chosen = self.adapters[0].chosen
+        if chosen is None:                     # every row is the base model
+            return y
+        # Each step runs this in hundreds of layers on a handful of rows, where the time is in
+        # launching kernels, not in arithmetic: so the fewest kernels, B pre-scaled and the
+        # second product added in place (addmm).
+        x = x if x.dtype == self.a_all.dtype else x.to(self.a_all.dtype)
+        if chosen.single is not None:          # every row one adapter: its own two products
+            if chosen.single in self.updates:
+                a, b = self.updates[chosen.single]
+                _add_product(y, linear(x, a), b)
+            return y
+        # Rows of several adapters: every row through every adapter's A at once, each row's
+        # product kept only in its own adapter's block (zero elsewhere, and for rows of the base
+        # model), then through the B matrices side by side: three kernels for any number of adapters.
+        h = linear(x, self.a_all).mul_(chosen.weights(self.columns))    # (rows, T, R) * (rows, 1, R)
+        _add_product(y, h, self.b_all)
         return y
+
+
+def _add_product(y: Tensor, h: Tensor, b: Tensor) -> None:
+    """y += h @ b^T in place, for y (..., out), h (..., r), b (out, r)."""
+    if y.dtype == h.dtype:
+        y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), b.t())
+    else:
+        y += linear(h, b).to(y.dtype)
+
+
+class Chosen:
+    """One selection of adapters by row, with the per-row column masks each layer asks for (made
+    once per step for each arrangement of adapters the layers hold)."""
+
+    def __init__(self, rows: list[int], device: torch.device):
+        self.rows, self.device = rows, device
+        self.single = rows[0] if len(set(rows)) == 1 else None
+        self._weights: dict[tuple[tuple[int, int], ...], Tensor] = {}
+
+    def weights(self, columns: tuple[tuple[int, int], ...]) -> Tensor:
+        """(rows, 1, R): 1 in the columns of row i's adapter, 0 elsewhere."""
+        w = self._weights.get(columns)
+        if w is None:
+            w = torch.zeros(len(self.rows), 1, sum(r for _, r in columns))
+            at = 0
+            for k, r in columns:
+                for i, row in enumerate(self.rows):
+                    if row == k:
+                        w[i, 0, at:at + r] = 1.0
+                at += r
+            w = self._weights[columns] = w.to(self.device)
+        return w
 
 
 class Adapters:
@@ -89,12 +136,12 @@ class Adapters:
                     parent, _, attr = module.rpartition(".")
                     wrapped[module] = MultiLoRALinear(layers[module], self)
                     setattr(model.get_submodule(parent), attr, wrapped[module])
-                wrapped[module].updates[k] = (a.to(self.device), b.to(self.device), adapter.scale)
+                wrapped[module].add(k, a.to(self.device), b.to(self.device), adapter.scale)
 
     @property
-    def groups(self) -> list[tuple[int, Tensor | None]]:
-        """This thread's selection: (adapter, its rows; None = every row) for each adapter used."""
-        return getattr(self._selected, "groups", ())
+    def chosen(self) -> Chosen | None:
+        """This thread's selection, or None when every row is the base model."""
+        return getattr(self._selected, "chosen", None)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -109,16 +156,11 @@ class Adapters:
         if not any(rows):
             yield
             return
-        if len(set(rows)) == 1:
-            groups = [(rows[0], None)]
-        else:
-            groups = [(k, torch.tensor([i for i, r in enumerate(rows) if r == k], device=self.device))
-                      for k in sorted(set(rows)) if k]
-        self._selected.groups = groups
+        self._selected.chosen = Chosen(list(rows), self.device)
         try:
             yield
         finally:
-            self._selected.groups = ()
+            self._selected.chosen = None
 
 
 def check_name(name: str) -> None:
