@@ -258,6 +258,12 @@ def cmd_data_trace(args) -> None:
     print(json.dumps(t, indent=2) if args.json else render_trace(t))
 
 
+def cmd_data_who_saw(args) -> None:
+    from .data.provenance import render_who_saw, who_saw
+    rows = who_saw(args.ref, args.runs)
+    print(json.dumps(rows, indent=2) if args.json else render_who_saw(args.ref, rows))
+
+
 def cmd_data_why(args) -> None:
     from .data.report import render_why, render_why_source, why, why_source
     source = None if args.ref.isdigit() else why_source(args.data, args.ref)
@@ -536,6 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", required=True, help=data_help)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_why)
+    d = dsub.add_parser("who-saw", help="which checkpoints consumed tokens of a source or a document, and how many")
+    d.add_argument("ref", metavar="SOURCE_OR_DOC", help="a source id (shakespeare, py:idna, ...), or a document: "
+                                                        "its sha256, a file on disk or its recorded path")
+    d.add_argument("--runs", required=True, nargs="+", metavar="DIR",
+                   help="run folders or checkpoints to look in (every checkpoint below them counts)")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_data_who_saw)
 
     p = sub.add_parser("train", help="pretrain a model on token shards (resumable; torchrun for several processes)")
     p.add_argument("recipe", help="a built-in recipe by name (debug, speedrun, smollm2-135m, ...) or a .toml file")

@@ -67,7 +67,8 @@ def canary_exposure(model: Transformer, tokenizer: Tokenizer, data_dir: str | Pa
                 requests.append(ScoringRequest(context, continuation, item=item))
                 owners.append((c_index, chunk_start + j == 0))
             item += 1
-    with show_progress("canary exposure", len(requests), enabled=progress, unit="secrets") as shown:
+    # the scorer reports items done: here an item is a set of up to CANDIDATE_CHUNK secrets
+    with show_progress("canary exposure", item, enabled=progress, unit="sets of secrets") as shown:
         scores = Scorer(model.eval()).loglikelihood(requests, progress=shown.advance)
     true_score: dict[int, float] = {}
     others_of: dict[int, list[float]] = defaultdict(list)

@@ -1,0 +1,141 @@
+"""Provenance the other way round: which checkpoints consumed a source or a document, and how much.
+
+Every checkpoint lamina writes while training (pretraining, SFT, DPO, GRPO) keeps, beside its
+weights, the tokens it consumed of each document of its data ledger (`train_state/`, the
+`doc_tokens` tensor), and its lamina.json names that ledger (`made_by.data`: the corpus folder and
+its digest) and the model it started from (`made_by.base_model`). `who_saw` reads them: for each
+checkpoint found under the given folders, the tokens of the matching documents it consumed
+itself, and those its base models consumed before it (a fine-tune of a model that read a source
+carries what it learned there)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from ..errors import LaminaError
+from .ledger import Ledger
+
+STATE = Path("train_state") / "state.safetensors"
+
+
+def find_checkpoints(paths: list[str | Path]) -> list[Path]:
+    """Every model directory with a consumed-data record (train_state/) at or under `paths`."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise LaminaError(f"{p}: no such folder")
+        if (p / STATE).is_file():
+            found.add(p.resolve())
+        found.update(s.parent.parent.resolve() for s in p.rglob(str(STATE)) if (s.parent.parent / "lamina.json").is_file())
+    return sorted(found, key=lambda c: (str(c.parent), c.name))
+
+
+def consumed(checkpoint: Path) -> np.ndarray:
+    """Tokens consumed per ledger document id (index), as the checkpoint recorded them."""
+    try:
+        with safe_open(checkpoint / STATE, "np") as f:
+            if "doc_tokens" not in f.keys():
+                raise LaminaError(f"{checkpoint}: its training state records no consumed tokens")
+            return f.get_tensor("doc_tokens")
+    except LaminaError:
+        raise
+    except Exception as e:
+        raise LaminaError(f"{checkpoint / STATE}: not readable ({e})") from None
+
+
+def matching_documents(ledger: Ledger, ref: str) -> tuple[str, list[int]]:
+    """("source" or "document", the ledger's document ids) that `ref` names here: a source id, or a
+    document by content sha256, file on disk or recorded path (ids are per ledger, so a number
+    names a document only with `--data`)."""
+    if ledger.source(ref) is not None:
+        return "source", [i for (i,) in ledger.q("SELECT id FROM documents WHERE source_id = ?", ref)]
+    digest = ref.lower() if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()) else None
+    if digest is None and Path(ref).is_file():
+        digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
+    ids = [i for (i,) in ledger.q("SELECT id FROM documents WHERE content_hash = ? OR path = ? OR path LIKE ?",
+                                  digest or "", ref, f"%/{ref}")]
+    return "document", ids
+
+
+def _record(checkpoint: Path) -> dict:
+    try:
+        return json.loads((checkpoint / "lamina.json").read_text()).get("made_by") or {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LaminaError(f"{checkpoint / 'lamina.json'}: not readable ({e})") from None
+
+
+def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str]]) -> dict:
+    """What `checkpoint` itself consumed of `ref`: tokens, documents, its ledger, and whether the
+    ledger is still the one it trained on (its digest)."""
+    made_by = _record(checkpoint)
+    data = made_by.get("data") if isinstance(made_by.get("data"), dict) else {}
+    folder = data.get("data")
+    out = {"checkpoint": str(checkpoint), "step": made_by.get("step"), "tool": made_by.get("tool", "lamina train"),
+           "data": folder, "tokens": 0, "documents": 0, "matches": None, "note": ""}
+    if not folder or not (Path(folder) / Ledger.FILE).is_file():
+        out["note"] = "its data ledger is not here" if folder else "it records no data ledger"
+        return out
+    if folder not in ledgers:
+        ledger = Ledger.open(folder)
+        ledgers[folder] = (ledger, ledger.content_digest())
+    ledger, digest = ledgers[folder]
+    if data.get("ledger_digest") and data["ledger_digest"] != digest:
+        out["note"] = "the ledger changed since this checkpoint was trained (digest differs)"
+    what, ids = matching_documents(ledger, ref)
+    tokens = consumed(checkpoint)
+    ids = [i for i in ids if i < len(tokens)]
+    used = [i for i in ids if tokens[i] > 0]
+    out.update(tokens=int(tokens[ids].sum()) if ids else 0, documents=len(used), matches=what if ids else None)
+    return out
+
+
+def who_saw(ref: str, paths: list[str | Path]) -> list[dict]:
+    """For each checkpoint under `paths`: the tokens of `ref` (a source id or a document) it
+    consumed itself, and, through its chain of base models, those consumed before it."""
+    checkpoints = find_checkpoints(paths)
+    if not checkpoints:
+        raise LaminaError(f"no checkpoints with a consumed-data record under {', '.join(map(str, paths))}")
+    ledgers: dict[str, tuple[Ledger, str]] = {}
+    rows = []
+    try:
+        for ck in checkpoints:
+            row = direct(ck, ref, ledgers)
+            inherited, base, seen = [], _record(ck).get("base_model"), {ck}
+            while isinstance(base, dict) and base.get("path"):
+                path = Path(base["path"]).resolve()
+                if path in seen or not (path / STATE).is_file():
+                    if path not in seen:
+                        inherited.append({"checkpoint": str(path), "tokens": None,
+                                          "note": "not here, or without a consumed-data record"})
+                    break
+                seen.add(path)
+                up = direct(path, ref, ledgers)
+                inherited.append({k: up[k] for k in ("checkpoint", "tokens", "documents", "note")})
+                base = _record(path).get("base_model")
+            row["inherited"] = inherited
+            row["total"] = row["tokens"] + sum(i["tokens"] or 0 for i in inherited)
+            rows.append(row)
+    finally:
+        for ledger, _ in ledgers.values():
+            ledger.close()
+    if not any(r["matches"] for r in rows) and not any(i.get("tokens") for r in rows for i in r["inherited"]):
+        raise LaminaError(f"{ref}: names no source or document in the data ledgers of these checkpoints")
+    return rows
+
+
+def render_who_saw(ref: str, rows: list[dict]) -> str:
+    lines = [f"who saw {ref}:"]
+    for r in rows:
+        via = "".join(f"; {i['tokens'] if i['tokens'] is not None else '?'} before it in {i['checkpoint']}"
+                      for i in r["inherited"])
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"  {r['checkpoint']}: {r['tokens']:,} tokens of {r['documents']} documents{via}{note}")
+    return "\n".join(lines)
+
+
+__all__ = ["who_saw", "find_checkpoints", "consumed", "render_who_saw"]
