@@ -45,6 +45,14 @@ def _flag(p: argparse.ArgumentParser, flag: str, where: str, name: str, **kwargs
     p.add_argument(flag, default=None, help="(from the config)", **kwargs).mirrors = (where, name, own)
 
 
+def _evaluation_outputs(p: argparse.ArgumentParser, shown: str, shape: str = "") -> None:
+    """What an evaluating command (eval, audit) shares: the model's dtype, and where results go."""
+    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
+    p.add_argument("--json", action="store_true", help=f"print {shape}JSON instead of {shown}")
+    p.add_argument("--out", default=None, help="also write the JSON results to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+
 def _data_flags(p: argparse.ArgumentParser, where: str, data_help: str) -> None:
     """The data files of a post-training method, their licenses, and licenses allowed beyond
     pretraining's policy."""
@@ -586,10 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--per-group", audit_fn, "per_group", type=int, help="training documents sampled per copy count")
     _flag(p, "--candidates", audit_fn, "candidates", type=int, help="random secrets each canary is ranked against")
     _flag(p, "--seed", audit_fn, "seed", type=int)
-    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
-    p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
-    p.add_argument("--out", default=None, help="also write the JSON to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _evaluation_outputs(p, "the tables")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("release", help="sign a model directory (a manifest of every file's sha256), or make a key pair")
@@ -704,10 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--perplexity", evals, "perplexity", nargs="+", metavar="PATH",
           help="perplexity and bits per byte on text files or corpus directories (validation split)")
     _flag(p, "--window", evals, "window", type=int)
-    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
-    p.add_argument("--json", action="store_true", help="print lm-eval-shaped JSON instead of the table")
-    p.add_argument("--out", default=None, help="also write the JSON results to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _evaluation_outputs(p, "the table", "lm-eval-shaped ")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="an OpenAI-compatible API server with continuous batching and a web chat page")
