@@ -15,7 +15,7 @@ import pytest
 from lamina.cli import main
 from lamina.data import build_corpus, builtin
 from lamina.data.build import BuildConfig
-from lamina.data.canaries import FILE, read_canaries
+from lamina.data.canaries import read_canaries
 from lamina.data.sources import RawDocument, Source
 from lamina.errors import LaminaError
 
@@ -114,4 +114,3 @@ def test_bad_canary_settings_and_sources_are_refused(tmp_path):
     assert not (tmp_path / "c").exists()
     with pytest.raises(LaminaError, match="no canaries"):
         read_canaries(tmp_path)
-    assert FILE == "canaries.json"

@@ -124,6 +124,15 @@ class Ledger:
             return None
         return dict(zip(keys, rows[0]))
 
+    def documents_named(self, ref: str) -> list[int]:
+        """Ids of the documents `ref` names: a content sha256, a file on disk (hashed), or a path
+        as recorded (whole, or its last components)."""
+        digest = ref.lower() if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()) else None
+        if digest is None and Path(ref).is_file():
+            digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
+        return [i for (i,) in self.q("SELECT id FROM documents WHERE content_hash=? OR path=? OR path LIKE ? "
+                                     "ORDER BY id", digest or "", ref, f"%/{ref}")]
+
     def document(self, doc_id: int) -> dict:
         keys = ("id", "source_id", "path", "content_hash", "bytes", "tokens", "status", "split", "reason")
         row = self.q(f"SELECT {', '.join(keys)} FROM documents WHERE id=?", doc_id)

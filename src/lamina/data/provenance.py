@@ -10,7 +10,6 @@ carries what it learned there)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -50,16 +49,11 @@ def consumed(checkpoint: Path) -> np.ndarray:
 
 def matching_documents(ledger: Ledger, ref: str) -> tuple[str, list[int]]:
     """("source" or "document", the ledger's document ids) that `ref` names here: a source id, or a
-    document by content sha256, file on disk or recorded path (ids are per ledger, so a number
-    names a document only with `--data`)."""
+    document by content sha256, file on disk or recorded path (ids are per ledger, so a bare
+    number is not taken as one)."""
     if ledger.source(ref) is not None:
         return "source", [i for (i,) in ledger.q("SELECT id FROM documents WHERE source_id = ?", ref)]
-    digest = ref.lower() if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()) else None
-    if digest is None and Path(ref).is_file():
-        digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
-    ids = [i for (i,) in ledger.q("SELECT id FROM documents WHERE content_hash = ? OR path = ? OR path LIKE ?",
-                                  digest or "", ref, f"%/{ref}")]
-    return "document", ids
+    return "document", ledger.documents_named(ref)
 
 
 def _record(checkpoint: Path) -> dict:
@@ -69,9 +63,10 @@ def _record(checkpoint: Path) -> dict:
         raise LaminaError(f"{checkpoint / 'lamina.json'}: not readable ({e})") from None
 
 
-def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str]]) -> dict:
+def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tuple[str, list[int]]]]) -> dict:
     """What `checkpoint` itself consumed of `ref`: tokens, documents, its ledger, and whether the
-    ledger is still the one it trained on (its digest)."""
+    ledger is still the one it trained on (its digest). `ledgers` keeps each ledger open, with
+    its digest and the documents `ref` names there, for the next checkpoint of the same data."""
     made_by = _record(checkpoint)
     data = made_by.get("data") if isinstance(made_by.get("data"), dict) else {}
     folder = data.get("data")
@@ -82,11 +77,10 @@ def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str]]) -
         return out
     if folder not in ledgers:
         ledger = Ledger.open(folder)
-        ledgers[folder] = (ledger, ledger.content_digest())
-    ledger, digest = ledgers[folder]
+        ledgers[folder] = (ledger, ledger.content_digest(), matching_documents(ledger, ref))
+    _, digest, (what, ids) = ledgers[folder]
     if data.get("ledger_digest") and data["ledger_digest"] != digest:
         out["note"] = "the ledger changed since this checkpoint was trained (digest differs)"
-    what, ids = matching_documents(ledger, ref)
     tokens = consumed(checkpoint)
     ids = [i for i in ids if i < len(tokens)]
     used = [i for i in ids if tokens[i] > 0]
@@ -100,11 +94,17 @@ def who_saw(ref: str, paths: list[str | Path]) -> list[dict]:
     checkpoints = find_checkpoints(paths)
     if not checkpoints:
         raise LaminaError(f"no checkpoints with a consumed-data record under {', '.join(map(str, paths))}")
-    ledgers: dict[str, tuple[Ledger, str]] = {}
+    ledgers: dict[str, tuple[Ledger, str, tuple[str, list[int]]]] = {}
+    seen_before: dict[Path, dict] = {}     # a base model is often also one of the checkpoints listed
+
+    def own(path: Path) -> dict:
+        if path not in seen_before:
+            seen_before[path] = direct(path, ref, ledgers)
+        return seen_before[path]
     rows = []
     try:
         for ck in checkpoints:
-            row = direct(ck, ref, ledgers)
+            row = dict(own(ck))
             inherited, base, seen = [], _record(ck).get("base_model"), {ck}
             while isinstance(base, dict) and base.get("path"):
                 path = Path(base["path"]).resolve()
@@ -114,14 +114,14 @@ def who_saw(ref: str, paths: list[str | Path]) -> list[dict]:
                                           "note": "not here, or without a consumed-data record"})
                     break
                 seen.add(path)
-                up = direct(path, ref, ledgers)
+                up = own(path)
                 inherited.append({k: up[k] for k in ("checkpoint", "tokens", "documents", "note")})
                 base = _record(path).get("base_model")
             row["inherited"] = inherited
             row["total"] = row["tokens"] + sum(i["tokens"] or 0 for i in inherited)
             rows.append(row)
     finally:
-        for ledger, _ in ledgers.values():
+        for ledger, _, _ in ledgers.values():
             ledger.close()
     if not any(r["matches"] for r in rows) and not any(i.get("tokens") for r in rows for i in r["inherited"]):
         raise LaminaError(f"{ref}: names no source or document in the data ledgers of these checkpoints")

@@ -4,7 +4,6 @@ out of a source and by which rules (why_source); and the same answers rendered f
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import LaminaError
@@ -65,14 +64,7 @@ def why(data_dir: str | Path, ref: str) -> list[dict]:
     as recorded), each with its status, the reason and every filter's verdict."""
     ledger = Ledger.open(data_dir)
     try:
-        if ref.isdigit():
-            ids = [int(ref)]
-        else:
-            digest = ref.lower() if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref.lower()) else None
-            if digest is None and Path(ref).is_file():
-                digest = hashlib.sha256(Path(ref).read_bytes()).hexdigest()
-            ids = [i for (i,) in ledger.q("SELECT id FROM documents WHERE content_hash=? OR path=? OR path LIKE ? "
-                                          "ORDER BY id", digest or "", ref, f"%/{ref}")]
+        ids = [int(ref)] if ref.isdigit() else ledger.documents_named(ref)
         if not ids:
             raise LaminaError(f"{ref}: no such document in {data_dir}; give a document id, a sha256, a file or a recorded path")
         docs = [ledger.document(i) for i in ids]

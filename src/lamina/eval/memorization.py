@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.canaries import FILE as CANARIES_FILE
 from ..data.canaries import read_canaries, secret_text
 from ..data.ledger import Ledger
 from ..data.shards import open_shard
@@ -194,7 +195,7 @@ def audit(model: Transformer, tokenizer: Tokenizer, data_dir: str | Path, *, k: 
           per_group: int = 100, candidates: int = 1000, seed: int = 0, progress: bool = False) -> dict:
     """Both audits of a model against the corpus it was trained on: the extraction audit, and
     canary exposure when the corpus has canaries (None otherwise)."""
-    has_canaries = (Path(data_dir) / "canaries.json").is_file()
+    has_canaries = (Path(data_dir) / CANARIES_FILE).is_file()
     return {"data": str(data_dir),
             "extraction": extraction_audit(model, data_dir, k=k, m=m, per_group=per_group, seed=seed,
                                            progress=progress),

@@ -41,15 +41,17 @@ class MultiLoRALinear(Linear):
         self.weight = base.weight
         self.register_parameter("bias", None)
         self.adapters = [adapters]   # in a list: not a submodule, not in the state dict
-        self.updates: dict[int, tuple[Tensor, Tensor]] = {}   # adapter index -> (A, scale * B)
         self.a_all = self.b_all = None   # every adapter's A stacked (R, in), scale * B side by side (out, R)
         self.columns: tuple[tuple[int, int], ...] = ()   # (adapter, rank) of each block of R, in order
+        self.blocks: dict[int, slice] = {}               # adapter index -> its block of R
 
     def add(self, k: int, a: Tensor, b: Tensor, scale: float) -> None:
-        self.updates[k] = (a, scale * b)
-        self.columns = tuple((j, self.updates[j][0].shape[0]) for j in sorted(self.updates))
-        self.a_all = torch.cat([self.updates[j][0] for j in sorted(self.updates)])
-        self.b_all = torch.cat([self.updates[j][1] for j in sorted(self.updates)], dim=1)
+        """Append adapter k (added in increasing k) to the stacks."""
+        start = self.a_all.shape[0] if self.a_all is not None else 0
+        self.a_all = a if self.a_all is None else torch.cat([self.a_all, a])
+        self.b_all = scale * b if self.b_all is None else torch.cat([self.b_all, scale * b], dim=1)
+        self.blocks[k] = slice(start, start + a.shape[0])
+        self.columns += ((k, a.shape[0]),)
 
     def forward(self, x: Tensor) -> Tensor:
         y = linear(x, self.weight)
@@ -61,9 +63,9 @@ class MultiLoRALinear(Linear):
         # second product added in place (addmm).
         x = x if x.dtype == self.a_all.dtype else x.to(self.a_all.dtype)
         if chosen.single is not None:          # every row one adapter: its own two products
-            if chosen.single in self.updates:
-                a, b = self.updates[chosen.single]
-                _add_product(y, linear(x, a), b)
+            if chosen.single in self.blocks:
+                block = self.blocks[chosen.single]
+                _add_product(y, linear(x, self.a_all[block]), self.b_all[:, block])
             return y
         # Rows of several adapters: every row through every adapter's A at once, each row's
         # product kept only in its own adapter's block (zero elsewhere, and for rows of the base
@@ -114,7 +116,6 @@ class Adapters:
 
     def __init__(self, model: nn.Module, folders: dict[str, str | Path]):
         self.names: list[str] = []
-        self.paths: dict[str, Path] = {}
         self._selected = threading.local()
         self.device = model.tok_embeddings.weight.device
         if not folders:
@@ -130,7 +131,6 @@ class Adapters:
         wrapped: dict[str, MultiLoRALinear] = {}
         for k, (name, adapter) in enumerate(found.items(), start=1):
             self.names.append(name)
-            self.paths[name] = adapter.path
             for module, (a, b) in adapter.pairs.items():
                 if module not in wrapped:
                     parent, _, attr = module.rpartition(".")
