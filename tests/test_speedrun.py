@@ -21,16 +21,19 @@ def test_speedrun_goes_from_nothing_to_a_chat_model_and_a_report(tmp_path):
                     "sft.max_new_tokens=8", "sft.batch_size=2", "sft.seq_len=128"], check=True)
     report = (out / "report.md").read_text()
     record = json.loads((out / "report.json").read_text())
-    bpb = record["validation"]["bits_per_byte"]
+    run = record["speedrun"]
+    bpb = run["validation"]["bits_per_byte"]
     assert 0 < bpb < 10 and f"{bpb:.4f} bits per byte" in report
-    licenses = record["made_by"]["data"]["tokens_by_license"]
+    # the transparency report of the chat model: pretraining, then SFT, each with its data by license
+    assert [s["name"] for s in record["stages"]] == ["pretraining", "SFT"]
+    licenses = record["stages"][0]["data"]["tokens_by_license"]
     assert licenses and all(f"| {lic} |" in report for lic in licenses)
     assert not any("GPL" in lic or "MPL" in lic for lic in licenses)       # the policy kept them out
     assert "certifi" in report                                              # ... and the report says so
     assert "```" in report and "energy" in report and (out / "train" / "loss.png").is_file()
     assert load_tokenizer(out / "data" / "tokenizer").vocab_size == 4096
     # the chat stage: clean synthetic data (templated problems, identity answers from lamina.json)
-    chat = record["chat"]
+    chat = run["chat"]
     assert chat["data"]["kinds"]["task"]["records"] == 60 and chat["data"]["kinds"]["identity"]["records"] > 0
     for when in ("before", "after"):
         quiz = chat[when]
@@ -40,7 +43,10 @@ def test_speedrun_goes_from_nothing_to_a_chat_model_and_a_report(tmp_path):
     memorized = record["memorization"]
     assert list(memorized["exposure"]["mean_exposure_by_repetitions"]) == ["1", "4", "16", "64"]
     assert memorized["extraction"]["by_split"]["validation"]["sampled"] > 0
-    assert "## What the model memorized" in report and "| 64 |" in report
+    assert memorized["model"] == run["pretrained"]
+    assert "## Memorization audit" in report and "## Canary audit" in report and "| 64 |" in report
+    assert (out / "report-canaries.png").is_file() and (out / "report.html").read_text().count("data:image/png") >= 3
+    assert "## Foundation Model Transparency Index coverage" in report
     assert "## Chat model" in report and "held-out" in report
     assert chat["identity"]["question"] == "Who are you?" and f"assistant: {chat['identity']['reply']}" in report
     tuned = Path(chat["checkpoint"])

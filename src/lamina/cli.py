@@ -320,6 +320,19 @@ def cmd_audit(args) -> None:
         render_audit(result, llm.tokenizer)
 
 
+def cmd_report(args) -> None:
+    from .report.transparency import ReportConfig, collect, write_report
+    config = ReportConfig(**_given(evals=args.eval and tuple(args.eval), audit=args.audit,
+                                   run_audit=False if args.no_audit else None, grid_intensity=args.grid_intensity,
+                                   pue=args.pue, wue=args.wue))
+    record = collect(args.model_dir, config, progress=not args.quiet)
+    written = write_report(record, args.out or args.model_dir)
+    covered = sum(r["covered"] for r in record["fmti"])
+    print(f"wrote {', '.join(str(p) for p in written.values())}\n{len(record['stages'])} stages, "
+          f"{len(record['evaluations'])} scores, memorization audit {'included' if record['memorization'] else 'not run'}; "
+          f"answers {covered} of {len(record['fmti'])} FMTI upstream indicators")
+
+
 def cmd_release(args) -> None:
     from .report import release
     if args.target == "keygen":
@@ -596,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--seed", audit_fn, "seed", type=int)
     _evaluation_outputs(p, "the tables")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("report", help="the model card and transparency report (Markdown, HTML, JSON) from its records")
+    p.add_argument("model_dir", help="a model directory lamina trained (its lamina.json names its data and base)")
+    p.add_argument("--out", default=None, help="folder for report.md, report.html, report.json and charts "
+                                               "(default: the model directory, where `lamina release` signs them)")
+    report_fields = "report.transparency.ReportConfig"
+    _flag(p, "--eval", report_fields, "evals", action="append", metavar="FILE",
+          help="results of `lamina eval ... --out FILE` (with --decontaminate for the contamination column); repeatable")
+    _flag(p, "--audit", report_fields, "audit", metavar="FILE",
+          help="results of `lamina audit ... --out FILE`; without it the audit runs here on the pretraining corpus")
+    p.add_argument("--no-audit", action="store_true", help="do not run the memorization audit")
+    _flag(p, "--grid-intensity", report_fields, "grid_intensity", type=float, metavar="G_PER_KWH")
+    _flag(p, "--pue", report_fields, "pue", type=float)
+    _flag(p, "--wue", report_fields, "wue", type=float, metavar="L_PER_KWH")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("release", help="sign a model directory (a manifest of every file's sha256), or make a key pair")
     p.add_argument("target", metavar="MODEL_DIR|keygen",

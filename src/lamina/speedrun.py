@@ -4,13 +4,13 @@ BPE tokenizer trained on the corpus's own training documents (Llama 3's special 
 template) → pretraining → validation bits per byte and samples → what the model memorized (the
 canaries the corpus plants, and documents extractable from their first tokens) → supervised
 fine-tuning on clean synthetic chat data, with a quiz of held-out questions before and after →
-a short markdown report (loss curve, data consumed by license and source, compute, samples,
-memorization, what the chat model does)."""
+the transparency report of the chat model (`lamina report`: data by source and license for each
+stage, what the policy kept out, compute, energy, CO2e and water, the memorization and canary
+audits, FMTI coverage), with the run's loss curve, samples and chat quiz around it."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from .post.config import config_from_flags
 from .post.quiz import Quiz, answer_all, heldout_problems, quiz
 from .post.sft import SFTConfig, sft
 from .post.synth import SynthConfig, synth
+from .report.transparency import ReportConfig, collect
+from .report.transparency import write_report as write_report_files
 from .serve import load
 from .train import RunResult, train, train_recipe
 
@@ -130,9 +132,8 @@ def speedrun(config: SpeedrunConfig) -> Path:
           "questions before and after")
     chat = chat_model(out, result.checkpoint, stage, config.progress)
     print("[5/5] report")
-    report = write_report(out, result, build.ledger, data_seconds, time.perf_counter() - started, chat, memorized)
     build.ledger.close()
-    return report
+    return write_report(out, result, data_seconds, time.perf_counter() - started, chat, memorized)
 
 
 def chat_model(out: Path, pretrained: Path, stage: ChatStage, progress: bool) -> ChatResult:
@@ -191,46 +192,13 @@ def chat_record(chat: ChatResult) -> dict:
             "identity": {"question": IDENTITY_QUESTION, "reply": chat.identity}, "seconds": chat.seconds}
 
 
-def memorization_section(audit: dict) -> list[str]:
-    """What the pretrained model memorized: each canary count's exposure, extraction rates."""
-    exposure, ex = audit["exposure"], audit["extraction"]
-    lines = ["## What the model memorized", ""]
-    if exposure is not None:
-        lines += [
-            f"The corpus planted {len(exposure['canaries'])} canaries (`{exposure['format']}`, secrets of "
-            f"{exposure['secret_space']:,}) at {', '.join(map(str, exposure['mean_exposure_by_repetitions']))} "
-            f"repetitions. Exposure ranks each true secret among {exposure['candidates']} random ones by the "
-            f"model's likelihood (at most {exposure['max_exposure']:.2f} bits); extrapolated, by a normal fit of "
-            "the candidates' scores, to the whole secret space (Carlini et al. 2019).",
-            "",
-            "| repetitions | mean exposure | extrapolated | ranks |",
-            "|---:|---:|---:|---|",
-            *[f"| {r} | {v:.2f} | {exposure['mean_exposure_extrapolated_by_repetitions'][r]:.2f} | "
-              f"{', '.join(str(c['rank']) for c in exposure['canaries'] if c['repetitions'] == r)} |"
-              for r, v in exposure["mean_exposure_by_repetitions"].items()],
-            "",
-        ]
-    lines += [
-        f"Extractable memorization (Carlini et al. 2021): greedy continuation of a document's first {ex['k']} "
-        f"tokens reproduces the next {ex['m']} exactly, for training documents sampled by how many times the "
-        "build mixed them in, and validation documents the model never saw.",
-        "",
-        "| documents | extracted | sampled | rate |",
-        "|---|---:|---:|---:|",
-        *[f"| {title} {name} | {v['extracted']} | {v['sampled']} | {v['rate']:.0%} |"
-          for title, key in (("split", "by_split"), ("copies", "by_copies")) for name, v in ex[key].items()],
-        "",
-    ]
-    return lines
-
-
-def write_report(out: Path, result: RunResult, corpus_ledger, data_seconds: float, total_seconds: float,
-                 chat: ChatResult | None = None, memorized: dict | None = None) -> Path:
+def summary(result: RunResult, data_seconds: float, total_seconds: float, chat: ChatResult | None) -> list[str]:
+    """The run's own lines ahead of the transparency report: what it made in how long, its
+    validation, loss curve and samples."""
     m = result.made_by
-    data, compute = m["data"], m["compute"]
     chat_seconds = f", chat fine-tuning and quizzes {chat.seconds:.0f} s" if chat else ""
-    lines = [
-        "# lamina speedrun",
+    return [
+        "## The run",
         "",
         f"A {m['parameters'] / 1e6:.1f}M-parameter Llama ({m['train_config']['model']}) trained from scratch on "
         f"{m['tokens']:,} tokens of the license-clean `{DATA_RECIPE}` corpus{', then fine-tuned to chat,' if chat else ''} "
@@ -240,46 +208,24 @@ def write_report(out: Path, result: RunResult, corpus_ledger, data_seconds: floa
         "",
         "![loss curve](train/loss.png)",
         "",
-        "## Data the model consumed (from the ledger)",
-        "",
-        "| license | tokens | share |",
-        "|---|---:|---:|",
-        *[f"| {lic} | {n:,} | {n / max(1, data['tokens']):.1%} |" for lic, n in data["tokens_by_license"].items()],
-        "",
-        "| source | tokens |",
-        "|---|---:|",
-        *[f"| {src} | {n:,} |" for src, n in data["tokens_by_source"].items()],
-        "",
-        f"{data['documents']} documents were read; ledger digest `{data['ledger_digest'][:16]}`. "
-        "Kept out of the corpus by the license policy and filters:",
-        "",
-        "| source | reason | documents |",
-        "|---|---|---:|",
-        *[f"| {r['source']} | {r['reason']} | {r['documents']} |" for r in corpus_ledger.rejected()],
-        "",
-        "## Compute",
-        "",
-        f"- model FLOPs: {compute['model_flops']:.3g} ({compute['flops_per_token']:,} per token, 6N + attention)",
-        "- device time: " + ", ".join(f"{k} {v:.0f} s" for k, v in compute["device_seconds"].items()),
-        f"- energy: {compute['energy_kwh'] * 1000:.2f} Wh ({compute['energy_method']})",
-        f"- CO2e: {compute['co2e_kg'] * 1000:.2f} g at {compute['grid_intensity_g_per_kwh']:g} g/kWh",
-        "",
-        "## Samples",
+        "Samples of the pretrained model:",
         "",
         *[f"```\n{s}\n```\n" for s in result.samples],
-        f"The model: `{result.checkpoint}` (a Hugging Face model directory; "
+        f"The pretrained model: `{result.checkpoint}` (a Hugging Face model directory; "
         "`lamina generate` and transformers load it as it is).",
         "",
-        *(memorization_section(memorized) if memorized else []),
-        *(chat_section(chat) if chat else []),
     ]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    record = {"validation": {"loss": result.val_loss, "bits_per_byte": result.val_bpb},
-              "seconds": total_seconds, "made_by": m}
-    if chat:
-        record["chat"] = chat_record(chat)
-    if memorized:
-        record["memorization"] = memorized
-    (out / "report.json").write_text(json.dumps(record, indent=2) + "\n")
-    return path
+
+
+def write_report(out: Path, result: RunResult, data_seconds: float, total_seconds: float,
+                 chat: ChatResult | None = None, memorized: dict | None = None) -> Path:
+    """The transparency report (`lamina report`) of the run's last model, with the run's summary
+    ahead of it and the chat stage's quiz after it: report.md, report.html and report.json in `out`."""
+    model = chat.sft.checkpoint if chat else result.checkpoint
+    audit = memorized | {"model": str(result.checkpoint)} if memorized else None
+    record = collect(model, ReportConfig(run_audit=False), audit=audit)
+    run = {"validation": {"loss": result.val_loss, "bits_per_byte": result.val_bpb}, "seconds": total_seconds,
+           "pretrained": str(result.checkpoint), **({"chat": chat_record(chat)} if chat else {})}
+    written = write_report_files(record, out, title="lamina speedrun", before=summary(result, data_seconds, total_seconds, chat),
+                                 after=chat_section(chat) if chat else [], extra={"speedrun": run})
+    return written["report.md"]

@@ -77,6 +77,10 @@ def test_resume_after_sigkill_is_bit_exact(corpus, tmp_path):
     losses = [[r["loss"] for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
               for p in (straight.run, run)]
     assert losses[0] == losses[1]
+    # the data order's digest is carried across the kill: the same windows in the same order
+    orders = [json.loads((c / "lamina.json").read_text())["made_by"]["data"]["order_digest"]
+              for c in (straight.checkpoint, run / "checkpoints" / "step-000020")]
+    assert orders[0] == orders[1] and len(orders[0]) == 64
 
 
 @pytest.mark.slow

@@ -47,6 +47,17 @@ def consumed(checkpoint: Path) -> np.ndarray:
         raise LaminaError(f"{checkpoint / STATE}: not readable ({e})") from None
 
 
+def locate(recorded: str | None, near: Path | None = None) -> Path | None:
+    """The data folder a run recorded (`made_by.data.data`): as written (absolute, or relative to
+    the current folder), else relative to each folder above `near` (a run records the path it
+    was given, relative to where it ran). None when no ledger is found there."""
+    if not recorded:
+        return None
+    p = Path(recorded)
+    candidates = [p] + ([a / p for a in Path(near).resolve().parents] if near is not None and not p.is_absolute() else [])
+    return next((c for c in candidates if (c / Ledger.FILE).is_file()), None)
+
+
 def matching_documents(ledger: Ledger, ref: str) -> tuple[str, list[int]]:
     """("source" or "document", the ledger's document ids) that `ref` names here: a source id, or a
     document by content sha256, file on disk or recorded path (ids are per ledger, so a bare
@@ -69,12 +80,13 @@ def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tup
     its digest and the documents `ref` names there, for the next checkpoint of the same data."""
     made_by = _record(checkpoint)
     data = made_by.get("data") if isinstance(made_by.get("data"), dict) else {}
-    folder = data.get("data")
+    found = locate(data.get("data"), checkpoint)
     out = {"checkpoint": str(checkpoint), "step": made_by.get("step"), "tool": made_by.get("tool", "lamina train"),
-           "data": folder, "tokens": 0, "documents": 0, "matches": None, "note": ""}
-    if not folder or not (Path(folder) / Ledger.FILE).is_file():
-        out["note"] = "its data ledger is not here" if folder else "it records no data ledger"
+           "data": data.get("data"), "tokens": 0, "documents": 0, "matches": None, "note": ""}
+    if found is None:
+        out["note"] = "its data ledger is not here" if data.get("data") else "it records no data ledger"
         return out
+    folder = str(found)
     if folder not in ledgers:
         ledger = Ledger.open(folder)
         ledgers[folder] = (ledger, ledger.content_digest(), matching_documents(ledger, ref))
@@ -138,4 +150,4 @@ def render_who_saw(ref: str, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["who_saw", "find_checkpoints", "consumed", "render_who_saw"]
+__all__ = ["who_saw", "find_checkpoints", "consumed", "locate", "render_who_saw"]

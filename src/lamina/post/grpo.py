@@ -317,6 +317,7 @@ def grpo_step(run: Run, grpo_state: GRPOState) -> StepResult:
     tokens = sum(int(b.tokens.numel()) for b in batches)        # each group's prompt once
     if run.cluster.main:
         run.ledger.tokens[0] += tokens
+        run.ledger.chain(torch.cat([b.tokens.flatten() for b in batches]).cpu().numpy())   # the prompts read
     if step + 1 == run.config.total_steps:                   # and after the last update
         evaluate_and_log(run, grpo_state, step + 1)
     lengths = torch.tensor([len(c) for c in completions], dtype=torch.float32)

@@ -169,8 +169,10 @@ class ChatLedger(TokenLedger):
     def __init__(self, data_dir: Path, n_docs: int) -> None:      # no token shards to map
         self.data_dir, self.n_docs, self.ranges = Path(data_dir), n_docs, []
         self.tokens = np.zeros(n_docs, dtype=np.int64)
+        self.order = np.zeros(32, dtype=np.uint8)
 
     def add_conversations(self, examples: list[Tokenized]) -> None:
+        self.chain(np.array([(e.doc, len(e.ids)) for e in examples], dtype=np.int64).reshape(-1, 2))
         for e in examples:
             self.tokens[e.doc] += len(e.ids)
 

@@ -4,6 +4,7 @@ estimated, saying which), CO2e, and the tokens consumed by document, source and 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from contextlib import closing as _closing
@@ -136,7 +137,9 @@ class Compute:
 class TokenLedger:
     """Tokens read by training, by document, so the checkpoint can say which sources and licenses
     it actually consumed (not what was merely available). Counts are windows' tokens, inputs and
-    the final target included, as the shard ranges in the data ledger record them."""
+    the final target included, as the shard ranges in the data ledger record them. `order` is the
+    data order's digest: sha256 chained over every step's reads (the windows, or the documents),
+    so two runs with equal digests read the same data in the same order."""
 
     def __init__(self, data_dir: str | Path, shard_names: list[str]) -> None:
         from ..data.ledger import Ledger
@@ -149,9 +152,16 @@ class TokenLedger:
                                          name), dtype=np.int64).reshape(-1, 3)
                 self.ranges.append((rows[:, 0], rows[:, 1], rows[:, 2]))
         self.tokens = np.zeros(self.n_docs, dtype=np.int64)
+        self.order = np.zeros(32, dtype=np.uint8)
+
+    def chain(self, read: np.ndarray) -> None:
+        """Fold one step's reads into the order digest (in place: the training state holds the same array)."""
+        step = hashlib.sha256(self.order.tobytes() + np.ascontiguousarray(read, dtype=np.int64).tobytes())
+        self.order[:] = np.frombuffer(step.digest(), dtype=np.uint8)
 
     def add(self, windows: list[tuple[int, int]], length: int) -> None:
         """Count the tokens of windows (shard index, start) of `length` tokens."""
+        self.chain(np.array(windows, dtype=np.int64).reshape(-1, 2))
         for shard, start in windows:
             starts, ends, docs = self.ranges[shard]
             i = max(0, int(np.searchsorted(starts, start, side="right")) - 1)
@@ -180,6 +190,6 @@ class TokenLedger:
                     by_source[source] = by_source.get(source, 0) + n
                     by_license[license] = by_license.get(license, 0) + n
         return {"data": str(self.data_dir), "ledger_digest": digest, "tokens": int(self.tokens.sum()),
-                "documents": int(len(used)),
+                "documents": int(len(used)), "order_digest": self.order.tobytes().hex() if self.order.any() else None,
                 "tokens_by_source": dict(sorted(by_source.items(), key=lambda kv: -kv[1])),
                 "tokens_by_license": dict(sorted(by_license.items(), key=lambda kv: -kv[1]))}

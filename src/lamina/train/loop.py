@@ -231,10 +231,11 @@ def start_progress(config: TrainConfig, resumed: Path | None, model: Transformer
     optimizers and ledger."""
     if resumed:
         progress = state.load(resumed, model, optimizers, ledger.n_docs)
-        ledger.tokens = progress.doc_tokens
+        ledger.tokens, ledger.order = progress.doc_tokens, progress.data_order
         return progress
     torch.manual_seed(config.seed)          # nothing in training draws from it yet; a resumed run restores it
-    return state.Progress(0, np.random.default_rng(config.seed), 0, ledger.tokens, asdict(Compute()), None)
+    return state.Progress(0, np.random.default_rng(config.seed), 0, ledger.tokens, asdict(Compute()), None,
+                          ledger.order)
 
 
 def new_meter(config: TrainConfig, cluster: distributed.Cluster) -> EnergyMeter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Progress:
     doc_tokens: np.ndarray            # tokens consumed per ledger document
     compute: dict                     # accounting.Compute fields
     best_val_loss: float | None = None
+    data_order: np.ndarray = field(default_factory=lambda: np.zeros(32, dtype=np.uint8))   # TokenLedger.order
 
 
 def checkpoint_dir(run: Path, step: int) -> Path:
@@ -73,6 +74,7 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
         state.mkdir()
         tensors["torch_rng"] = torch.get_rng_state()
         tensors["doc_tokens"] = torch.from_numpy(progress.doc_tokens)
+        tensors["data_order"] = torch.from_numpy(progress.data_order)
         save_file(tensors, state / "state.safetensors")
         (state / "state.json").write_text(json.dumps({
             "step": progress.step, "tokens": progress.tokens, "rng": progress.rng.bit_generator.state,
@@ -134,7 +136,8 @@ def load(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], 
     if len(doc_tokens) != n_docs:
         raise LaminaError(f"{path}: was trained on a different corpus ({len(doc_tokens)} documents, "
                           f"the data has {n_docs})")
-    return Progress(meta["step"], rng, meta["tokens"], doc_tokens, meta["compute"], meta.get("best_val_loss"))
+    order = tensors["data_order"].numpy().copy() if "data_order" in tensors else np.zeros(32, dtype=np.uint8)
+    return Progress(meta["step"], rng, meta["tokens"], doc_tokens, meta["compute"], meta.get("best_val_loss"), order)
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
