@@ -233,7 +233,7 @@ def cmd_data_build(args) -> None:
     config = replace(r.config, workers=args.workers, **({} if args.seed is None else {"seed": args.seed}))
     start = time.perf_counter()
     build = build_corpus(r.load_sources(), out=out, policy=r.policy, config=config, recipe=r.name,
-                         progress=not args.quiet)
+                         rebuild=r.rebuild_record(), progress=not args.quiet)
     build.ledger.close()
     kept_out = ", ".join(f"{build.stats[k]:,} {k}" for k in ("quarantined", "skipped") if build.stats[k])
     print(f"wrote {out}: {build.stats['tokens']:,} tokens from {build.stats['kept']:,} of "
@@ -270,6 +270,13 @@ def cmd_data_who_saw(args) -> None:
     from .data.provenance import render_who_saw, who_saw
     rows = who_saw(args.ref, args.runs)
     print(json.dumps(rows, indent=2) if args.json else render_who_saw(args.ref, rows))
+
+
+def cmd_data_forget(args) -> None:
+    from .data.forget import forget, render_forget
+    result = forget(args.data, args.ref, reason=args.reason or "", out=args.out, runs=args.runs or [],
+                    progress=not args.quiet)
+    print(json.dumps(result, indent=2) if args.json else render_forget(result))
 
 
 def cmd_data_why(args) -> None:
@@ -570,6 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folders or checkpoints to look in (every checkpoint below them counts)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_data_who_saw)
+    d = dsub.add_parser("forget", help="build the corpus again without a source or document (same seed), record "
+                                       "why in its ledger, and list the checkpoints that must be retrained")
+    d.add_argument("ref", metavar="SOURCE_OR_DOC", help="a source id, or a document: its sha256, a file on disk or "
+                                                        "its recorded path")
+    d.add_argument("--data", required=True, help=data_help + " (it is left as it is)")
+    d.add_argument("--reason", required=True, help="why it is removed (a takedown request, a license found wrong, ...)")
+    d.add_argument("--out", default=None, help="the new corpus directory (default: DATA-forget-TIME beside DATA)")
+    d.add_argument("--runs", nargs="+", metavar="DIR", help="run folders whose checkpoints to check for retraining")
+    d.add_argument("--json", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress display")
+    d.set_defaults(func=cmd_data_forget)
 
     p = sub.add_parser("train", help="pretrain a model on token shards (resumable; torchrun for several processes)")
     p.add_argument("recipe", help="a built-in recipe by name (debug, speedrun, smollm2-135m, ...) or a .toml file")

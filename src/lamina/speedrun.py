@@ -115,7 +115,7 @@ def speedrun(config: SpeedrunConfig) -> Path:
     corpus = data_recipe(DATA_RECIPE)
     build_config = dataclasses.replace(corpus.config, tokenizer=f"bpe:{config.vocab_size}")
     build = build_corpus(corpus.load_sources(), out=out / "data", policy=corpus.policy, config=build_config,
-                         recipe=f"{DATA_RECIPE} (speedrun)", progress=config.progress)
+                         recipe=f"{DATA_RECIPE} (speedrun)", rebuild=corpus.rebuild_record(), progress=config.progress)
     print(f"      {build.stats['tokens']:,} tokens from {build.stats['kept']} of {build.stats['documents']} documents")
     data_seconds = time.perf_counter() - started
     print(f"[2/5] pretraining: {train_config.model}, {train_config.total_steps} steps of "

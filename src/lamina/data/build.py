@@ -353,8 +353,11 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
 
 
 def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
-                 config: BuildConfig | None = None, recipe: str = "custom", progress: bool = False) -> Build:
-    """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite."""
+                 config: BuildConfig | None = None, recipe: str = "custom", rebuild: dict | None = None,
+                 removals: tuple[dict, ...] = (), progress: bool = False) -> Build:
+    """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite.
+    `rebuild` (`Recipe.rebuild_record()`: the sources by reference) goes into build.json, so that
+    `lamina data forget` can build the corpus again; `removals` are what it forgot, for the ledger."""
     out, policy, config = Path(out), policy or Policy.permissive(), config or BuildConfig()
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")
@@ -382,7 +385,10 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
                 tokenizer = train_corpus_tokenizer(kept, config, tmp / TOKENIZER_DIR, progress)
             manifest = write_shards(kept, tokenizer, config, ledger, tmp)
             (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
-                                                        "policy": policy.to_dict(), "sources": ids}, indent=2) + "\n")
+                                                        "policy": policy.to_dict(), "sources": ids,
+                                                        "rebuild": rebuild}, indent=2) + "\n")
+            for removal in removals:
+                ledger.add_removal(removal)
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             if planted:
                 write_canaries(tmp, planted, config.canary_digits)

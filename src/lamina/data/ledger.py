@@ -7,8 +7,9 @@ kept, rejected, quarantined (could not be read or decoded) or skipped (not read 
 its folder, with no hash and 0 bytes)),
 `verdicts` (every filter's verdict on every document, with its reason), `scrubs` (PII
 replacements by kind), `shards` (file, split, dtype, tokens) and `ranges` (which token range of
-which shard holds which document, its BOS included), and `runs` (what built it, when). Rows are
-written in a deterministic order, so the same inputs and seed give the same content."""
+which shard holds which document, its BOS included), `runs` (what built it, when), and `removals` (what `lamina data forget` took out of the corpus this
+one was rebuilt from, why, when, and that corpus's digest). Rows are written in a deterministic
+order, so the same inputs and seed give the same content."""
 
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ CREATE TABLE shards (name TEXT PRIMARY KEY, split TEXT, dtype TEXT, tokens INTEG
 CREATE TABLE ranges (shard TEXT REFERENCES shards(name), start INTEGER, end INTEGER,
                      doc_id INTEGER REFERENCES documents(id));
 CREATE TABLE runs (id INTEGER PRIMARY KEY, recipe TEXT, config TEXT, started TEXT, finished TEXT);
+CREATE TABLE removals (ref TEXT, what TEXT, documents INTEGER, reason TEXT, requested TEXT, from_corpus TEXT,
+                       from_digest TEXT);
 CREATE INDEX documents_by_path ON documents(path);
 CREATE INDEX documents_by_hash ON documents(content_hash);
 CREATE INDEX ranges_by_shard ON ranges(shard, start);
 """
+REMOVAL_KEYS = ("ref", "what", "documents", "reason", "requested", "from_corpus", "from_digest")
 # the content that must be identical for identical inputs and seed (runs hold wall-clock times)
 CONTENT_TABLES = ("sources", "documents", "verdicts", "scrubs", "shards", "ranges")
 
@@ -86,6 +90,9 @@ class Ledger:
     def add_run(self, recipe: str, config: str, started: str, finished: str) -> None:
         self.db.execute("INSERT INTO runs (recipe, config, started, finished) VALUES (?,?,?,?)",
                         (recipe, config, started, finished))
+
+    def add_removal(self, removal: dict) -> None:
+        self.db.execute("INSERT INTO removals VALUES (?,?,?,?,?,?,?)", tuple(removal[k] for k in REMOVAL_KEYS))
 
     def commit(self) -> None:
         self.db.commit()
@@ -144,6 +151,13 @@ class Ledger:
                                                  "ORDER BY rowid", doc_id)]
         doc["scrubbed"] = dict(self.q("SELECT kind, count FROM scrubs WHERE doc_id=? ORDER BY kind", doc_id))
         return doc
+
+    def removals(self) -> list[dict]:
+        """What was forgotten on the way to this corpus, oldest first (none in a ledger older than the table)."""
+        try:
+            return [dict(zip(REMOVAL_KEYS, row)) for row in self.q("SELECT * FROM removals ORDER BY rowid")]
+        except sqlite3.OperationalError:
+            return []
 
     def content_digest(self) -> str:
         """sha256 over every content table's rows in order: equal digests, equal ledgers."""

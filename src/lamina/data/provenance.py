@@ -100,9 +100,10 @@ def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tup
     return out
 
 
-def who_saw(ref: str, paths: list[str | Path]) -> list[dict]:
+def who_saw(ref: str, paths: list[str | Path], *, require_match: bool = True) -> list[dict]:
     """For each checkpoint under `paths`: the tokens of `ref` (a source id or a document) it
-    consumed itself, and, through its chain of base models, those consumed before it."""
+    consumed itself, and, through its chain of base models, those consumed before it. A `ref`
+    that no ledger of theirs names is an error unless not `require_match`."""
     checkpoints = find_checkpoints(paths)
     if not checkpoints:
         raise LaminaError(f"no checkpoints with a consumed-data record under {', '.join(map(str, paths))}")
@@ -135,7 +136,8 @@ def who_saw(ref: str, paths: list[str | Path]) -> list[dict]:
     finally:
         for ledger, _, _ in ledgers.values():
             ledger.close()
-    if not any(r["matches"] for r in rows) and not any(i.get("tokens") for r in rows for i in r["inherited"]):
+    if require_match and not any(r["matches"] for r in rows) and \
+            not any(i.get("tokens") for r in rows for i in r["inherited"]):
         raise LaminaError(f"{ref}: names no source or document in the data ledgers of these checkpoints")
     return rows
 

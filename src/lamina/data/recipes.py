@@ -41,6 +41,22 @@ class Recipe:
     def load_sources(self) -> list[Source]:
         return [builtin(ref) for ref in self.sources] + [folder_source(**f) for f in self.folders]
 
+    def rebuild_record(self) -> dict:
+        """The sources by reference, as build.json keeps them (with its config and policy, the recipe again)."""
+        return {"name": self.name, "sources": list(self.sources), "folders": [dict(f) for f in self.folders]}
+
+    @classmethod
+    def from_build(cls, built: dict, where: str | Path) -> Recipe:
+        """The recipe a corpus was built from, read back from its build.json."""
+        rebuild = built.get("rebuild")
+        if not isinstance(rebuild, dict):
+            raise LaminaError(f"{where}: its build.json does not say how to build it again (built by `build_corpus` "
+                              "without a recipe, or by an older lamina); rebuild it from its recipe with the source "
+                              "or document in the recipe's [policy] deny_sources or deny_hashes")
+        policy = {k: frozenset(v) for k, v in built["policy"].items()}
+        return cls(name=rebuild["name"], sources=tuple(rebuild["sources"]), config=_build_config(built["config"], where),
+                   policy=Policy(**policy), folders=tuple(rebuild["folders"]))
+
 
 # what each top-level key of a recipe file holds (the tables are checked field by field below)
 RECIPE_KEYS = {"name": str, "sources": tuple[str, ...], "folders": tuple[dict, ...], "config": dict, "policy": dict}

@@ -122,6 +122,11 @@ def _data_section(record: dict, images: dict) -> list[str]:
                       *[f"| {r['source']} | {r['status']} | {_cell(r['reason'])} | {r['documents']:,} |"
                         for r in c["rejected"]],
                       ""]
+        if c["removals"]:
+            lines += ["Forgotten on request (`lamina data forget`: the corpus built again without them):", "",
+                      "| removed | documents | why | when |", "|---|---:|---|---|",
+                      *[f"| {r['what']} {_cell(r['ref'])} | {r['documents']} | {_cell(r['reason'])} | {r['requested']} |"
+                        for r in c["removals"]], ""]
         if c["scrubbed"] is None:
             lines += ["Chat data files are read as given: not scrubbed of personal information.", ""]
         else:

@@ -72,16 +72,16 @@ def _corpus(folder: Path, recorded_digest: str | None) -> dict:
     summary = report(folder)
     build = folder / "build.json"
     built = read_json(build) if build.is_file() else None
-    tokens = summary["tokens"]
-    if not summary["shards"]:
-        with closing(Ledger.open(folder)) as ledger:
-            tokens = int(ledger.q("SELECT COALESCE(SUM(tokens), 0) FROM documents WHERE status = 'kept'")[0][0])
+    with closing(Ledger.open(folder)) as ledger:
+        removals = ledger.removals()
+        tokens = summary["tokens"] if summary["shards"] else \
+            int(ledger.q("SELECT COALESCE(SUM(tokens), 0) FROM documents WHERE status = 'kept'")[0][0])
     return {"path": str(folder), "kind": "corpus" if built else "chat data", "ledger_digest": summary["ledger_digest"],
             "matches": recorded_digest is None or recorded_digest == summary["ledger_digest"],
             "tokens": tokens, "documents": summary["documents"],
             "sources": [{k: s[k] for k in ("id", "kind", "license", "origin", "allowed", "reason")}
                         for s in summary["sources"]],
-            "rejected": summary["rejected"], "scrubbed": summary["scrubbed"] if built else None,
+            "rejected": summary["rejected"], "removals": removals, "scrubbed": summary["scrubbed"] if built else None,
             "canaries": sum(s["kind"] == "canary" for s in summary["sources"]),
             "recipe": (built or {}).get("recipe"), "policy": (built or {}).get("policy")}
 
