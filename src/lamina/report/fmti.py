@@ -80,6 +80,14 @@ def _queryable(r: dict) -> str | None:
     return "the data ledger answers queries: `lamina data why`, `lamina data trace`, `lamina data who-saw`"
 
 
+def _direct(r: dict) -> str | None:
+    corpora = [s for s in r["stages"] if s["corpus"] and s["corpus"]["kind"] == "corpus"]
+    if not corpora or not all(s["corpus"]["rebuildable_by_anyone"] for s in corpora):
+        return None
+    return "every pretraining source is a public package: `lamina data build` on the recipe in build.json " \
+        "rebuilds the same corpus"
+
+
 def _flops(r: dict) -> str | None:
     c = r["compute"]
     return f"{c['model_flops']:.1g} model FLOPs over {c['stages']} recorded stages" if c["stages"] else None
@@ -153,7 +161,7 @@ INDICATORS: list[tuple[str, str, Answer | None]] = [
     ("Data labor", "Labor protections", None),
     ("Data labor", "Third party partners", None),
     ("Data access", "Queryable external data access", _queryable),
-    ("Data access", "Direct external data access", None),
+    ("Data access", "Direct external data access", _direct),
     ("Compute", "Compute usage", _flops),
     ("Compute", "Development duration", _duration),
     ("Compute", "Compute hardware", _hardware),

@@ -83,7 +83,10 @@ def _corpus(folder: Path, recorded_digest: str | None) -> dict:
                         for s in summary["sources"]],
             "rejected": summary["rejected"], "removals": removals, "scrubbed": summary["scrubbed"] if built else None,
             "canaries": sum(s["kind"] == "canary" for s in summary["sources"]),
-            "recipe": (built or {}).get("recipe"), "policy": (built or {}).get("policy")}
+            "recipe": (built or {}).get("recipe"), "policy": (built or {}).get("policy"),
+            # every source a public package lamina reads by name: anyone can build the same corpus again
+            "rebuildable_by_anyone": bool(built and isinstance(built.get("rebuild"), dict)
+                                          and not built["rebuild"].get("folders"))}
 
 
 def _stage(made_by: dict, checkpoint: Path | None, embedded: bool) -> dict:
