@@ -1,7 +1,7 @@
 """`lamina report`: the model card and transparency report, from records. One small real chain,
 shared by the tests: a corpus of Shakespeare passages with canaries (its own BPE), the debug
 preset pretrained on it, then fine-tuned (`lamina sft`) on MIT chat data into which an ARC-Easy
-question was planted; `lamina eval` decontaminated against both stages' data; then the report.
+question was planted (the decontamination tests' data); `lamina eval` decontaminated against both stages' data; then the report.
 
 Its numbers are checked against a recount that shares no code with it: the training state's
 per-document token counts and the ledger read with sqlite3, the shards read with numpy."""
@@ -21,29 +21,11 @@ from lamina.cli import main
 from lamina.data import build_corpus
 from lamina.data.build import BuildConfig
 from lamina.errors import LaminaError
-from lamina.eval.tasks import TASKS
 from lamina.fields import InvalidField
 from lamina.report.transparency import ReportConfig, collect
 
-from eval.test_memorization import passages  # tests/ is on the path: its folders are packages
-
-PLANTED = 3           # the ARC-Easy item (of the first 8) that the chat data asks and answers
-
-
-def chat_data(folder: Path) -> Path:
-    """20 MIT-licensed conversations; record 5 asks ARC-Easy item PLANTED and answers it."""
-    item = TASKS["arc_easy"].items(limit=PLANTED + 1)[PLANTED]
-    words = " ".join(next(passages(1).read()).data.decode().split()[:40])
-    chats = [[{"role": "user", "content": f"Say something about number {i}."},
-              {"role": "assistant", "content": f"{i} is a number. {words}"}] for i in range(19)]
-    chats.insert(5, [{"role": "user", "content": item.requests[0][0]},
-                     {"role": "assistant", "content": item.requests[item.gold][1].strip()}])
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "chat.jsonl"
-    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in chats))
-    (folder / "chat.jsonl.license").write_text("SPDX-License-Identifier: MIT\n")
-    return path
-
+from eval.test_decontam import planted_chat  # tests/ is on the path: its folders are packages
+from eval.test_memorization import passages
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
@@ -55,7 +37,7 @@ def made(tmp_path_factory):
                                     canaries=(1, 8), canaries_each=1))
     pretrained = train(train_recipe("debug", ["eval_every=20", "save_every=20"], data=str(root / "corpus"),
                                      out=str(root / "pretrain"), max_steps=20), progress=False).checkpoint
-    data = chat_data(root / "chat")
+    data = planted_chat(root / "chat")          # MIT chat data that asks and answers an ARC-Easy question
     assert main(["sft", str(pretrained), "--data", str(data), "--out", str(root / "sft"), "--max-steps", "4",
                  "--seq-len", "256", "--batch-size", "2", "--quiet"]) == 0
     tuned = next((root / "sft" / "checkpoints").iterdir())

@@ -13,11 +13,11 @@ directly or through a base model: those must be retrained on the new corpus."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from contextlib import closing
 from pathlib import Path
 
-from ..checkpoint.base import read_json
 from ..errors import LaminaError
 from .build import build_corpus
 from .ledger import Ledger
@@ -36,7 +36,11 @@ def forget(data_dir: str | Path, ref: str, *, reason: str, out: str | Path | Non
     build_file = data_dir / "build.json"
     if not build_file.is_file():
         raise LaminaError(f"{data_dir}: not a corpus built by `lamina data build` (no build.json)")
-    recipe = Recipe.from_build(read_json(build_file), build_file)
+    try:
+        built = json.loads(build_file.read_text())
+    except (OSError, ValueError) as e:
+        raise LaminaError(f"{build_file}: not readable ({e})") from None
+    recipe = Recipe.from_build(built, build_file)
     with closing(Ledger.open(data_dir)) as ledger:
         what, ids = matching_documents(ledger, ref)
         hashes = sorted({h for (h,) in ledger.q(f"SELECT content_hash FROM documents WHERE id IN "

@@ -48,11 +48,14 @@ class Recipe:
     @classmethod
     def from_build(cls, built: dict, where: str | Path) -> Recipe:
         """The recipe a corpus was built from, read back from its build.json."""
-        rebuild = built.get("rebuild")
+        rebuild = built.get("rebuild") if isinstance(built, dict) else None
         if not isinstance(rebuild, dict):
             raise LaminaError(f"{where}: its build.json does not say how to build it again (built by `build_corpus` "
                               "without a recipe, or by an older lamina); rebuild it from its recipe with the source "
                               "or document in the recipe's [policy] deny_sources or deny_hashes")
+        if not isinstance(built.get("policy"), dict) or not isinstance(built.get("config"), dict):
+            raise LaminaError(f"{where}: its config or policy is missing or not a table")
+        _check_arguments(Policy, built["policy"], where, "policy")
         policy = {k: frozenset(v) for k, v in built["policy"].items()}
         return cls(name=rebuild["name"], sources=tuple(rebuild["sources"]), config=_build_config(built["config"], where),
                    policy=Policy(**policy), folders=tuple(rebuild["folders"]))

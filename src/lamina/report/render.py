@@ -206,8 +206,11 @@ def _memorization_section(record: dict, images: dict, decode) -> list[str]:
             shown = decode(e["prefix"] + e["continuation"]) if decode else f"{len(e['prefix'])}+{len(e['continuation'])} tokens"
             lines += [f"- document {e['doc']} ({e['source']}, {e['copies']} copies): `{' '.join(shown.split())[:200]}`"]
         lines.append("")
-    exposure = audit.get("exposure")
-    lines += ["## Canary audit", ""]
+    return lines + _canary_section(audit.get("exposure"), images)
+
+
+def _canary_section(exposure: dict | None, images: dict) -> list[str]:
+    lines = ["## Canary audit", ""]
     if exposure is None:
         return lines + ["The corpus planted no canaries (a data recipe's `canaries = [1, 4, 16, 64]` plants them).", ""]
     lines += [f"The corpus planted {len(exposure['canaries'])} canaries, random secrets in the format "
