@@ -168,9 +168,13 @@ def model_info(ref: str) -> dict:
     from .model import count_params
     ck = load_checkpoint(ref)
     files = [ck.path] if ck.path.is_file() else sorted(f for f in ck.path.iterdir() if f.is_file())
+    c = ck.config
     return {
-        "path": str(ck.path), "format": ck.format, "architecture": "llama",
-        "parameters": count_params(ck.config), "config": ck.config.to_dict(),
+        "path": str(ck.path), "format": ck.format, "architecture": "mixture of experts" if c.n_experts else "llama",
+        "parameters": count_params(c), "active_parameters": count_params(c, active=True),
+        # keys and values of every layer, in bfloat16: what a KV cache holds per token
+        "kv_cache_bytes_per_token": 2 * c.n_layers * c.n_kv_heads * c.head_dim * 2,
+        "config": c.to_dict(),
         "stored_dtypes": ck.dtypes,
         "tokenizer": None if ck.tokenizer is None else {
             "vocab_size": ck.tokenizer.vocab_size, "bos": ck.tokenizer.bos_token,
@@ -187,7 +191,9 @@ def cmd_info(args) -> None:
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"{info['path']} ({info['format']})", show_header=False)
-    table.add_row("parameters", f"{info['parameters']:,}")
+    table.add_row("parameters", f"{info['parameters']:,}" + (f" ({info['active_parameters']:,} active per token)"
+                                                            if info["active_parameters"] != info["parameters"] else ""))
+    table.add_row("KV cache", f"{info['kv_cache_bytes_per_token']:,} bytes per token (bfloat16)")
     for k, v in info["config"].items():
         table.add_row(k, str(v))
     table.add_row("stored dtypes", ", ".join(f"{k}×{n}" for k, n in info["stored_dtypes"].items()))

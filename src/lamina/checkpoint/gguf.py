@@ -170,6 +170,9 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
+    if config.n_experts:
+        raise LaminaError("a mixture of experts is not written as GGUF yet; write the Hugging Face layout "
+                          "(Mixtral's), which llama.cpp's converter reads")
     if dst.exists() or dst.is_symlink():
         raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
     check_weights(config, dict(weights), dst)

@@ -18,7 +18,7 @@ from ..model import ModelConfig, RopeScaling
 from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
-from .layout import from_lamina, to_lamina
+from .layout import from_lamina, split_name
 
 INDEX = "model.safetensors.index.json"
 
@@ -27,7 +27,8 @@ INDEX = "model.safetensors.index.json"
 HF_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "num_attention_heads",
            "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
            "norm_eps": "rms_norm_eps", "max_seq_len": "max_position_embeddings",
-           "tie_embeddings": "tie_word_embeddings"}
+           "tie_embeddings": "tie_word_embeddings", "n_experts": "num_local_experts",
+           "n_active_experts": "num_experts_per_tok"}
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -37,12 +38,24 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     archs = d.get("architectures") or []
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise LaminaError(f"{where}: architectures must be a list of names")
-    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
+    mixtral = d.get("model_type") == "mixtral" or "MixtralForCausalLM" in archs
+    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not mixtral:
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
-        raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM)")
+        raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM and "
+                          "MixtralForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
+    if mixtral and d.get("sliding_window"):
+        raise LaminaError(f"{where}: sliding-window attention (sliding_window {d['sliding_window']!r:.20}) is not "
+                          "supported; Mixtral's released models set it to null")
     rope, scaling = _rope_from_hf(d, where)
+    experts = {}
+    if mixtral:
+        try:
+            experts = {"n_experts": d["num_local_experts"], "n_active_experts": d["num_experts_per_tok"],
+                       "expert_bias": bool(d.get("lamina_expert_bias", False))}
+        except KeyError as e:
+            raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     try:
         return ModelConfig(
             dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
@@ -53,7 +66,7 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
             rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_scaling=scaling,
             max_seq_len=d.get("max_position_embeddings", 2048),
             tie_embeddings=d.get("tie_word_embeddings", False),
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), **experts)
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     except ValueError as e:
@@ -82,6 +95,24 @@ def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
         raise config_error(e, where, {}) from None
 
 
+def _mixtral(c: ModelConfig) -> dict:
+    """The config.json fields of a mixture of experts in Mixtral's layout, or LaminaError when
+    its routing is one Mixtral cannot express."""
+    unlike = [what for what, differs in (
+        ("a sigmoid router", c.router != "softmax"), ("unnormalised top-k weights", not c.norm_topk),
+        ("a route scale", c.route_scale != 1.0), ("group-limited routing", c.expert_groups > 1),
+        ("shared experts", c.n_shared_experts > 0), ("dense layers among the sparse ones", c.dense_layers > 0)) if differs]
+    if unlike:
+        raise LaminaError(f"this mixture of experts has {', '.join(unlike)}, which Mixtral's layout, the one MoE "
+                          "layout lamina writes so far, cannot hold")
+    return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "num_local_experts": c.n_experts,
+            "num_experts_per_tok": c.n_active_experts, "intermediate_size": c.expert_ffn_dim,
+            "sliding_window": None, "router_jitter_noise": 0.0, "output_router_logits": False,
+            "router_aux_loss_coef": 0.0,
+            # lamina's own key: transformers' Mixtral has no selection bias and ignores the tensor
+            **({"lamina_expert_bias": True} if c.expert_bias else {})}
+
+
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
     eos = list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else c.eos_token_id
     scaling = None if c.rope_scaling is None else {
@@ -100,6 +131,7 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
+        **(_mixtral(c) if c.n_experts else {}),
     }
 
 
@@ -131,6 +163,7 @@ def read_hf(path: str | Path) -> Checkpoint:
     path = Path(path)
     config = config_from_hf(read_json(path / "config.json"), path / "config.json")
     weights: dict[str, Tensor] = {}
+    experts: dict[str, dict[int, Tensor]] = {}      # a stacked lamina tensor's experts, by index
     dtypes: Counter = Counter()
     for file in _weight_files(path):
         if not file.is_file():
@@ -138,23 +171,54 @@ def read_hf(path: str | Path) -> Checkpoint:
         try:
             with safe_open(file, "pt") as f:
                 for key in f.keys():
-                    ours = to_lamina(key, "hf")
+                    ours, expert = split_name(key, "hf")
                     if ours is None:
                         if key.endswith("rotary_emb.inv_freq"):
                             continue   # a buffer older exporters saved; recomputed from config
                         raise LaminaError(f"{file}: unexpected tensor {key}")
-                    weights[ours] = f.get_tensor(key)
-                    dtypes[str(weights[ours].dtype).removeprefix("torch.")] += 1
+                    tensor = f.get_tensor(key)
+                    if expert is None:
+                        weights[ours] = tensor
+                    else:
+                        experts.setdefault(ours, {})[expert] = tensor
+                    dtypes[str(tensor.dtype).removeprefix("torch.")] += 1
         except LaminaError:
             raise
         except Exception as e:   # safetensors' own errors: truncated, bad header, ...
             raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
+    weights |= _stack_experts(experts, config.n_experts, path)
     check_weights(config, weights, path, "hf")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
     meta = read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
     if not isinstance(meta, dict):
         raise LaminaError(f"{path / 'lamina.json'}: expected a JSON object")
     return Checkpoint(config, weights, tokenizer, path, "hf", dict(dtypes), meta)
+
+
+def _stack_experts(experts: dict[str, dict[int, Tensor]], n: int, path: Path) -> dict[str, Tensor]:
+    """Each layer's per-expert tensors as one (n, ...) tensor, or LaminaError naming a missing expert."""
+    stacked = {}
+    for name, parts in experts.items():
+        missing = sorted(set(range(n)) - set(parts))
+        if missing or len(parts) != n:
+            which = f"expert {missing[0]}" if missing else f"{len(parts)} experts where the config has {n}"
+            raise LaminaError(f"{path}: {from_lamina(name, 'hf').replace('{e}', '*')} lacks {which}")
+        stacked[name] = torch.stack([parts[e] for e in range(n)])
+    return stacked
+
+
+def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+    """lamina's tensors under their Hugging Face names; a stacked experts tensor as one per expert."""
+    out = {}
+    for k, v in weights.items():
+        if config.tie_embeddings and k == "output.weight":
+            continue
+        name = from_lamina(k, "hf")
+        if "{e}" in name:
+            out.update({name.replace("{e}", str(e)): t.to(dtype).contiguous() for e, t in enumerate(v)})
+        else:
+            out[name] = v.to(dtype).contiguous()
+    return out
 
 
 def write_hf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
@@ -174,8 +238,8 @@ def write_hf_files(folder: Path, config: ModelConfig, weights: dict[str, Tensor]
     """The files of a model directory, into an existing (temporary) folder; lamina.json last,
     with the hashes of everything before it."""
     dtype = dtype or next(iter(weights.values())).dtype
-    tensors = {from_lamina(k, "hf"): v.to(dtype).contiguous() for k, v in weights.items()
-               if not (config.tie_embeddings and k == "output.weight")}
+    hf_config = config_to_hf(config, dtype)            # a config no layout holds fails before any tensor moves
+    tensors = _hf_tensors(config, weights, dtype)
     shards: list[dict[str, Tensor]] = [{}]
     size = 0
     for name, t in tensors.items():
@@ -185,7 +249,7 @@ def write_hf_files(folder: Path, config: ModelConfig, weights: dict[str, Tensor]
             size = 0
         shards[-1][name] = t
         size += nbytes
-    (folder / "config.json").write_text(json.dumps(config_to_hf(config, dtype), indent=2))
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2))
     gen = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
            "do_sample": False}
     (folder / "generation_config.json").write_text(json.dumps(gen, indent=2))

@@ -25,28 +25,54 @@ NAMES = {
     "layers.{i}.attention_norm.weight": ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
     "layers.{i}.ffn_norm.weight": ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
 }
+# A mixture of experts, in Mixtral's Hugging Face layout. lamina stacks a layer's experts into
+# one tensor (E, ...), as GGUF does; Hugging Face keeps one tensor per expert, "{e}" its index.
+# The selection bias of auxiliary-loss-free balancing has DeepSeek-V3's name.
+NAMES.update({
+    "layers.{i}.feed_forward.gate.weight": ("model.layers.{i}.block_sparse_moe.gate.weight", "blk.{i}.ffn_gate_inp.weight"),
+    "layers.{i}.feed_forward.expert_bias": ("model.layers.{i}.block_sparse_moe.gate.e_score_correction_bias",
+                                            "blk.{i}.exp_probs_b.bias"),
+    "layers.{i}.feed_forward.experts.w1": ("model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight",
+                                           "blk.{i}.ffn_gate_exps.weight"),
+    "layers.{i}.feed_forward.experts.w2": ("model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight",
+                                           "blk.{i}.ffn_down_exps.weight"),
+    "layers.{i}.feed_forward.experts.w3": ("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight",
+                                           "blk.{i}.ffn_up_exps.weight"),
+})
 FORMATS = {"hf": 0, "gguf": 1}
+_INDEX = re.escape("{i}"), re.escape("{e}")
 
 
 def _patterns(fmt: str):
     col = FORMATS[fmt]
     for ours, theirs in NAMES.items():
-        rx = re.escape(theirs[col]).replace(re.escape("{i}"), r"(\d+)")
+        rx = re.escape(theirs[col]).replace(_INDEX[0], r"(?P<i>\d+)").replace(_INDEX[1], r"(?P<e>\d+)")
         yield ours, theirs[col], re.compile(rx + "$")
+
+
+def split_name(name: str, fmt: str) -> tuple[str | None, int | None]:
+    """(the lamina name of a tensor named `name` in format `fmt`, or None if it is not a weight;
+    the expert it holds, when the format keeps one tensor per expert, else None)."""
+    for ours, _, rx in _patterns(fmt):
+        m = rx.match(name)
+        if m:
+            groups = m.groupdict()
+            expert = groups.get("e")
+            return ours.replace("{i}", groups["i"]) if groups.get("i") else ours, \
+                int(expert) if expert is not None else None
+    return None, None
 
 
 def to_lamina(name: str, fmt: str) -> str | None:
     """The lamina name of a tensor named `name` in format `fmt`, or None if it is not a weight."""
-    for ours, _, rx in _patterns(fmt):
-        m = rx.match(name)
-        if m:
-            return ours.replace("{i}", m.group(1)) if m.groups() else ours
-    return None
+    return split_name(name, fmt)[0]
 
 
 def from_lamina(name: str, fmt: str) -> str:
+    """The name in format `fmt` of lamina's tensor `name`; "{e}" stands for the expert where the
+    format keeps one tensor per expert."""
     for ours, theirs, _ in _patterns(fmt):
-        rx = re.escape(ours).replace(re.escape("{i}"), r"(\d+)")
+        rx = re.escape(ours).replace(_INDEX[0], r"(\d+)")
         m = re.match(rx + "$", name)
         if m:
             return theirs.replace("{i}", m.group(1)) if m.groups() else theirs

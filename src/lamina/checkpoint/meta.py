@@ -142,6 +142,9 @@ def read_meta(path: str | Path) -> Checkpoint:
 def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor], *,
                shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Meta's layout, split over `shards` model-parallel files the way Meta's code splits them."""
+    if config.n_experts:
+        raise LaminaError("Meta's original layout is written for dense Llamas only; write a mixture of experts "
+                          "in the Hugging Face layout")
     multiple_of = 256
     if llama_ffn_dim(config.dim, multiple_of) != config.ffn_dim:
         # params.json cannot say ffn_dim directly; express it through ffn_dim_multiplier

@@ -84,9 +84,22 @@ class ModelConfig:
     tie_embeddings: bool = False   # output projection shares tok_embeddings.weight
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
+    # mixture of experts (model/moe.py); 0 experts: every feed-forward is dense
+    n_experts: int = 0             # routed experts in each sparse layer
+    n_active_experts: int = 2      # experts each token is routed to (top-k)
+    n_shared_experts: int = 0      # experts every token goes through (DeepSeekMoE)
+    expert_ffn_dim: int = 0        # each expert's SwiGLU hidden size; 0 means ffn_dim
+    dense_layers: int = 0          # the first layers stay dense, of ffn_dim (DeepSeek's first_k_dense_replace)
+    router: str = "softmax"        # "softmax" over the experts (Mixtral, Qwen) or "sigmoid" each (DeepSeek-V3)
+    norm_topk: bool = True         # the chosen experts' weights renormalised to sum to 1
+    route_scale: float = 1.0       # and then multiplied by this (DeepSeek-V3: 2.5)
+    expert_groups: int = 1         # group-limited routing: the experts in this many groups, ...
+    topk_groups: int = 1           # ... of which a token may use the best this many
+    expert_bias: bool = False      # a per-expert bias on selection only: auxiliary-loss-free balancing
 
     def __post_init__(self) -> None:
         self._check_types()
+        self._check_experts()
         if not self.n_kv_heads:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if not self.head_dim:
@@ -127,6 +140,35 @@ class ModelConfig:
             raise FieldError("rope_scaling", f"must be a table of llama3 scaling parameters or null, "
                              f"got {_shown(self.rope_scaling)}")
 
+    def _check_experts(self) -> None:
+        for f in ("n_experts", "n_shared_experts", "expert_ffn_dim", "dense_layers"):
+            check_int(f, getattr(self, f), minimum=0)
+        for f in ("n_active_experts", "expert_groups", "topk_groups"):
+            check_int(f, getattr(self, f))
+        check_float("route_scale", self.route_scale)
+        for f in ("norm_topk", "expert_bias"):
+            if not isinstance(getattr(self, f), bool):
+                raise FieldError(f, f"must be true or false, got {_shown(getattr(self, f))}")
+        if self.router not in ("softmax", "sigmoid"):
+            raise FieldError("router", f"must be softmax or sigmoid, got {_shown(self.router)}")
+        if not self.expert_ffn_dim:
+            object.__setattr__(self, "expert_ffn_dim", self.ffn_dim)
+        if not self.n_experts:
+            return
+        if self.n_active_experts > self.n_experts:
+            raise FieldError("n_active_experts", f"must not exceed n_experts ({self.n_experts}), "
+                             f"got {self.n_active_experts}")
+        if self.n_experts % self.expert_groups or self.topk_groups > self.expert_groups:
+            raise FieldError("expert_groups", f"must divide n_experts ({self.n_experts}) and be at least "
+                             f"topk_groups ({self.topk_groups}), got {self.expert_groups}")
+        if self.n_active_experts > self.topk_groups * (self.n_experts // self.expert_groups):
+            raise FieldError("n_active_experts", "exceeds the experts of the groups a token may use")
+        if self.dense_layers > self.n_layers:
+            raise FieldError("dense_layers", f"must not exceed n_layers ({self.n_layers}), got {self.dense_layers}")
+
+    def is_moe_layer(self, layer: int) -> bool:
+        return self.n_experts > 0 and layer >= self.dense_layers
+
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         eos = self.eos_token_id
@@ -155,11 +197,21 @@ def llama_ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None =
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-def count_params(c: ModelConfig) -> int:
-    """Parameter count from the architecture alone (tied embeddings counted once)."""
+def ffn_params(c: ModelConfig, layer: int, active: bool = False) -> int:
+    """Matmul parameters of a layer's feed-forward: dense, or the router and every expert (the
+    ones a token uses, when `active`: its top-k and the shared ones)."""
+    if not c.is_moe_layer(layer):
+        return 3 * c.dim * c.ffn_dim
+    experts = (c.n_active_experts if active else c.n_experts) + c.n_shared_experts
+    return c.dim * c.n_experts + experts * 3 * c.dim * c.expert_ffn_dim
+
+
+def count_params(c: ModelConfig, active: bool = False) -> int:
+    """Parameter count from the architecture alone (tied embeddings counted once); with
+    `active`, those a token uses (of a mixture of experts, its top-k and the shared ones)."""
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
     attention = c.dim * q + 2 * c.dim * kv + q * c.dim
-    ffn = 3 * c.dim * c.ffn_dim
-    per_layer = attention + ffn + 2 * c.dim          # + attention_norm, ffn_norm
+    norms = 2 * c.dim                                  # attention_norm, ffn_norm
+    layers = sum(attention + ffn_params(c, i, active) + norms for i in range(c.n_layers))
     embeddings = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
-    return c.n_layers * per_layer + c.dim + embeddings   # + final norm
+    return layers + c.dim + embeddings                 # + final norm

@@ -1,5 +1,6 @@
 """The Llama architecture (Touvron et al. 2023; Llama 2, Llama 3): pre-norm decoder blocks with
-RMSNorm, rotary attention with grouped-query heads, and a SwiGLU feed-forward. Parameter names
+RMSNorm, rotary attention with grouped-query heads, and a SwiGLU feed-forward, or a
+mixture of SwiGLU experts (`moe.py`) in the layers the config makes sparse. Parameter names
 are Meta's (`wq`, `w1`, `attention_norm`, ...); `lamina.checkpoint` maps other formats to them."""
 
 from __future__ import annotations
@@ -10,43 +11,11 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .kv_cache import Cache
+from .layers import FeedForward, Linear, RMSNorm
 from .loss import linear_cross_entropy
+from .moe import MoEFeedForward
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .segments import Segments
-
-
-def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """x @ weight.T, for x (..., in) and weight (out, in).
-
-    On CPU under torch.compile, a single row (batch-1 decode) is written as a multiply and a sum,
-    which inductor turns into its own GEMV kernel: split over all cores and fused with the norm
-    before it. Left as a matmul it calls MKL, whose GEMV at these sizes runs on one core at about
-    half the memory bandwidth; decode is bandwidth-bound, so this makes it about 1.8x faster
-    (bench/decode.py). Eagerly the product would be materialized, so there it stays a matmul."""
-    if torch.compiler.is_compiling() and x.is_cpu and x.shape[:-1].numel() == 1:
-        return (x.unsqueeze(-2) * weight).sum(-1)                      # (..., out)
-    return F.linear(x, weight)
-
-
-class Linear(nn.Linear):
-    """A bias-free nn.Linear (same parameter name and shape) that computes with `linear`."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Normalise in float32 whatever the activation dtype, as the reference implementations do.
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
 
 
 class Attention(nn.Module):
@@ -79,22 +48,11 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))                        # (B, T, dim)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, c: ModelConfig):
-        super().__init__()
-        self.w1 = Linear(c.dim, c.ffn_dim)   # gate
-        self.w2 = Linear(c.ffn_dim, c.dim)   # down
-        self.w3 = Linear(c.dim, c.ffn_dim)   # up
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, c: ModelConfig, layer_id: int):
         super().__init__()
         self.attention = Attention(c, layer_id)
-        self.feed_forward = FeedForward(c)
+        self.feed_forward = MoEFeedForward(c) if c.is_moe_layer(layer_id) else FeedForward(c.dim, c.ffn_dim)
         self.attention_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
 

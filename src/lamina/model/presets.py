@@ -2,7 +2,8 @@
 
 Figures: LLaMA (Touvron et al. 2023, table 2), Llama 2 (Touvron et al. 2023b, table 1 and the
 released params.json), Llama 3/3.1/3.2 (Meta model cards and released config.json), SmolLM2
-(HuggingFaceTB/SmolLM2-135M config.json)."""
+(HuggingFaceTB/SmolLM2-135M config.json), Mixtral 8x7B (Jiang et al. 2024: 46.7B parameters, 12.9B
+active; mistralai/Mixtral-8x7B-v0.1 config.json)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,12 @@ PRESETS: dict[str, ModelConfig] = {
     "llama-3.2-3b": ModelConfig(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, head_dim=128,
                                 ffn_dim=8192, max_seq_len=131072, tie_embeddings=True,
                                 rope_scaling=_LLAMA32_SCALING, **_LLAMA3),
+    # mixtures of experts
+    "debug-moe": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=512,
+                             max_seq_len=256, tie_embeddings=True, rope_theta=10000.0, n_experts=4,
+                             n_active_experts=2, expert_ffn_dim=64),
+    "mixtral-8x7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=32000,
+                                max_seq_len=32768, rope_theta=1e6, norm_eps=1e-5, n_experts=8, n_active_experts=2),
     "smollm2-135m": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
                                 vocab_size=49152, max_seq_len=8192, rope_theta=100000.0,
                                 tie_embeddings=True, bos_token_id=1, eos_token_id=2),

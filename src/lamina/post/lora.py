@@ -43,7 +43,7 @@ from ..errors import LaminaError
 from ..fields import InvalidField, check_fields
 from ..files import atomic_directory
 from ..model import from_state_dict, weights
-from ..model.llama import Linear, linear
+from ..model.layers import Linear, linear
 from ..version import __version__
 
 

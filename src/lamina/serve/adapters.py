@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..checkpoint.peft import PROJECTIONS, read_peft
 from ..errors import LaminaError
-from ..model.llama import Linear, linear
+from ..model.layers import Linear, linear
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}")   # what a client can send as `model`
 

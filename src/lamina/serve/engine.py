@@ -22,7 +22,7 @@ CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps a
 def compile_decode_step(model: Transformer):
     """The model's forward (logits of every position; a decode step has one) compiled for decode
     steps: one graph per (batch, cache length), whose single-row matmuls become multi-core GEMV
-    kernels (see `lamina.model.llama.linear`)."""
+    kernels (see `lamina.model.layers.linear`)."""
     return torch.compile(model, dynamic=False, fullgraph=True, options={
         # The engine owns the model and never swaps its modules or parameters, so dynamo need not
         # re-check ~300 of them before every step (about 1 ms a token on 2 cores).

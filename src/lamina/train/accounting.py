@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..model import ModelConfig
+from ..model.config import ffn_params
 
 # Used when nothing can be measured: stated in every record that uses them.
 DEFAULT_WATTS = {"cpu": 15.0, "cuda": 700.0}   # per CPU core in use; per GPU (H100 SXM's TDP)
@@ -23,10 +24,11 @@ RAPL = Path("/sys/class/powercap")
 
 def matmul_params(c: ModelConfig) -> int:
     """Parameters that take part in a matmul per token: the blocks' matrices and the output head
-    (the embedding lookup and the norms cost no matmul FLOPs)."""
+    (the embedding lookup and the norms cost no matmul FLOPs); of a mixture of experts, the
+    router and the experts a token is sent to."""
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    per_layer = c.dim * q + 2 * c.dim * kv + q * c.dim + 3 * c.dim * c.ffn_dim
-    return c.n_layers * per_layer + c.vocab_size * c.dim
+    attention = c.dim * q + 2 * c.dim * kv + q * c.dim
+    return sum(attention + ffn_params(c, i, active=True) for i in range(c.n_layers)) + c.vocab_size * c.dim
 
 
 def flops_per_token(c: ModelConfig, seq_len: int) -> int:

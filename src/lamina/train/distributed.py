@@ -80,6 +80,14 @@ def total(value: float, cluster: Cluster, device: torch.device) -> float:
     return float(t)
 
 
+def summed(t: torch.Tensor, cluster: Cluster) -> torch.Tensor:
+    """A tensor summed over ranks (itself on one)."""
+    if cluster.world > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
 def mean(value: float, cluster: Cluster, device: torch.device) -> float:
     """The mean of a number over ranks."""
     return total(value, cluster, device) / cluster.world

@@ -43,6 +43,7 @@ from ..data.loader import TokenShards
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
 from ..model import ModelConfig, Transformer, count_params, init_weights
+from ..model.moe import moe_layers, update_expert_bias
 from ..tokenizer import load_tokenizer
 from ..version import __version__
 from . import distributed, state
@@ -253,6 +254,7 @@ def run_loop(run: Run, step_fn: StepFn) -> RunResult:
             start = time.perf_counter()
             set_lr(run.optimizers, lr_factor(progress.step, config))
             result = step_fn(run)
+            result.metrics.update(balance_experts(run))
             account_step(run, result, time.perf_counter() - start)
             last = progress.step == config.total_steps
             if due(progress.step, config.eval_every, last):
@@ -272,6 +274,21 @@ def run_loop(run: Run, step_fn: StepFn) -> RunResult:
     final = state.checkpoint_dir(run.out, progress.step)
     say(run, f"checkpoint: {final}")
     return RunResult(run.out, final, progress.step, run.val_loss, run.val_bpb, run.samples, made_by(run))
+
+
+def balance_experts(run: Run) -> dict[str, float]:
+    """After a step of a mixture of experts: the tokens each expert received, summed over the
+    ranks, move the selection biases (auxiliary-loss-free balancing, the same on every rank) and
+    give the load figures logged: the worst layer's max/mean expert load, and the bias's spread."""
+    layers = moe_layers(run.model)
+    if not layers:
+        return {}
+    loads = distributed.summed(torch.stack([m.load for m in layers]), run.cluster)     # (layers, experts)
+    update_expert_bias(run.model, run.config.expert_bias_rate, list(loads))
+    ratio = (loads.max(1).values / loads.mean(1).clamp(min=1e-9)).max()
+    biases = [m.expert_bias for m in layers if m.expert_bias is not None]
+    spread = max(float(b.max() - b.min()) for b in biases) if biases else 0.0
+    return {"expert_load_max_over_mean": float(ratio), "expert_bias_spread": spread}
 
 
 def due(step: int, every: int, last: bool) -> bool:
@@ -405,6 +422,7 @@ def made_by(run: Run) -> dict:
     config, progress = run.config, run.progress
     return {"tool": "lamina train", "lamina_version": __version__, "train_config": config.to_dict(),
             "step": progress.step, "tokens": progress.tokens, "parameters": count_params(run.model_config),
+            "active_parameters": count_params(run.model_config, active=True),
             "compute": run.compute.record(config.grid_intensity) | {"flops_per_token": run.per_token},
             "data": run.ledger.summary(), "validation": {"loss": run.val_loss, "bits_per_byte": run.val_bpb},
             "samples": run.samples} | run.provenance

@@ -1,0 +1,143 @@
+"""A mixture of experts, lamina against transformers' Mixtral on the same weights and batch in one
+run (shared/BENCHMARKS.md): one training step (forward, backward, AdamW), and batch-1 greedy
+decoding.
+
+    .venv/bin/python -m bench.moe [--rounds 5] [--steps 3] [--device cpu|cuda]
+
+The model is a small Mixtral-layout MoE (8 experts, top-2; lamina writes it, transformers loads
+the directory). lamina computes the experts with grouped matmuls (`F.grouped_mm`, tokens sorted by
+expert); transformers' Mixtral loops over the experts that received tokens. Systems alternate
+each round; the first round is dropped (warm-up); medians are reported, with the model FLOPs per
+second of each (6 × active parameters per token, lamina.train.accounting) beside the matmul rate
+measured in the same run. Decoding: lamina's KV-cache engine against `generate` with its cache,
+greedy, the same prompt and length. Rows go to bench/results/moe.json."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from lamina.checkpoint import write_hf  # noqa: E402
+from lamina.model import ModelConfig, Transformer, init_weights, weights  # noqa: E402
+from lamina.serve.engine import Engine  # noqa: E402
+from lamina.serve.sampling import SamplingParams  # noqa: E402
+from lamina.train.accounting import flops_per_token, measure_matmul_flops  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CONFIG = ModelConfig(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096, max_seq_len=512,
+                     tie_embeddings=False, rope_theta=10000.0, n_experts=8, n_active_experts=2)
+BATCH, SEQ, NEW_TOKENS = 8, 256, 64
+
+
+def lamina_step(model, opt, x):
+    loss = model(x[:, :-1], targets=x[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def hf_step(model, opt, x):
+    loss = model(input_ids=x[:, :-1], labels=x[:, :-1].clone()).loss   # transformers shifts the labels itself
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def lamina_decode(model, prompt):
+    out = []
+    for step in Engine(model).generate([prompt], SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0,
+                                                                stop_token_ids=())):
+        out += [t for t in step if t is not None]
+    return out
+
+
+def hf_decode(model, prompt):
+    ids = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                         do_sample=False)
+    return ids[0, len(prompt):].tolist()
+
+
+def timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=3, help="training steps per round")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    from transformers import MixtralForCausalLM
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    ours = init_weights(Transformer(CONFIG), seed=0).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_hf(Path(tmp) / "m", CONFIG, weights(ours))
+        theirs = MixtralForCausalLM.from_pretrained(Path(tmp) / "m", dtype=torch.float32).to(device)
+    x = torch.randint(0, CONFIG.vocab_size, (BATCH, SEQ + 1), device=device)
+    with torch.no_grad():       # the same model: equal logits before any step
+        ours.eval(), theirs.eval()
+        gap = float((ours(x[:1, :32]) - theirs(x[:1, :32]).logits).abs().max())
+    ours.train(), theirs.train()
+    opts = {"lamina": torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=device.type == "cpu" or None),
+            "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4)}
+    steps = {"lamina": lambda: [lamina_step(ours, opts["lamina"], x) for _ in range(args.steps)],
+             "transformers": lambda: [hf_step(theirs, opts["transformers"], x) for _ in range(args.steps)]}
+    train_times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(args.rounds + 1):
+        for name, fn in (steps.items() if r % 2 == 0 else reversed(steps.items())):
+            t = timed(fn) / args.steps
+            if r:
+                train_times[name].append(t)
+    ours.eval(), theirs.eval()
+    prompt = x[0, :32].tolist()
+    with torch.no_grad():
+        same = lamina_decode(ours, prompt) == hf_decode(theirs, prompt)
+        decode_times: dict[str, list[float]] = {"lamina": [], "transformers": []}
+        fns = {"lamina": lambda: lamina_decode(ours, prompt), "transformers": lambda: hf_decode(theirs, prompt)}
+        for r in range(args.rounds + 1):
+            for name, fn in (fns.items() if r % 2 == 0 else reversed(fns.items())):
+                t = timed(fn)
+                if r:
+                    decode_times[name].append(t)
+    matmul = measure_matmul_flops(device, torch.float32)
+    per_token = flops_per_token(CONFIG, SEQ)
+    rows = {}
+    for name in steps:
+        step = statistics.median(train_times[name])
+        flops = per_token * BATCH * SEQ / step
+        rows[name] = {"train_step_s": step, "train_tokens_per_s": BATCH * SEQ / step, "model_flop_per_s": flops,
+                      "of_matmul": flops / matmul, "decode_tokens_per_s": NEW_TOKENS / statistics.median(decode_times[name])}
+    result = {"date": datetime.date.today().isoformat(), "host": platform.processor() or platform.machine(),
+              "device": str(device), "torch": torch.__version__, "config": CONFIG.to_dict(),
+              "batch": BATCH, "seq_len": SEQ, "rounds": args.rounds, "logit_gap_before": gap,
+              "greedy_outputs_equal": same, "matmul_flop_per_s": matmul, "systems": rows,
+              "train_speedup": rows["transformers"]["train_step_s"] / rows["lamina"]["train_step_s"],
+              "decode_speedup": rows["lamina"]["decode_tokens_per_s"] / rows["transformers"]["decode_tokens_per_s"]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "moe.json").write_text(json.dumps(result, indent=2) + "\n")
+    for name, r in rows.items():
+        print(f"{name:13s} train step {r['train_step_s'] * 1000:7.1f} ms ({r['train_tokens_per_s']:,.0f} tok/s, "
+              f"{r['of_matmul']:.0%} of matmul)   decode {r['decode_tokens_per_s']:6.1f} tok/s")
+    print(f"lamina/transformers: training {result['train_speedup']:.2f}x, decoding {result['decode_speedup']:.2f}x; "
+          f"logits before training differ by {gap:.1e}; greedy outputs equal: {same}")
+
+
+if __name__ == "__main__":
+    main()

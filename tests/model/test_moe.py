@@ -1,0 +1,193 @@
+"""The mixture-of-experts feed-forward: routing equal to transformers' DeepSeek-V3 router (sigmoid,
+groups, the balancing bias, route scale) and Mixtral's (softmax top-k); grouped experts equal to
+one matmul per expert, gradients included; Mixtral's Hugging Face layout both ways with equal
+logits; published parameter counts; and auxiliary-loss-free balancing that evens out a skewed
+router while leaving the mixing weights alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lamina.model import ModelConfig, Transformer, count_params, from_state_dict, init_weights, preset, weights
+from lamina.model.moe import MoEFeedForward, route, update_expert_bias
+
+SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, vocab_size=300, max_seq_len=128,
+             rope_theta=10000.0)
+
+
+def test_sigmoid_group_routing_equals_deepseek_v3s_router():
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+    theirs = DeepseekV3TopkRouter(DeepseekV3Config(hidden_size=64, n_routed_experts=16, num_experts_per_tok=4,
+                                                   n_group=4, topk_group=2, routed_scaling_factor=2.5,
+                                                   norm_topk_prob=True))
+    torch.manual_seed(0)
+    theirs.weight.data.normal_(0, 0.5)
+    theirs.e_score_correction_bias.normal_(0, 0.1)
+    c = ModelConfig(**SMALL, n_experts=16, n_active_experts=4, router="sigmoid", expert_groups=4, topk_groups=2,
+                    route_scale=2.5, expert_bias=True)
+    x = torch.randn(50, 64)
+    _, w_ref, idx_ref = theirs(x)
+    w, idx = route(F.linear(x, theirs.weight), c, theirs.e_score_correction_bias)
+    order_ref, order = idx_ref.sort(-1), idx.sort(-1)
+    assert torch.equal(order.values, order_ref.values)
+    torch.testing.assert_close(w.gather(1, order.indices), w_ref.gather(1, order_ref.indices))
+
+
+def test_grouped_experts_equal_one_matmul_per_expert_gradients_included():
+    c = ModelConfig(**SMALL, n_experts=6, n_active_experts=2, n_shared_experts=1, expert_ffn_dim=32)
+    torch.manual_seed(1)
+    moe = MoEFeedForward(c)
+    for p in moe.parameters():
+        p.data.normal_(0, 0.2)
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    y = moe(x)
+    # the reference: every token through its experts one at a time
+    flat = x.reshape(-1, 64)
+    w, idx = route(F.linear(flat.float(), moe.gate.weight), c, None)
+    ref = torch.stack([sum(w[n, j] * (F.silu(flat[n] @ moe.experts.w1[e].T) * (flat[n] @ moe.experts.w3[e].T))
+                           @ moe.experts.w2[e].T for j, e in enumerate(idx[n].tolist())) for n in range(len(flat))])
+    ref = ref + moe.shared(flat)
+    torch.testing.assert_close(y.reshape(-1, 64), ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad((y * g).sum(), [x, moe.experts.w1, moe.gate.weight])
+    grads_ref = torch.autograd.grad((ref.reshape_as(y) * g).sum(), [x, moe.experts.w1, moe.gate.weight])
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_mixtrals_layout_both_ways_with_transformers_logits(tmp_path):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from lamina.checkpoint import write_hf
+    from lamina.checkpoint.hf import read_hf
+    c = preset("debug-moe")
+    model = init_weights(Transformer(c), seed=3, std=0.1).eval()
+    write_hf(tmp_path / "ours", c, weights(model))
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
+    theirs = MixtralForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    tokens = torch.randint(0, c.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
+    # and what transformers writes, lamina reads
+    torch.manual_seed(0)
+    hf = MixtralForCausalLM(MixtralConfig(vocab_size=300, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=5,
+                                          num_experts_per_tok=2, max_position_embeddings=128)).eval()
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    hf.save_pretrained(tmp_path / "theirs")
+    ck = read_hf(tmp_path / "theirs")
+    assert (ck.config.n_experts, ck.config.n_active_experts, ck.config.expert_ffn_dim) == (5, 2, 48)
+    ours = from_state_dict(ck.config, ck.weights)
+    tokens = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layout_missing_an_expert_or_unlike_mixtral_is_one_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lamina.checkpoint import write_hf
+    from lamina.checkpoint.hf import read_hf
+    from lamina.errors import LaminaError
+    c = preset("debug-moe")
+    write_hf(tmp_path / "m", c, weights(init_weights(Transformer(c))))
+    tensors = load_file(tmp_path / "m" / "model.safetensors")
+    del tensors["model.layers.1.block_sparse_moe.experts.2.w3.weight"]
+    save_file(tensors, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(LaminaError, match=r"experts\.\*\.w3\.weight lacks expert 2"):
+        read_hf(tmp_path / "m")
+    shared = c.replace(n_shared_experts=1)
+    with pytest.raises(LaminaError, match="shared experts, which Mixtral's layout"):
+        write_hf(tmp_path / "s", shared, weights(init_weights(Transformer(shared))))
+    assert not (tmp_path / "s").exists()
+
+
+def test_parameter_counts_equal_the_published_ones():
+    c = preset("mixtral-8x7b")
+    assert round(count_params(c) / 1e9, 1) == 46.7 and round(count_params(c, active=True) / 1e9, 1) == 12.9
+    small = preset("debug-moe")
+    assert count_params(small) == sum(p.numel() for p in Transformer(small).parameters())
+
+
+def test_the_bias_balances_a_skewed_router_and_never_touches_the_weights():
+    c = ModelConfig(**SMALL, n_experts=8, n_active_experts=2, router="sigmoid", expert_bias=True)
+    torch.manual_seed(0)
+    moe = MoEFeedForward(c).train()
+    moe.gate.weight.data.normal_(0, 0.05)
+    moe.gate.weight.data[0] += 0.2                          # expert 0 draws most tokens
+    for p in moe.experts.parameters():
+        p.data.normal_(0, 0.1)
+    tokens = torch.randn(16, 32, 64) + 1.0
+
+    def ratio() -> float:
+        with torch.no_grad():
+            moe(tokens)
+        load = moe.load.clone()
+        moe.load.zero_()
+        return float(load.max() / load.mean())
+    before = ratio()
+    for _ in range(300):
+        with torch.no_grad():
+            moe(tokens)
+        update_expert_bias(moe, rate=1e-3)
+    assert before > 2 and ratio() < 1.3
+    # the bias chose the experts; the mixing weights are the plain scores of those chosen
+    flat = tokens.reshape(-1, 64)
+    scores = F.linear(flat, moe.gate.weight).sigmoid()
+    w, idx = route(F.linear(flat, moe.gate.weight), c, moe.expert_bias)
+    chosen = scores.gather(1, idx)
+    torch.testing.assert_close(w, chosen / chosen.sum(-1, keepdim=True))
+    assert not torch.equal(idx.sort(-1).values, route(F.linear(flat, moe.gate.weight), c, None)[1].sort(-1).values)
+
+
+def test_training_balances_and_resumes_bit_exact_bias_included(shakespeare_corpus, tmp_path):
+    """`lamina train` on debug-moe with the balancing bias: loads and the bias's spread logged;
+    three steps, then three more after --resume, equal six straight, the bias included."""
+    from safetensors.torch import load_file
+
+    from lamina.train import train, train_recipe
+
+    def config(out, steps):
+        return train_recipe("debug", ['model="debug-moe"', "model_overrides.expert_bias=true", "expert_bias_rate=0.01",
+                                      'schedule="constant"', "warmup_steps=0", "save_every=3", "eval_every=100",
+                                      "log_every=1"], data=str(shakespeare_corpus), out=str(out), max_steps=steps)
+    straight = train(config(tmp_path / "straight", 6), progress=False)
+    train(config(tmp_path / "resumed", 3), progress=False)
+    resumed = train(config(tmp_path / "resumed", 6), resume=True, progress=False)
+    a, b = (load_file(r.checkpoint / "model.safetensors") for r in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    bias = a["model.layers.0.block_sparse_moe.gate.e_score_correction_bias"]
+    assert 0 < bias.abs().max() <= 6 * 0.01 + 1e-6            # six steps of at most the rate each
+    logged = [json.loads(line) for line in (straight.run / "metrics.jsonl").read_text().splitlines()]
+    loads = [r["expert_load_max_over_mean"] for r in logged if "expert_load_max_over_mean" in r]
+    assert len(loads) == 6 and all(1 <= x <= 2 for x in loads)
+    assert [r["expert_bias_spread"] for r in logged if "expert_bias_spread" in r][-1] > 0
+    made_by = json.loads((straight.checkpoint / "lamina.json").read_text())["made_by"]
+    assert made_by["active_parameters"] < made_by["parameters"]
+
+
+def test_the_engine_decodes_a_mixture_of_experts_as_the_uncached_forward():
+    """Batched greedy decoding through the KV-cache engine equals re-running the whole sequence
+    each step, for prompts of different lengths."""
+    from lamina.serve.engine import Engine
+    from lamina.serve.sampling import SamplingParams
+    c = preset("debug-moe")
+    model = init_weights(Transformer(c), seed=5, std=0.1).eval()
+    prompts = [[1, 5, 9, 200], [3, 7], [11, 12, 13, 14, 15, 16]]
+    outs: list[list[int]] = [[] for _ in prompts]
+    for step in Engine(model).generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())):
+        for row, t in zip(outs, step):
+            if t is not None:
+                row.append(t)
+    for prompt, out in zip(prompts, outs):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(8):
+                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        assert out == seq[len(prompt):]
