@@ -172,8 +172,9 @@ def model_info(ref: str) -> dict:
     return {
         "path": str(ck.path), "format": ck.format, "architecture": "mixture of experts" if c.n_experts else "llama",
         "parameters": count_params(c), "active_parameters": count_params(c, active=True),
-        # keys and values of every layer, in bfloat16: what a KV cache holds per token
-        "kv_cache_bytes_per_token": 2 * c.n_layers * c.n_kv_heads * c.head_dim * 2,
+        # what a cache holds per token in bfloat16: every layer's keys and values, or its latent and RoPE key
+        "kv_cache_bytes_per_token": (c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) if c.latent
+                                     else 2 * c.n_layers * c.n_kv_heads * c.head_dim) * 2,
         "config": c.to_dict(),
         "stored_dtypes": ck.dtypes,
         "tokenizer": None if ck.tokenizer is None else {

@@ -4,9 +4,10 @@ mixed lengths, one filling a whole row, runs crossing nothing, and row padding."
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from lamina.model import ModelConfig, Transformer, init_weights
+from lamina.model import ModelConfig, Transformer, init_weights, preset
 from lamina.model.segments import Segments, Sequence
 
 
@@ -28,8 +29,10 @@ def layout(T: int, rows: list[list[int]]) -> torch.Tensor:
     return segments
 
 
-def test_segments_attention_equals_the_block_diagonal_mask_forward_and_backward():
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=300, max_seq_len=256)
+@pytest.mark.parametrize("config", [
+    ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=160, vocab_size=300, max_seq_len=256),
+    preset("debug-mla")], ids=["grouped-query", "latent"])      # latent: values narrower than queries and keys
+def test_segments_attention_equals_the_block_diagonal_mask_forward_and_backward(config):
     model = init_weights(Transformer(config), seed=3)
     T = 160
     # a full row of one sequence, then a row of one, so ids 0 meet 0 across the row boundary;

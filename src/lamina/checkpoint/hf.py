@@ -18,7 +18,7 @@ from ..model import ModelConfig, RopeScaling
 from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
-from .layout import from_lamina, split_name
+from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, split_name
 
 INDEX = "model.safetensors.index.json"
 
@@ -39,10 +39,11 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise LaminaError(f"{where}: architectures must be a list of names")
     mixtral = d.get("model_type") == "mixtral" or "MixtralForCausalLM" in archs
-    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not mixtral:
+    deepseek = d.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in archs
+    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not mixtral and not deepseek:
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
-        raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM and "
-                          "MixtralForCausalLM)")
+        raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM, "
+                          "MixtralForCausalLM and DeepseekV3ForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
     if mixtral and d.get("sliding_window"):
@@ -50,14 +51,16 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
                           "supported; Mixtral's released models set it to null")
     rope, scaling = _rope_from_hf(d, where)
     experts = {}
-    if mixtral:
+    if deepseek:
+        experts = _deepseek_from_hf(d, where)
+    elif mixtral:
         try:
             experts = {"n_experts": d["num_local_experts"], "n_active_experts": d["num_experts_per_tok"],
                        "expert_bias": bool(d.get("lamina_expert_bias", False))}
         except KeyError as e:
             raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     try:
-        return ModelConfig(
+        fields = dict(
             dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
             n_kv_heads=null_as_zero(d.get("num_key_value_heads")),
             head_dim=null_as_zero(d.get("head_dim")),
@@ -66,11 +69,38 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
             rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_scaling=scaling,
             max_seq_len=d.get("max_position_embeddings", 2048),
             tie_embeddings=d.get("tie_word_embeddings", False),
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"), **experts)
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+        return ModelConfig(**(fields | experts))
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
     except ValueError as e:
         raise config_error(e, where, HF_KEYS) from None
+
+
+def _deepseek_from_hf(d: dict, where) -> dict:
+    """The ModelConfig fields of DeepSeek-V3's config.json beyond Llama's: latent attention, and
+    a mixture of experts with sigmoid routing, groups and the balancing bias after the first
+    `first_k_dense_replace` dense layers."""
+    if d.get("rope_interleave", True) is not True:
+        raise LaminaError(f"{where}: rope_interleave false is not supported (DeepSeek-V3's checkpoints interleave)")
+    if d.get("scoring_func", "sigmoid") != "sigmoid" or d.get("topk_method", "noaux_tc") != "noaux_tc":
+        raise LaminaError(f"{where}: DeepSeek routing {d.get('scoring_func')}/{d.get('topk_method')} is not "
+                          "supported (DeepSeek-V3's sigmoid scores with noaux_tc)")
+    try:
+        layers, dense = d["num_hidden_layers"], d.get("first_k_dense_replace", 0)
+        moe = d.get("n_routed_experts") and dense < layers
+        fields = {"kv_lora_rank": d["kv_lora_rank"], "q_lora_rank": null_as_zero(d.get("q_lora_rank")),
+                  "qk_nope_head_dim": d["qk_nope_head_dim"], "qk_rope_head_dim": d["qk_rope_head_dim"],
+                  "v_head_dim": d["v_head_dim"], "head_dim": 0, "n_kv_heads": 0}
+        if moe:
+            fields |= {"n_experts": d["n_routed_experts"], "n_active_experts": d["num_experts_per_tok"],
+                       "n_shared_experts": d.get("n_shared_experts") or 0, "expert_ffn_dim": d["moe_intermediate_size"],
+                       "dense_layers": dense, "router": "sigmoid", "norm_topk": bool(d.get("norm_topk_prob", True)),
+                       "route_scale": float(d.get("routed_scaling_factor", 1.0)), "expert_groups": d.get("n_group") or 1,
+                       "topk_groups": d.get("topk_group") or 1, "expert_bias": True}
+        return fields
+    except KeyError as e:
+        raise LaminaError(f"{where}: missing field {e.args[0]}") from None
 
 
 def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
@@ -103,14 +133,37 @@ def _mixtral(c: ModelConfig) -> dict:
         ("a route scale", c.route_scale != 1.0), ("group-limited routing", c.expert_groups > 1),
         ("shared experts", c.n_shared_experts > 0), ("dense layers among the sparse ones", c.dense_layers > 0)) if differs]
     if unlike:
-        raise LaminaError(f"this mixture of experts has {', '.join(unlike)}, which Mixtral's layout, the one MoE "
-                          "layout lamina writes so far, cannot hold")
+        raise LaminaError(f"this mixture of experts has {', '.join(unlike)}, which Mixtral's layout cannot hold; "
+                          "DeepSeek-V3's holds them, with latent attention (kv_lora_rank > 0)")
     return {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "num_local_experts": c.n_experts,
             "num_experts_per_tok": c.n_active_experts, "intermediate_size": c.expert_ffn_dim,
             "sliding_window": None, "router_jitter_noise": 0.0, "output_router_logits": False,
             "router_aux_loss_coef": 0.0,
             # lamina's own key: transformers' Mixtral has no selection bias and ignores the tensor
             **({"lamina_expert_bias": True} if c.expert_bias else {})}
+
+
+def hf_layout(c: ModelConfig) -> str:
+    """The Hugging Face layout a config is written in: DeepSeek-V3's for latent attention,
+    Mixtral's for a mixture of experts, Llama's otherwise."""
+    return "deepseek_v3" if c.latent else "mixtral" if c.n_experts else "llama"
+
+
+def _deepseek(c: ModelConfig) -> dict:
+    """DeepSeek-V3's config.json fields (latent attention; its sigmoid-routed experts, if any)."""
+    if c.n_experts and c.router != "sigmoid":
+        raise LaminaError("DeepSeek-V3's layout routes experts by sigmoid scores; this model routes by softmax")
+    moe = c.n_experts > 0
+    return {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+            "kv_lora_rank": c.kv_lora_rank, "q_lora_rank": c.q_lora_rank or None,
+            "qk_nope_head_dim": c.qk_nope_head_dim, "qk_rope_head_dim": c.qk_rope_head_dim,
+            "v_head_dim": c.v_head_dim, "head_dim": c.qk_rope_head_dim, "rope_interleave": True,
+            "n_routed_experts": c.n_experts if moe else 1, "num_experts_per_tok": c.n_active_experts if moe else 1,
+            "n_shared_experts": c.n_shared_experts if moe else 0, "moe_intermediate_size": c.expert_ffn_dim,
+            "first_k_dense_replace": c.dense_layers if moe else c.n_layers,
+            "routed_scaling_factor": c.route_scale, "n_group": c.expert_groups, "topk_group": c.topk_groups,
+            "norm_topk_prob": c.norm_topk, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
+            "num_nextn_predict_layers": 0}
 
 
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
@@ -131,7 +184,7 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
-        **(_mixtral(c) if c.n_experts else {}),
+        **({"deepseek_v3": _deepseek, "mixtral": _mixtral}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }
 
 
@@ -187,6 +240,8 @@ def read_hf(path: str | Path) -> Checkpoint:
         except Exception as e:   # safetensors' own errors: truncated, bad header, ...
             raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
     weights |= _stack_experts(experts, config.n_experts, path)
+    if config.latent:
+        weights = {k: _rope_rows(config, k, v, to_halves=True) for k, v in weights.items()}
     check_weights(config, weights, path, "hf")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
     meta = read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
@@ -207,13 +262,35 @@ def _stack_experts(experts: dict[str, dict[int, Tensor]], n: int, path: Path) ->
     return stacked
 
 
+def _rope_rows(config: ModelConfig, name: str, w: Tensor, to_halves: bool) -> Tensor:
+    """DeepSeek-V3's checkpoints keep the rotated channels of queries and the shared key in
+    interleaved pairs (`rope_interleave`); lamina rotates halves. Permute those rows of wq/wq_b
+    (per head, after the position-free channels) and of wkv_a (its last rows)."""
+    permute = interleaved_to_halves if to_halves else halves_to_interleaved
+    nope, rope = config.qk_nope_head_dim, config.qk_rope_head_dim
+    if name.endswith(("attention.wq.weight", "attention.wq_b.weight")):
+        heads = w.view(config.n_heads, nope + rope, -1)
+        rotated = permute(heads[:, nope:].reshape(config.n_heads * rope, -1), config.n_heads)
+        return torch.cat((heads[:, :nope], rotated.view(config.n_heads, rope, -1)), dim=1).reshape(w.shape)
+    if name.endswith("attention.wkv_a.weight"):
+        return torch.cat((w[:config.kv_lora_rank], permute(w[config.kv_lora_rank:], 1)))
+    return w
+
+
 def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     """lamina's tensors under their Hugging Face names; a stacked experts tensor as one per expert."""
+    layout = hf_layout(config)
+    weights = dict(weights)
+    if layout == "deepseek_v3":
+        weights = {k: _rope_rows(config, k, v, to_halves=False) for k, v in weights.items()}
+        if config.n_experts and not config.expert_bias:     # DeepSeek-V3 always has the bias: a zero one
+            weights |= {f"layers.{i}.feed_forward.expert_bias": torch.zeros(config.n_experts)
+                        for i in range(config.dense_layers, config.n_layers)}
     out = {}
     for k, v in weights.items():
         if config.tie_embeddings and k == "output.weight":
             continue
-        name = from_lamina(k, "hf")
+        name = from_lamina(k, "hf", layout)
         if "{e}" in name:
             out.update({name.replace("{e}", str(e)): t.to(dtype).contiguous() for e, t in enumerate(v)})
         else:

@@ -39,15 +39,52 @@ NAMES.update({
     "layers.{i}.feed_forward.experts.w3": ("model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight",
                                            "blk.{i}.ffn_up_exps.weight"),
 })
+# Multi-head latent attention and shared experts, as DeepSeek-V3's Hugging Face layout names them
+# (GGUF: llama.cpp's deepseek2 names).
+NAMES.update({
+    "layers.{i}.attention.wq_a.weight": ("model.layers.{i}.self_attn.q_a_proj.weight", "blk.{i}.attn_q_a.weight"),
+    "layers.{i}.attention.q_norm.weight": ("model.layers.{i}.self_attn.q_a_layernorm.weight", "blk.{i}.attn_q_a_norm.weight"),
+    "layers.{i}.attention.wq_b.weight": ("model.layers.{i}.self_attn.q_b_proj.weight", "blk.{i}.attn_q_b.weight"),
+    "layers.{i}.attention.wkv_a.weight": ("model.layers.{i}.self_attn.kv_a_proj_with_mqa.weight",
+                                          "blk.{i}.attn_kv_a_mqa.weight"),
+    "layers.{i}.attention.kv_norm.weight": ("model.layers.{i}.self_attn.kv_a_layernorm.weight",
+                                            "blk.{i}.attn_kv_a_norm.weight"),
+    "layers.{i}.attention.wkv_b.weight": ("model.layers.{i}.self_attn.kv_b_proj.weight", "blk.{i}.attn_kv_b.weight"),
+    "layers.{i}.feed_forward.shared.w1.weight": ("model.layers.{i}.mlp.shared_experts.gate_proj.weight",
+                                                 "blk.{i}.ffn_gate_shexp.weight"),
+    "layers.{i}.feed_forward.shared.w2.weight": ("model.layers.{i}.mlp.shared_experts.down_proj.weight",
+                                                 "blk.{i}.ffn_down_shexp.weight"),
+    "layers.{i}.feed_forward.shared.w3.weight": ("model.layers.{i}.mlp.shared_experts.up_proj.weight",
+                                                 "blk.{i}.ffn_up_shexp.weight"),
+})
+# Where a Hugging Face layout names a tensor otherwise than Mixtral's (the default above): the
+# router and the routed experts under `mlp`, as DeepSeek-V3 has them.
+HF_LAYOUTS = {"deepseek_v3": {
+    "layers.{i}.feed_forward.gate.weight": "model.layers.{i}.mlp.gate.weight",
+    "layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
+    "layers.{i}.feed_forward.experts.w1": "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
+    "layers.{i}.feed_forward.experts.w2": "model.layers.{i}.mlp.experts.{e}.down_proj.weight",
+    "layers.{i}.feed_forward.experts.w3": "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
+}}
 FORMATS = {"hf": 0, "gguf": 1}
 _INDEX = re.escape("{i}"), re.escape("{e}")
 
 
-def _patterns(fmt: str):
+def _compile(theirs: str) -> re.Pattern:
+    return re.compile(re.escape(theirs).replace(_INDEX[0], r"(?P<i>\d+)").replace(_INDEX[1], r"(?P<e>\d+)") + "$")
+
+
+def _patterns(fmt: str, layout: str | None = None):
+    """(lamina name, the format's name, its pattern): a layout's own names first, then the defaults;
+    reading (no layout given) knows every layout's names."""
     col = FORMATS[fmt]
+    if fmt == "hf":
+        for name, table in HF_LAYOUTS.items():
+            if layout in (None, name):
+                for ours, theirs in table.items():
+                    yield ours, theirs, _compile(theirs)
     for ours, theirs in NAMES.items():
-        rx = re.escape(theirs[col]).replace(_INDEX[0], r"(?P<i>\d+)").replace(_INDEX[1], r"(?P<e>\d+)")
-        yield ours, theirs[col], re.compile(rx + "$")
+        yield ours, theirs[col], _compile(theirs[col])
 
 
 def split_name(name: str, fmt: str) -> tuple[str | None, int | None]:
@@ -68,10 +105,10 @@ def to_lamina(name: str, fmt: str) -> str | None:
     return split_name(name, fmt)[0]
 
 
-def from_lamina(name: str, fmt: str) -> str:
-    """The name in format `fmt` of lamina's tensor `name`; "{e}" stands for the expert where the
-    format keeps one tensor per expert."""
-    for ours, theirs, _ in _patterns(fmt):
+def from_lamina(name: str, fmt: str, layout: str = "") -> str:
+    """The name in format `fmt` (and Hugging Face `layout`, where it names tensors its own way) of
+    lamina's tensor `name`; "{e}" stands for the expert where the format keeps one per expert."""
+    for ours, theirs, _ in _patterns(fmt, layout):
         rx = re.escape(ours).replace(_INDEX[0], r"(\d+)")
         m = re.match(rx + "$", name)
         if m:

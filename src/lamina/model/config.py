@@ -84,6 +84,12 @@ class ModelConfig:
     tie_embeddings: bool = False   # output projection shares tok_embeddings.weight
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
+    # multi-head latent attention (model/mla.py); a kv_lora_rank of 0: grouped-query attention
+    kv_lora_rank: int = 0          # the compressed key/value latent a token caches
+    q_lora_rank: int = 0           # the queries' low-rank bottleneck; 0: a full query projection
+    qk_nope_head_dim: int = 128    # per head: query/key channels without position ...
+    qk_rope_head_dim: int = 64     # ... and with RoPE (the key's shared by all heads)
+    v_head_dim: int = 128          # per head: value channels
     # mixture of experts (model/moe.py); 0 experts: every feed-forward is dense
     n_experts: int = 0             # routed experts in each sparse layer
     n_active_experts: int = 2      # experts each token is routed to (top-k)
@@ -100,6 +106,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self._check_types()
         self._check_experts()
+        self._check_latent()
         if not self.n_kv_heads:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
         if not self.head_dim:
@@ -117,7 +124,7 @@ class ModelConfig:
                                  f"{_shown(sorted(self.rope_scaling))}") from None
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads {self.n_kv_heads} does not divide n_heads {self.n_heads}")
-        if self.head_dim % 2:
+        if self.rope_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for RoPE")
 
     def _check_types(self) -> None:
@@ -166,6 +173,29 @@ class ModelConfig:
         if self.dense_layers > self.n_layers:
             raise FieldError("dense_layers", f"must not exceed n_layers ({self.n_layers}), got {self.dense_layers}")
 
+    def _check_latent(self) -> None:
+        for f in ("kv_lora_rank", "q_lora_rank"):
+            check_int(f, getattr(self, f), minimum=0)
+        for f in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+            check_int(f, getattr(self, f))
+        if not self.kv_lora_rank:
+            return
+        if self.qk_rope_head_dim % 2:
+            raise FieldError("qk_rope_head_dim", f"must be even for RoPE, got {self.qk_rope_head_dim}")
+        # every head has its own keys and values, expanded from the shared latent
+        object.__setattr__(self, "n_kv_heads", self.n_heads)
+        object.__setattr__(self, "head_dim", self.qk_nope_head_dim + self.qk_rope_head_dim)
+
+    @property
+    def latent(self) -> bool:
+        """Multi-head latent attention (else grouped-query attention)."""
+        return self.kv_lora_rank > 0
+
+    @property
+    def rope_dim(self) -> int:
+        """The channels per head that RoPE rotates."""
+        return self.qk_rope_head_dim if self.latent else self.head_dim
+
     def is_moe_layer(self, layer: int) -> bool:
         return self.n_experts > 0 and layer >= self.dense_layers
 
@@ -206,11 +236,22 @@ def ffn_params(c: ModelConfig, layer: int, active: bool = False) -> int:
     return c.dim * c.n_experts + experts * 3 * c.dim * c.expert_ffn_dim
 
 
+def attention_params(c: ModelConfig, norms: bool = True) -> int:
+    """Parameters of one layer's attention: grouped-query, or latent (with its latents' norms)."""
+    if not c.latent:
+        q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        return c.dim * q + 2 * c.dim * kv + q * c.dim
+    H = c.n_heads
+    q = c.dim * c.q_lora_rank + c.q_lora_rank * H * c.head_dim if c.q_lora_rank else c.dim * H * c.head_dim
+    kv = c.dim * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim)
+    latent_norms = (c.q_lora_rank + c.kv_lora_rank) if norms else 0
+    return q + kv + H * c.v_head_dim * c.dim + latent_norms
+
+
 def count_params(c: ModelConfig, active: bool = False) -> int:
     """Parameter count from the architecture alone (tied embeddings counted once); with
     `active`, those a token uses (of a mixture of experts, its top-k and the shared ones)."""
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    attention = c.dim * q + 2 * c.dim * kv + q * c.dim
+    attention = attention_params(c)
     norms = 2 * c.dim                                  # attention_norm, ffn_norm
     layers = sum(attention + ffn_params(c, i, active) + norms for i in range(c.n_layers))
     embeddings = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)

@@ -13,6 +13,7 @@ from .config import ModelConfig
 from .kv_cache import Cache
 from .layers import FeedForward, Linear, RMSNorm
 from .loss import linear_cross_entropy
+from .mla import LatentAttention
 from .moe import MoEFeedForward
 from .rope import apply_rope, rope_cos_sin, rope_inv_freq
 from .segments import Segments
@@ -51,7 +52,7 @@ class Attention(nn.Module):
 class TransformerBlock(nn.Module):
     def __init__(self, c: ModelConfig, layer_id: int):
         super().__init__()
-        self.attention = Attention(c, layer_id)
+        self.attention = LatentAttention(c, layer_id) if c.latent else Attention(c, layer_id)
         self.feed_forward = MoEFeedForward(c) if c.is_moe_layer(layer_id) else FeedForward(c.dim, c.ffn_dim)
         self.attention_norm = RMSNorm(c.dim, c.norm_eps)
         self.ffn_norm = RMSNorm(c.dim, c.norm_eps)
@@ -72,7 +73,7 @@ class Transformer(nn.Module):
         self.output = Linear(config.dim, config.vocab_size)
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
+        inv_freq = rope_inv_freq(config.rope_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def body(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
@@ -160,7 +161,7 @@ def from_state_dict(config: ModelConfig, state_dict: dict[str, Tensor],
     if config.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight
     device = state["tok_embeddings.weight"].device
-    inv_freq = rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling).to(device)
+    inv_freq = rope_inv_freq(config.rope_dim, config.rope_theta, config.rope_scaling).to(device)
     model.register_buffer("inv_freq", inv_freq, persistent=False)
     return model.eval()
 

@@ -3,7 +3,9 @@
 Figures: LLaMA (Touvron et al. 2023, table 2), Llama 2 (Touvron et al. 2023b, table 1 and the
 released params.json), Llama 3/3.1/3.2 (Meta model cards and released config.json), SmolLM2
 (HuggingFaceTB/SmolLM2-135M config.json), Mixtral 8x7B (Jiang et al. 2024: 46.7B parameters, 12.9B
-active; mistralai/Mixtral-8x7B-v0.1 config.json)."""
+active; mistralai/Mixtral-8x7B-v0.1 config.json), DeepSeek-V3 (671B, 37B activated; its config.json,
+without the multi-token prediction module) and DeepSeek-V2-Lite (15.7B; its config.json). The
+presets leave out YaRN, with which both extend their context."""
 
 from __future__ import annotations
 
@@ -54,6 +56,23 @@ PRESETS: dict[str, ModelConfig] = {
                              n_active_experts=2, expert_ffn_dim=64),
     "mixtral-8x7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336, vocab_size=32000,
                                 max_seq_len=32768, rope_theta=1e6, norm_eps=1e-5, n_experts=8, n_active_experts=2),
+    # latent attention and DeepSeek's mixture (sigmoid routing in groups, a shared expert, the balancing bias)
+    "debug-mla": ModelConfig(dim=64, n_layers=3, n_heads=4, ffn_dim=96, vocab_size=512, max_seq_len=256,
+                             tie_embeddings=True, rope_theta=10000.0, norm_eps=1e-6, kv_lora_rank=32, q_lora_rank=24,
+                             qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, n_experts=8, n_active_experts=2,
+                             n_shared_experts=1, expert_ffn_dim=32, dense_layers=1, router="sigmoid", route_scale=2.5,
+                             expert_groups=4, topk_groups=2, expert_bias=True),
+    "deepseek-v3": ModelConfig(dim=7168, n_layers=61, n_heads=128, ffn_dim=18432, vocab_size=129280, max_seq_len=163840,
+                               norm_eps=1e-6, rope_theta=10000.0, bos_token_id=0, eos_token_id=1, kv_lora_rank=512,
+                               q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                               n_experts=256, n_active_experts=8, n_shared_experts=1, expert_ffn_dim=2048,
+                               dense_layers=3, router="sigmoid", route_scale=2.5, expert_groups=8, topk_groups=4,
+                               expert_bias=True),
+    "deepseek-v2-lite": ModelConfig(dim=2048, n_layers=27, n_heads=16, ffn_dim=10944, vocab_size=102400,
+                                    max_seq_len=163840, norm_eps=1e-6, rope_theta=10000.0, bos_token_id=100000,
+                                    eos_token_id=100001, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
+                                    v_head_dim=128, n_experts=64, n_active_experts=6, n_shared_experts=2,
+                                    expert_ffn_dim=1408, dense_layers=1, norm_topk=False),
     "smollm2-135m": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
                                 vocab_size=49152, max_seq_len=8192, rope_theta=100000.0,
                                 tie_embeddings=True, bos_token_id=1, eos_token_id=2),

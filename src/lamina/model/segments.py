@@ -80,18 +80,19 @@ class Segments:
             groups.append(_group(members, device))
         return cls(tuple(groups))
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool) -> Tensor:
-        """Causal attention within each sequence: q (B, H, T, D), k and v (B, KV, T, D) -> (B, H, T, D)."""
-        B, H, T, D = q.shape
-        flat = [t.transpose(1, 2).reshape(B * T, t.shape[1], D) for t in (q, k, v)]        # (B*T, heads, D)
-        out = q.new_zeros(B * T, H, D)
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, enable_gqa: bool = False, scale: float | None = None) -> Tensor:
+        """Causal attention within each sequence: q, k (B, H or KV, T, D), v (B, KV, T, Dv) -> (B, H, T, Dv)."""
+        B, H, T, _ = q.shape
+        Dv = v.shape[-1]
+        flat = [t.transpose(1, 2).reshape(B * T, t.shape[1], t.shape[-1]) for t in (q, k, v)]   # (B*T, heads, *)
+        out = q.new_zeros(B * T, H, Dv)
         for g in self.groups:
             qg = flat[0][g.queries].transpose(1, 2)                                         # (G, H, Lq, D)
             kg, vg = (t[g.keys].transpose(1, 2) for t in flat[1:])                          # (G, KV, Lk, D)
             y = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, is_causal=g.mask is None,
-                                               enable_gqa=enable_gqa)
+                                               enable_gqa=enable_gqa, scale=scale)
             out = out.index_copy(0, g.target, y.transpose(1, 2).flatten(0, 1).index_select(0, g.kept))
-        return out.view(B, T, H, D).transpose(1, 2)
+        return out.view(B, T, H, Dv).transpose(1, 2)
 
 
 def _group(members: list[Sequence], device) -> Group:

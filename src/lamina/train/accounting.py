@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..model import ModelConfig
-from ..model.config import ffn_params
+from ..model.config import attention_params, ffn_params
 
 # Used when nothing can be measured: stated in every record that uses them.
 DEFAULT_WATTS = {"cpu": 15.0, "cuda": 700.0}   # per CPU core in use; per GPU (H100 SXM's TDP)
@@ -26,15 +26,16 @@ def matmul_params(c: ModelConfig) -> int:
     """Parameters that take part in a matmul per token: the blocks' matrices and the output head
     (the embedding lookup and the norms cost no matmul FLOPs); of a mixture of experts, the
     router and the experts a token is sent to."""
-    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    attention = c.dim * q + 2 * c.dim * kv + q * c.dim
+    attention = attention_params(c, norms=False)
     return sum(attention + ffn_params(c, i, active=True) for i in range(c.n_layers)) + c.vocab_size * c.dim
 
 
 def flops_per_token(c: ModelConfig, seq_len: int) -> int:
     """Training FLOPs per token, forward and backward: 6N for the matmuls plus 12·L·H·Q·T for
-    attention scores and values (PaLM, Chowdhery et al. 2022, appendix B)."""
-    return 6 * matmul_params(c) + 12 * c.n_layers * c.n_heads * c.head_dim * seq_len
+    attention scores and values (PaLM, Chowdhery et al. 2022, appendix B); with latent attention
+    the scores take the query/key width and the values their own: 6·L·H·(Q + V)·T."""
+    value_dim = c.v_head_dim if c.latent else c.head_dim
+    return 6 * matmul_params(c) + 6 * c.n_layers * c.n_heads * (c.head_dim + value_dim) * seq_len
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, rounds: int = 5,

@@ -1,0 +1,62 @@
+"""Multi-head latent attention (DeepSeek-V2, 2024; DeepSeek-V3): keys and values are expanded per
+head from one small latent per token (`kv_lora_rank` channels, normed), plus one RoPE key shared by
+all heads; queries may pass through their own low-rank bottleneck (`q_lora_rank`). Each head's
+query and key are the concatenation of a position-free part and a rotated part. Names follow
+DeepSeek's reference code (`wq_a`, `q_norm`, `wq_b`, `wkv_a`, `kv_norm`, `wkv_b`, `wo`).
+
+This is the naive form, which trains and is the reference: it expands the latent into full keys
+and values. Decoding with a cache of the latent alone (the up-projections absorbed into the query
+and output) builds on it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .kv_cache import Cache
+from .layers import Linear, RMSNorm
+from .rope import apply_rope
+from .segments import Segments
+
+LATENT_NORM_EPS = 1e-6          # DeepSeek's latent norms use their own epsilon, not the config's
+
+
+class LatentAttention(nn.Module):
+    def __init__(self, c: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id, self.n_heads = layer_id, c.n_heads
+        self.nope, self.rope, self.v_dim, self.rank = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank
+        qk = c.qk_nope_head_dim + c.qk_rope_head_dim
+        if c.q_lora_rank:
+            self.wq_a = Linear(c.dim, c.q_lora_rank)
+            self.q_norm = RMSNorm(c.q_lora_rank, LATENT_NORM_EPS)
+            self.wq_b = Linear(c.q_lora_rank, c.n_heads * qk)
+        else:
+            self.wq = Linear(c.dim, c.n_heads * qk)
+        self.wkv_a = Linear(c.dim, c.kv_lora_rank + c.qk_rope_head_dim)
+        self.kv_norm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
+        self.wkv_b = Linear(c.kv_lora_rank, c.n_heads * (c.qk_nope_head_dim + c.v_head_dim))
+        self.wo = Linear(c.n_heads * c.v_head_dim, c.dim)
+        self.scale = qk ** -0.5
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
+                slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
+        if cache is not None:
+            raise ValueError("latent attention does not decode with a KV cache yet; its latent cache comes next")
+        B, T, _ = x.shape
+        H = self.n_heads
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
+        q_nope, q_pe = q.view(B, T, H, -1).transpose(1, 2).split([self.nope, self.rope], dim=-1)  # (B, H, T, *)
+        latent, k_pe = self.wkv_a(x).split([self.rank, self.rope], dim=-1)           # (B, T, rank), (B, T, rope)
+        kv = self.wkv_b(self.kv_norm(latent)).view(B, T, H, -1).transpose(1, 2)     # (B, H, T, nope + v)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        k_pe = apply_rope(k_pe.unsqueeze(1), cos, sin)                               # (B, 1, T, rope)
+        q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)                 # (B, H, T, qk)
+        k = torch.cat((k_nope, k_pe.expand(B, H, T, self.rope)), dim=-1)
+        if isinstance(mask, Segments):
+            y = mask.attend(q, k, v, scale=self.scale)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))                # (B, T, dim)

@@ -1,0 +1,77 @@
+"""Multi-head latent attention (DeepSeek-V2/V3) and DeepSeek-V3's Hugging Face layout: lamina's
+model and transformers' DeepseekV3ForCausalLM give equal logits on the same weights, both ways
+(latent attention with and without the query bottleneck, sigmoid routing in groups, a shared
+expert, the balancing bias, dense first layers, interleaved RoPE rows); published parameter
+counts; and the engine's clear refusal until the latent cache lands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lamina.checkpoint import write_hf
+from lamina.checkpoint.hf import read_hf
+from lamina.errors import LaminaError
+from lamina.model import Transformer, count_params, from_state_dict, init_weights, preset, weights
+
+
+def test_deepseek_v3s_layout_both_ways_with_transformers_logits(tmp_path):
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+    c = preset("debug-mla")
+    model = init_weights(Transformer(c), seed=3, std=0.1).eval()
+    for layer in model.layers[c.dense_layers:]:
+        layer.feed_forward.expert_bias.normal_(0, 0.05)          # a trained bias changes which experts are chosen
+    write_hf(tmp_path / "ours", c, weights(model))
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"] == ["DeepseekV3ForCausalLM"]
+    theirs = DeepseekV3ForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    tokens = torch.randint(0, c.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
+    back = read_hf(tmp_path / "ours")
+    assert back.config == c
+    # what transformers writes (no query bottleneck this time), lamina reads
+    torch.manual_seed(0)
+    hf = DeepseekV3ForCausalLM(DeepseekV3Config(
+        vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
+        routed_scaling_factor=2.5, kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=12,
+        qk_nope_head_dim=16, n_group=4, topk_group=2, num_experts_per_tok=2, first_k_dense_replace=1,
+        max_position_embeddings=128)).eval()
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for m in hf.modules():
+        if hasattr(m, "e_score_correction_bias"):
+            m.e_score_correction_bias.normal_(0, 0.05)
+    hf.save_pretrained(tmp_path / "theirs")
+    ck = read_hf(tmp_path / "theirs")
+    assert (ck.config.q_lora_rank, ck.config.v_head_dim, ck.config.dense_layers) == (0, 12, 1)
+    ours = from_state_dict(ck.config, ck.weights).eval()
+    tokens = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_parameter_counts_equal_the_published_ones():
+    v3 = preset("deepseek-v3")
+    assert round(count_params(v3) / 1e9) == 671
+    # DeepSeek counts activated parameters without the input embeddings: 37B
+    assert round((count_params(v3, active=True) - v3.vocab_size * v3.dim) / 1e9) == 37
+    assert round(count_params(preset("deepseek-v2-lite")) / 1e9, 1) == 15.7
+    small = preset("debug-mla")
+    assert count_params(small) == sum(p.numel() for p in Transformer(small).parameters())
+
+
+def test_a_latent_model_trains_and_the_engine_says_it_cannot_decode_it_yet(shakespeare_corpus, tmp_path):
+    from lamina.serve.engine import Engine
+    from lamina.train import train, train_recipe
+    result = train(train_recipe("debug", ['model="debug-mla"', "eval_every=10", "save_every=10", "lr=1e-2"],
+                                data=str(shakespeare_corpus), out=str(tmp_path / "run"), max_steps=10), progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert losses[-1] < losses[0]
+    ck = read_hf(result.checkpoint)
+    assert ck.config.latent and ck.config.expert_bias
+    with pytest.raises(LaminaError, match="latent cache comes next"):
+        Engine(from_state_dict(ck.config, ck.weights))
