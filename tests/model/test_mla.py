@@ -2,18 +2,17 @@
 model and transformers' DeepseekV3ForCausalLM give equal logits on the same weights, both ways
 (latent attention with and without the query bottleneck, sigmoid routing in groups, a shared
 expert, the balancing bias, dense first layers, interleaved RoPE rows); published parameter
-counts; and the engine's clear refusal until the latent cache lands."""
+counts; training; and decoding over a cache of the latent alone, with the up-projections absorbed,
+equal to the naive forward."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
 from lamina.checkpoint import write_hf
 from lamina.checkpoint.hf import read_hf
-from lamina.errors import LaminaError
 from lamina.model import Transformer, count_params, from_state_dict, init_weights, preset, weights
 
 
@@ -63,8 +62,7 @@ def test_parameter_counts_equal_the_published_ones():
     assert count_params(small) == sum(p.numel() for p in Transformer(small).parameters())
 
 
-def test_a_latent_model_trains_and_the_engine_says_it_cannot_decode_it_yet(shakespeare_corpus, tmp_path):
-    from lamina.serve.engine import Engine
+def test_a_latent_model_trains(shakespeare_corpus, tmp_path):
     from lamina.train import train, train_recipe
     result = train(train_recipe("debug", ['model="debug-mla"', "eval_every=10", "save_every=10", "lr=1e-2"],
                                 data=str(shakespeare_corpus), out=str(tmp_path / "run"), max_steps=10), progress=False)
@@ -73,5 +71,31 @@ def test_a_latent_model_trains_and_the_engine_says_it_cannot_decode_it_yet(shake
     assert losses[-1] < losses[0]
     ck = read_hf(result.checkpoint)
     assert ck.config.latent and ck.config.expert_bias
-    with pytest.raises(LaminaError, match="latent cache comes next"):
-        Engine(from_state_dict(ck.config, ck.weights))
+
+
+def test_absorbed_decoding_over_the_latent_cache_equals_the_naive_forward():
+    """The engine caches each token's latent and RoPE key only (kv_lora_rank + qk_rope_head_dim
+    channels a layer) and attends over them with wkv_b absorbed; its batched greedy output,
+    prompts of different lengths sharing a step, equals re-running the naive forward each step."""
+    from lamina.model.kv_cache import SlotCache
+    from lamina.serve.engine import Engine
+    from lamina.serve.sampling import SamplingParams
+    c = preset("debug-mla")
+    model = init_weights(Transformer(c), seed=5, std=0.1).eval()
+    for layer in model.layers[c.dense_layers:]:
+        layer.feed_forward.expert_bias.normal_(0, 0.05)
+    prompts = [[1, 5, 9, 200], [3, 7], [11, 12, 13, 14, 15, 16]]
+    outs: list[list[int]] = [[] for _ in prompts]
+    for step in Engine(model).generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())):
+        for row, t in zip(outs, step):
+            if t is not None:
+                row.append(t)
+    for prompt, out in zip(prompts, outs):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(8):
+                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+        assert out == seq[len(prompt):]
+    per_token = SlotCache.bytes_per_token(c, torch.bfloat16)
+    assert per_token == c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 2
+    assert per_token < 2 * c.n_layers * c.n_heads * c.head_dim * 2 / 4     # a quarter of multi-head attention's

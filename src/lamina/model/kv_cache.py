@@ -14,17 +14,26 @@ from torch import Tensor
 from .config import ModelConfig
 
 
-def _layers(config: ModelConfig, shape: tuple[int, ...], dtype, device) -> list[Tensor]:
+def cached_dims(config: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(heads, channels) of what a layer caches per token, as "k" and "v": the keys and values of
+    grouped-query attention, or, for latent attention, the normed latent and the rotated RoPE key,
+    each one shared by every head (the up-projections are absorbed at attention time)."""
+    if config.latent:
+        return (1, config.kv_lora_rank), (1, config.qk_rope_head_dim)
+    return (config.n_kv_heads, config.head_dim), (config.n_kv_heads, config.head_dim)
+
+
+def _layers(config: ModelConfig, rows: int, max_len: int, dtype, device) -> tuple[list[Tensor], list[Tensor]]:
     # One tensor per layer rather than one stacked buffer: under torch.compile an in-place write
     # into a view of a shared buffer makes inductor copy the whole buffer every step.
-    return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+    return tuple([torch.zeros((rows, heads, max_len, dim), dtype=dtype, device=device) for _ in range(config.n_layers)]
+                 for heads, dim in cached_dims(config))
 
 
 class KVCache:
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
-        self.k, self.v = _layers(config, shape, dtype, device), _layers(config, shape, dtype, device)
+        self.k, self.v = _layers(config, batch_size, max_len, dtype, device)
 
     @property
     def max_len(self) -> int:
@@ -55,8 +64,7 @@ class SlotCache:
 
     def __init__(self, config: ModelConfig, n_slots: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        shape = (n_slots, config.n_kv_heads, max_len, config.head_dim)
-        self.k, self.v = _layers(config, shape, dtype, device), _layers(config, shape, dtype, device)
+        self.k, self.v = _layers(config, n_slots, max_len, dtype, device)
 
     @property
     def n_slots(self) -> int:
@@ -72,7 +80,8 @@ class SlotCache:
 
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
-        return 2 * config.n_layers * config.n_kv_heads * config.head_dim * dtype.itemsize
+        (kh, kd), (vh, vd) = cached_dims(config)
+        return config.n_layers * (kh * kd + vh * vd) * dtype.itemsize
 
     def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """Write row b of k, v (B, KV, T, D) into slot b at positions `slots[b]` (slots: (B, T));

@@ -4,9 +4,12 @@ all heads; queries may pass through their own low-rank bottleneck (`q_lora_rank`
 query and key are the concatenation of a position-free part and a rotated part. Names follow
 DeepSeek's reference code (`wq_a`, `q_norm`, `wq_b`, `wkv_a`, `kv_norm`, `wkv_b`, `wo`).
 
-This is the naive form, which trains and is the reference: it expands the latent into full keys
-and values. Decoding with a cache of the latent alone (the up-projections absorbed into the query
-and output) builds on it."""
+Without a cache (training, scoring) it runs the naive form, the reference: the latent expanded
+into every head's keys and values. With a cache it keeps only the latent and the rotated RoPE key
+per token (`kv_cache.cached_dims`: kv_lora_rank + qk_rope_head_dim channels per layer, against
+2 × heads × head_dim for multi-head attention) and absorbs the key up-projection into the query
+and the value up-projection into the output (DeepSeek-V2 §2.1.2): each head attends over the
+latent itself, so the expanded keys and values are never made."""
 
 from __future__ import annotations
 
@@ -43,20 +46,38 @@ class LatentAttention(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
-        if cache is not None:
-            raise ValueError("latent attention does not decode with a KV cache yet; its latent cache comes next")
         B, T, _ = x.shape
         H = self.n_heads
         q = self.wq_b(self.q_norm(self.wq_a(x))) if hasattr(self, "wq_a") else self.wq(x)
         q_nope, q_pe = q.view(B, T, H, -1).transpose(1, 2).split([self.nope, self.rope], dim=-1)  # (B, H, T, *)
         latent, k_pe = self.wkv_a(x).split([self.rank, self.rope], dim=-1)           # (B, T, rank), (B, T, rope)
-        kv = self.wkv_b(self.kv_norm(latent)).view(B, T, H, -1).transpose(1, 2)     # (B, H, T, nope + v)
-        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        latent = self.kv_norm(latent)
         k_pe = apply_rope(k_pe.unsqueeze(1), cos, sin)                               # (B, 1, T, rope)
-        q = torch.cat((q_nope, apply_rope(q_pe, cos, sin)), dim=-1)                 # (B, H, T, qk)
+        q_pe = apply_rope(q_pe, cos, sin)
+        if cache is not None:
+            return self.absorbed(q_nope, q_pe, latent, k_pe, cache, slots, mask)
+        kv = self.wkv_b(latent).view(B, T, H, -1).transpose(1, 2)                   # (B, H, T, nope + v)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
+        q = torch.cat((q_nope, q_pe), dim=-1)                                       # (B, H, T, qk)
         k = torch.cat((k_nope, k_pe.expand(B, H, T, self.rope)), dim=-1)
         if isinstance(mask, Segments):
             y = mask.attend(q, k, v, scale=self.scale)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scale)
         return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))                # (B, T, dim)
+
+    def absorbed(self, q_nope: Tensor, q_pe: Tensor, latent: Tensor, k_pe: Tensor, cache: Cache, slots: Tensor,
+                 mask: Tensor) -> Tensor:
+        """Attention over the cached latents: q_nope (B, H, T, nope), q_pe (B, H, T, rope) rotated,
+        the new tokens' latent (B, T, rank) and rotated key k_pe (B, 1, T, rope)."""
+        B, H, T, _ = q_nope.shape
+        c_kv, c_pe = cache.update(self.layer_id, latent.unsqueeze(1), k_pe, slots)   # (B, 1, S, rank), (B, 1, S, rope)
+        L = mask.shape[-1]
+        c_kv, c_pe = c_kv[:, :, :L], c_pe[:, :, :L]
+        w = self.wkv_b.weight.view(H, self.nope + self.v_dim, self.rank)
+        q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w[:, :self.nope])                # (B, H, T, rank)
+        q = torch.cat((q_latent, q_pe), dim=-1)                                            # (B, H, T, rank + rope)
+        k = torch.cat((c_kv, c_pe), dim=-1)                                                # (B, 1, L, rank + rope)
+        y = F.scaled_dot_product_attention(q, k, c_kv, attn_mask=mask, scale=self.scale, enable_gqa=True)
+        y = torch.einsum("bhtr,hvr->bhtv", y, w[:, self.nope:])                            # (B, H, T, v)
+        return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))

@@ -35,9 +35,6 @@ def compile_decode_step(model: Transformer):
 
 class Engine:
     def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None):
-        if model.config.latent:
-            raise LaminaError("latent attention (DeepSeek's MLA) does not decode with lamina's KV cache yet: its "
-                              "latent cache comes next; train, evaluate and convert such a model meanwhile")
         self.model = model.eval()
         self.config = model.config
         self.adapters = adapters or Adapters(model, {})
