@@ -4,6 +4,10 @@ decoding.
 
     .venv/bin/python -m bench.moe [--rounds 5] [--steps 3] [--device cpu|cuda]
 
+and the caches of latent attention against multi-head and grouped-query attention at the same
+width (dense feed-forward, lamina's engine for all three): bytes per token, and greedy decoding of
+a batch of long prompts.
+
 The model is a small Mixtral-layout MoE (8 experts, top-2; lamina writes it, transformers loads
 the directory). lamina computes the experts with grouped matmuls (`F.grouped_mm`, tokens sorted by
 expert); transformers' Mixtral loops over the experts that received tokens. Systems alternate
@@ -37,8 +41,15 @@ from lamina.train.accounting import flops_per_token, measure_matmul_flops  # noq
 
 RESULTS = Path(__file__).parent / "results"
 CONFIG = ModelConfig(dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=512, vocab_size=4096, max_seq_len=512,
-                     tie_embeddings=False, rope_theta=10000.0, n_experts=8, n_active_experts=2)
+                     tie_embeddings=False, rope_theta=10000.0, n_experts=32, n_active_experts=4, expert_ffn_dim=256)
 BATCH, SEQ, NEW_TOKENS = 8, 256, 64
+_DENSE = dict(dim=256, n_layers=4, n_heads=4, ffn_dim=704, vocab_size=4096, max_seq_len=1024, rope_theta=10000.0)
+ATTENTIONS = {     # the same width and heads; latent: DeepSeek's proportions (rank 2 x head width, RoPE half a head)
+    "multi-head": ModelConfig(**_DENSE, n_kv_heads=4),
+    "grouped-query (2 kv heads)": ModelConfig(**_DENSE, n_kv_heads=2),
+    "latent (rank 128 + RoPE 32)": ModelConfig(**_DENSE, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
+                                               v_head_dim=64),
+}
 
 
 def lamina_step(model, opt, x):
@@ -46,7 +57,7 @@ def lamina_step(model, opt, x):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def hf_step(model, opt, x):
@@ -54,7 +65,7 @@ def hf_step(model, opt, x):
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return loss.item()
 
 
 def lamina_decode(model, prompt):
@@ -69,6 +80,24 @@ def hf_decode(model, prompt):
     ids = model.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                          do_sample=False)
     return ids[0, len(prompt):].tolist()
+
+
+def caches(rounds: int, device: torch.device) -> dict:
+    """Bytes per token and batched decode speed of each attention's cache, models alternated."""
+    from lamina.model.kv_cache import SlotCache
+    models = {name: init_weights(Transformer(c), seed=0).to(device).eval() for name, c in ATTENTIONS.items()}
+    prompts = torch.randint(0, 4096, (8, 512)).tolist()
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0, stop_token_ids=())
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for r in range(rounds + 1):
+            for name, model in (models.items() if r % 2 == 0 else reversed(models.items())):
+                t = timed(lambda: [None for _ in Engine(model).generate(prompts, params)])
+                if r:
+                    times[name].append(t)
+    return {name: {"cache_bytes_per_token_bf16": SlotCache.bytes_per_token(ATTENTIONS[name], torch.bfloat16),
+                   "parameters": sum(p.numel() for p in models[name].parameters()),
+                   "decode_tokens_per_s": 8 * NEW_TOKENS / statistics.median(times[name])} for name in models}
 
 
 def timed(fn, *args) -> float:
@@ -94,6 +123,9 @@ def main() -> None:
     with torch.no_grad():       # the same model: equal logits before any step
         ours.eval(), theirs.eval()
         gap = float((ours(x[:1, :32]) - theirs(x[:1, :32]).logits).abs().max())
+    prompt = x[0, :32].tolist()
+    with torch.no_grad():
+        same = lamina_decode(ours, prompt) == hf_decode(theirs, prompt)
     ours.train(), theirs.train()
     opts = {"lamina": torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=device.type == "cpu" or None),
             "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4)}
@@ -106,9 +138,7 @@ def main() -> None:
             if r:
                 train_times[name].append(t)
     ours.eval(), theirs.eval()
-    prompt = x[0, :32].tolist()
     with torch.no_grad():
-        same = lamina_decode(ours, prompt) == hf_decode(theirs, prompt)
         decode_times: dict[str, list[float]] = {"lamina": [], "transformers": []}
         fns = {"lamina": lambda: lamina_decode(ours, prompt), "transformers": lambda: hf_decode(theirs, prompt)}
         for r in range(args.rounds + 1):
@@ -130,6 +160,7 @@ def main() -> None:
               "greedy_outputs_equal": same, "matmul_flop_per_s": matmul, "systems": rows,
               "train_speedup": rows["transformers"]["train_step_s"] / rows["lamina"]["train_step_s"],
               "decode_speedup": rows["lamina"]["decode_tokens_per_s"] / rows["transformers"]["decode_tokens_per_s"]}
+    result["attention_caches"] = caches(args.rounds, device)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "moe.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, r in rows.items():
@@ -137,6 +168,9 @@ def main() -> None:
               f"{r['of_matmul']:.0%} of matmul)   decode {r['decode_tokens_per_s']:6.1f} tok/s")
     print(f"lamina/transformers: training {result['train_speedup']:.2f}x, decoding {result['decode_speedup']:.2f}x; "
           f"logits before training differ by {gap:.1e}; greedy outputs equal: {same}")
+    for name, r in result["attention_caches"].items():
+        print(f"{name:28s} cache {r['cache_bytes_per_token_bf16']:6,} bytes/token   {r['parameters']:,} parameters   "
+              f"decode (8 prompts of 512) {r['decode_tokens_per_s']:6.1f} tok/s")
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ def test_grouped_experts_equal_one_matmul_per_expert_gradients_included():
                            @ moe.experts.w2[e].T for j, e in enumerate(idx[n].tolist())) for n in range(len(flat))])
     ref = ref + moe.shared(flat)
     torch.testing.assert_close(y.reshape(-1, 64), ref, rtol=1e-5, atol=1e-5)
+    # a decode step's handful of rows goes through the experts one pair at a time: the same
+    torch.testing.assert_close(moe.experts.few(flat[:3], w[:3], idx[:3]), (ref - moe.shared(flat))[:3],
+                               rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y)
     grads = torch.autograd.grad((y * g).sum(), [x, moe.experts.w1, moe.gate.weight])
     grads_ref = torch.autograd.grad((ref.reshape_as(y) * g).sum(), [x, moe.experts.w1, moe.gate.weight])

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .layers import FeedForward, Linear
 
+SMALL = 8       # (token, expert) pairs up to which a layer computes them one by one (batch-1 decode)
+
 
 def route(logits: Tensor, c: ModelConfig, bias: Tensor | None) -> tuple[Tensor, Tensor]:
     """(weights (N, k), experts (N, k)) of router logits (N, E), computed in float32."""
@@ -66,6 +68,8 @@ class Experts(nn.Module):
     def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
         """x (N, D); each row through its k experts (N, k), mixed by `weights` (N, k)."""
         N, k = experts.shape
+        if N * k <= SMALL and not torch.compiler.is_compiling():
+            return self.few(x, weights, experts)
         flat = experts.flatten()                                  # (N*k,)
         order = flat.argsort(stable=True)
         offsets = torch.bincount(flat, minlength=self.w1.shape[0]).cumsum(0).to(torch.int32)
@@ -73,6 +77,17 @@ class Experts(nn.Module):
         y = grouped_swiglu(x[rows], self.w1, self.w2, self.w3, offsets)                 # (N*k, D)
         y = y * weights.flatten()[order].unsqueeze(-1).to(y.dtype)
         return torch.zeros_like(x).index_add_(0, rows, y)                              # (N, D)
+
+
+    def few(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+        """A decode step's few (token, expert) pairs one by one: sorting and grouping cost more
+        than they save when there are a handful of rows."""
+        out = torch.zeros_like(x)
+        for n, row in enumerate(experts.tolist()):
+            for j, e in enumerate(row):
+                h = F.silu(F.linear(x[n], self.w1[e])) * F.linear(x[n], self.w3[e])
+                out[n] += weights[n, j].to(x.dtype) * F.linear(h, self.w2[e])
+        return out
 
 
 class MoEFeedForward(nn.Module):
