@@ -73,29 +73,16 @@ def test_a_latent_model_trains(shakespeare_corpus, tmp_path):
     assert ck.config.latent and ck.config.expert_bias
 
 
-def test_absorbed_decoding_over_the_latent_cache_equals_the_naive_forward():
+def test_absorbed_decoding_over_the_latent_cache_equals_the_naive_forward(greedy_equals_uncached):
     """The engine caches each token's latent and RoPE key only (kv_lora_rank + qk_rope_head_dim
     channels a layer) and attends over them with wkv_b absorbed; its batched greedy output,
     prompts of different lengths sharing a step, equals re-running the naive forward each step."""
     from lamina.model.kv_cache import SlotCache
-    from lamina.serve.engine import Engine
-    from lamina.serve.sampling import SamplingParams
     c = preset("debug-mla")
     model = init_weights(Transformer(c), seed=5, std=0.1).eval()
     for layer in model.layers[c.dense_layers:]:
         layer.feed_forward.expert_bias.normal_(0, 0.05)
-    prompts = [[1, 5, 9, 200], [3, 7], [11, 12, 13, 14, 15, 16]]
-    outs: list[list[int]] = [[] for _ in prompts]
-    for step in Engine(model).generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())):
-        for row, t in zip(outs, step):
-            if t is not None:
-                row.append(t)
-    for prompt, out in zip(prompts, outs):
-        seq = list(prompt)
-        with torch.no_grad():
-            for _ in range(8):
-                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-        assert out == seq[len(prompt):]
+    greedy_equals_uncached(model)
     per_token = SlotCache.bytes_per_token(c, torch.bfloat16)
     assert per_token == c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 2
     assert per_token < 2 * c.n_layers * c.n_heads * c.head_dim * 2 / 4     # a quarter of multi-head attention's

@@ -175,22 +175,7 @@ def test_training_balances_and_resumes_bit_exact_bias_included(shakespeare_corpu
     assert made_by["active_parameters"] < made_by["parameters"]
 
 
-def test_the_engine_decodes_a_mixture_of_experts_as_the_uncached_forward():
+def test_the_engine_decodes_a_mixture_of_experts_as_the_uncached_forward(greedy_equals_uncached):
     """Batched greedy decoding through the KV-cache engine equals re-running the whole sequence
     each step, for prompts of different lengths."""
-    from lamina.serve.engine import Engine
-    from lamina.serve.sampling import SamplingParams
-    c = preset("debug-moe")
-    model = init_weights(Transformer(c), seed=5, std=0.1).eval()
-    prompts = [[1, 5, 9, 200], [3, 7], [11, 12, 13, 14, 15, 16]]
-    outs: list[list[int]] = [[] for _ in prompts]
-    for step in Engine(model).generate(prompts, SamplingParams(max_new_tokens=8, temperature=0, stop_token_ids=())):
-        for row, t in zip(outs, step):
-            if t is not None:
-                row.append(t)
-    for prompt, out in zip(prompts, outs):
-        seq = list(prompt)
-        with torch.no_grad():
-            for _ in range(8):
-                seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-        assert out == seq[len(prompt):]
+    greedy_equals_uncached(init_weights(Transformer(preset("debug-moe")), seed=5, std=0.1).eval())
