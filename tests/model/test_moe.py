@@ -179,3 +179,45 @@ def test_the_engine_decodes_a_mixture_of_experts_as_the_uncached_forward(greedy_
     """Batched greedy decoding through the KV-cache engine equals re-running the whole sequence
     each step, for prompts of different lengths."""
     greedy_equals_uncached(init_weights(Transformer(preset("debug-moe")), seed=5, std=0.1).eval())
+
+
+@pytest.mark.parametrize("experts", [0, 8], ids=["qwen3", "qwen3-moe"])
+def test_qwen3s_layouts_both_ways_with_transformers_logits(tmp_path, experts):
+    """Per-head query/key norms before RoPE (Qwen3), and Qwen3-MoE's softmax-routed experts after
+    a dense first layer (`mlp_only_layers`), unnormalised top-k weights from transformers' side."""
+    import transformers
+
+    from lamina.checkpoint import write_hf
+    from lamina.checkpoint.hf import read_hf
+    c = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=96, vocab_size=300,
+                    max_seq_len=128, rope_theta=1e6, norm_eps=1e-6, qk_norm=True, n_experts=experts,
+                    expert_ffn_dim=32 if experts else 0, dense_layers=1 if experts else 0)
+    model = init_weights(Transformer(c), seed=3, std=0.1).eval()
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.data.normal_(1, 0.1)                          # norms that do something
+    write_hf(tmp_path / "ours", c, weights(model))
+    cls = transformers.Qwen3MoeForCausalLM if experts else transformers.Qwen3ForCausalLM
+    theirs = cls.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    tokens = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
+    assert read_hf(tmp_path / "ours").config == c
+    config_cls = transformers.Qwen3MoeConfig if experts else transformers.Qwen3Config
+    extra = dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False) if experts else {}
+    torch.manual_seed(0)
+    hf = cls(config_cls(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **extra)).eval()
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    hf.save_pretrained(tmp_path / "theirs")
+    ck = read_hf(tmp_path / "theirs")
+    ours = from_state_dict(ck.config, ck.weights).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_qwen3_30b_a3b_counts_equal_the_published_ones():
+    c = preset("qwen3-30b-a3b")
+    assert round(count_params(c) / 1e9, 1) == 30.5
+    assert int(count_params(c, active=True) / 1e8) / 10 == 3.3      # 3.35B; the model card truncates to 3.3B

@@ -40,19 +40,22 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
         raise LaminaError(f"{where}: architectures must be a list of names")
     mixtral = d.get("model_type") == "mixtral" or "MixtralForCausalLM" in archs
     deepseek = d.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in archs
-    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not mixtral and not deepseek:
+    qwen3 = d.get("model_type") in ("qwen3", "qwen3_moe") or bool({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"} & set(archs))
+    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not (mixtral or deepseek or qwen3):
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
         raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM, "
-                          "MixtralForCausalLM and DeepseekV3ForCausalLM)")
+                          "MixtralForCausalLM, DeepseekV3ForCausalLM, Qwen3ForCausalLM and Qwen3MoeForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
-    if mixtral and d.get("sliding_window"):
+    if (mixtral and d.get("sliding_window")) or (qwen3 and d.get("use_sliding_window")):
         raise LaminaError(f"{where}: sliding-window attention (sliding_window {d['sliding_window']!r:.20}) is not "
                           "supported; Mixtral's released models set it to null")
     rope, scaling = _rope_from_hf(d, where)
     experts = {}
     if deepseek:
         experts = _deepseek_from_hf(d, where)
+    elif qwen3:
+        experts = _qwen3_from_hf(d, where)
     elif mixtral:
         try:
             experts = {"n_experts": d["num_local_experts"], "n_active_experts": d["num_experts_per_tok"],
@@ -103,6 +106,25 @@ def _deepseek_from_hf(d: dict, where) -> dict:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
 
 
+def _qwen3_from_hf(d: dict, where) -> dict:
+    """Qwen3's fields beyond Llama's: the per-head query/key norm, and for Qwen3-MoE softmax-routed
+    experts in every layer from `decoder_sparse_step` 1, the `mlp_only_layers` dense."""
+    fields: dict = {"qk_norm": True}
+    if d.get("model_type") != "qwen3_moe" and "Qwen3MoeForCausalLM" not in (d.get("architectures") or []):
+        return fields
+    dense = sorted(d.get("mlp_only_layers") or [])
+    if d.get("decoder_sparse_step", 1) != 1 or dense != list(range(len(dense))):
+        raise LaminaError(f"{where}: sparse layers other than all of them after the first dense ones "
+                          f"(decoder_sparse_step {d.get('decoder_sparse_step')}, mlp_only_layers {dense}) are not supported")
+    try:
+        return fields | {"n_experts": d["num_experts"] if "num_experts" in d else d["num_local_experts"],  # transformers 5 writes the latter
+                         "n_active_experts": d["num_experts_per_tok"],
+                         "expert_ffn_dim": d["moe_intermediate_size"], "dense_layers": len(dense),
+                         "norm_topk": bool(d.get("norm_topk_prob", True))}
+    except KeyError as e:
+        raise LaminaError(f"{where}: missing field {e.args[0]}") from None
+
+
 def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
     """(the RoPE parameters, the llama3 scaling or None): transformers 5 writes
     `rope_parameters`, 4 wrote `rope_scaling`."""
@@ -144,9 +166,30 @@ def _mixtral(c: ModelConfig) -> dict:
 
 
 def hf_layout(c: ModelConfig) -> str:
-    """The Hugging Face layout a config is written in: DeepSeek-V3's for latent attention,
-    Mixtral's for a mixture of experts, Llama's otherwise."""
-    return "deepseek_v3" if c.latent else "mixtral" if c.n_experts else "llama"
+    """The Hugging Face layout a config is written in: DeepSeek-V3's for latent attention, Qwen3's
+    (or Qwen3-MoE's) for per-head query/key norms, Mixtral's for another mixture of experts,
+    Llama's otherwise."""
+    if c.latent:
+        return "deepseek_v3"
+    if c.qk_norm:
+        return "qwen3_moe" if c.n_experts else "qwen3"
+    return "mixtral" if c.n_experts else "llama"
+
+
+def _qwen3(c: ModelConfig) -> dict:
+    """Qwen3's config.json fields; Qwen3-MoE's when the model has experts."""
+    if not c.n_experts:
+        return {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "use_sliding_window": False}
+    unlike = [what for what, differs in (
+        ("a sigmoid router", c.router != "softmax"), ("a route scale", c.route_scale != 1.0),
+        ("group-limited routing", c.expert_groups > 1), ("shared experts", c.n_shared_experts > 0),
+        ("a balancing bias", c.expert_bias)) if differs]
+    if unlike:
+        raise LaminaError(f"this mixture of experts has {', '.join(unlike)}, which Qwen3-MoE's layout cannot hold")
+    return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "num_experts": c.n_experts,
+            "num_experts_per_tok": c.n_active_experts, "moe_intermediate_size": c.expert_ffn_dim,
+            "norm_topk_prob": c.norm_topk, "decoder_sparse_step": 1, "mlp_only_layers": list(range(c.dense_layers)),
+            "use_sliding_window": False, "output_router_logits": False, "router_aux_loss_coef": 0.0}
 
 
 def _deepseek(c: ModelConfig) -> dict:
@@ -184,7 +227,8 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
-        **({"deepseek_v3": _deepseek, "mixtral": _mixtral}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
+        **({"deepseek_v3": _deepseek, "mixtral": _mixtral, "qwen3": _qwen3,
+            "qwen3_moe": _qwen3}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }
 
 

@@ -50,6 +50,7 @@ NAMES.update({
     "layers.{i}.attention.kv_norm.weight": ("model.layers.{i}.self_attn.kv_a_layernorm.weight",
                                             "blk.{i}.attn_kv_a_norm.weight"),
     "layers.{i}.attention.wkv_b.weight": ("model.layers.{i}.self_attn.kv_b_proj.weight", "blk.{i}.attn_kv_b.weight"),
+    "layers.{i}.attention.k_norm.weight": ("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight"),
     "layers.{i}.feed_forward.shared.w1.weight": ("model.layers.{i}.mlp.shared_experts.gate_proj.weight",
                                                  "blk.{i}.ffn_gate_shexp.weight"),
     "layers.{i}.feed_forward.shared.w2.weight": ("model.layers.{i}.mlp.shared_experts.down_proj.weight",
@@ -58,14 +59,21 @@ NAMES.update({
                                                  "blk.{i}.ffn_up_shexp.weight"),
 })
 # Where a Hugging Face layout names a tensor otherwise than Mixtral's (the default above): the
-# router and the routed experts under `mlp`, as DeepSeek-V3 has them.
-HF_LAYOUTS = {"deepseek_v3": {
+# router and the routed experts under `mlp`, as DeepSeek-V3 and Qwen3-MoE have them; Qwen3's
+# per-head query norm (lamina's `q_norm` is otherwise the latent query norm of DeepSeek).
+_MLP_EXPERTS = {
     "layers.{i}.feed_forward.gate.weight": "model.layers.{i}.mlp.gate.weight",
-    "layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
     "layers.{i}.feed_forward.experts.w1": "model.layers.{i}.mlp.experts.{e}.gate_proj.weight",
     "layers.{i}.feed_forward.experts.w2": "model.layers.{i}.mlp.experts.{e}.down_proj.weight",
     "layers.{i}.feed_forward.experts.w3": "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
-}}
+}
+_QWEN3 = {"layers.{i}.attention.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight"}
+HF_LAYOUTS = {
+    "deepseek_v3": _MLP_EXPERTS | {
+        "layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias"},
+    "qwen3_moe": _MLP_EXPERTS | _QWEN3,
+    "qwen3": _QWEN3,
+}
 FORMATS = {"hf": 0, "gguf": 1}
 _INDEX = re.escape("{i}"), re.escape("{e}")
 

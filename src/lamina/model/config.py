@@ -84,6 +84,7 @@ class ModelConfig:
     tie_embeddings: bool = False   # output projection shares tok_embeddings.weight
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
+    qk_norm: bool = False          # RMSNorm over each head's queries and keys before RoPE (Qwen3)
     # multi-head latent attention (model/mla.py); a kv_lora_rank of 0: grouped-query attention
     kv_lora_rank: int = 0          # the compressed key/value latent a token caches
     q_lora_rank: int = 0           # the queries' low-rank bottleneck; 0: a full query projection
@@ -153,7 +154,7 @@ class ModelConfig:
         for f in ("n_active_experts", "expert_groups", "topk_groups"):
             check_int(f, getattr(self, f))
         check_float("route_scale", self.route_scale)
-        for f in ("norm_topk", "expert_bias"):
+        for f in ("norm_topk", "expert_bias", "qk_norm"):
             if not isinstance(getattr(self, f), bool):
                 raise FieldError(f, f"must be true or false, got {_shown(getattr(self, f))}")
         if self.router not in ("softmax", "sigmoid"):
@@ -180,6 +181,8 @@ class ModelConfig:
             check_int(f, getattr(self, f))
         if not self.kv_lora_rank:
             return
+        if self.qk_norm:
+            raise FieldError("qk_norm", "applies to grouped-query attention; latent attention has its own norms")
         if self.qk_rope_head_dim % 2:
             raise FieldError("qk_rope_head_dim", f"must be even for RoPE, got {self.qk_rope_head_dim}")
         # every head has its own keys and values, expanded from the shared latent
@@ -240,7 +243,7 @@ def attention_params(c: ModelConfig, norms: bool = True) -> int:
     """Parameters of one layer's attention: grouped-query, or latent (with its latents' norms)."""
     if not c.latent:
         q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-        return c.dim * q + 2 * c.dim * kv + q * c.dim
+        return c.dim * q + 2 * c.dim * kv + q * c.dim + (2 * c.head_dim if c.qk_norm and norms else 0)
     H = c.n_heads
     q = c.dim * c.q_lora_rank + c.q_lora_rank * H * c.head_dim if c.q_lora_rank else c.dim * H * c.head_dim
     kv = c.dim * (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank * H * (c.qk_nope_head_dim + c.v_head_dim)

@@ -28,6 +28,8 @@ class Attention(nn.Module):
         self.wk = Linear(c.dim, c.n_kv_heads * c.head_dim)
         self.wv = Linear(c.dim, c.n_kv_heads * c.head_dim)
         self.wo = Linear(c.n_heads * c.head_dim, c.dim)
+        if c.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.norm_eps), RMSNorm(c.head_dim, c.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
@@ -35,6 +37,8 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, D)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):                                                # Qwen3: per head, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_id, k, v, slots)                        # (B, KV, S, D)

@@ -4,7 +4,8 @@ Figures: LLaMA (Touvron et al. 2023, table 2), Llama 2 (Touvron et al. 2023b, ta
 released params.json), Llama 3/3.1/3.2 (Meta model cards and released config.json), SmolLM2
 (HuggingFaceTB/SmolLM2-135M config.json), Mixtral 8x7B (Jiang et al. 2024: 46.7B parameters, 12.9B
 active; mistralai/Mixtral-8x7B-v0.1 config.json), DeepSeek-V3 (671B, 37B activated; its config.json,
-without the multi-token prediction module) and DeepSeek-V2-Lite (15.7B; its config.json). The
+without the multi-token prediction module), DeepSeek-V2-Lite (15.7B; its config.json) and
+Qwen3-30B-A3B (30.5B, 3.3B activated; Qwen/Qwen3-30B-A3B config.json). The
 presets leave out YaRN, with which both extend their context."""
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ PRESETS: dict[str, ModelConfig] = {
                                     eos_token_id=100001, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
                                     v_head_dim=128, n_experts=64, n_active_experts=6, n_shared_experts=2,
                                     expert_ffn_dim=1408, dense_layers=1, norm_topk=False),
+    "qwen3-30b-a3b": ModelConfig(dim=2048, n_layers=48, n_heads=32, n_kv_heads=4, head_dim=128, ffn_dim=6144,
+                                 vocab_size=151936, max_seq_len=40960, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
+                                 bos_token_id=151643, eos_token_id=151645, n_experts=128, n_active_experts=8,
+                                 expert_ffn_dim=768),
     "smollm2-135m": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
                                 vocab_size=49152, max_seq_len=8192, rope_theta=100000.0,
                                 tie_embeddings=True, bos_token_id=1, eos_token_id=2),
