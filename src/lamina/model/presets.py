@@ -31,6 +31,12 @@ PRESETS: dict[str, ModelConfig] = {
     "lamina-speedrun": ModelConfig(dim=256, n_layers=6, n_heads=4, n_kv_heads=2, ffn_dim=704,
                                    vocab_size=4096, max_seq_len=512, tie_embeddings=True,
                                    rope_theta=10000.0, bos_token_id=None, eos_token_id=None),
+    # its mixture-of-experts twin: the same attention and the same active feed-forward per token
+    # (2 of 8 experts of 352 = 704), four times the feed-forward parameters, balanced by the bias
+    "lamina-speedrun-moe": ModelConfig(dim=256, n_layers=6, n_heads=4, n_kv_heads=2, ffn_dim=704,
+                                       vocab_size=4096, max_seq_len=512, tie_embeddings=True,
+                                       rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+                                       n_experts=8, n_active_experts=2, expert_ffn_dim=352, expert_bias=True),
     "llama-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, **_LLAMA1),
     "llama-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, ffn_dim=13824, **_LLAMA1),
     "llama-33b": ModelConfig(dim=6656, n_layers=60, n_heads=52, ffn_dim=17920, **_LLAMA1),
