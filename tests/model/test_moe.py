@@ -171,6 +171,7 @@ def test_training_balances_and_resumes_bit_exact_bias_included(shakespeare_corpu
     loads = [r["expert_load_max_over_mean"] for r in logged if "expert_load_max_over_mean" in r]
     assert len(loads) == 6 and all(1 <= x <= 2 for x in loads)
     assert [r["expert_bias_spread"] for r in logged if "expert_bias_spread" in r][-1] > 0
+    assert (straight.run / "loss.png").is_file()          # with a second panel: the load and the bias
     made_by = json.loads((straight.checkpoint / "lamina.json").read_text())["made_by"]
     assert made_by["active_parameters"] < made_by["parameters"]
 

@@ -58,14 +58,18 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def plot_loss(run: Path) -> Path:
-    """Training and validation loss against tokens seen, as run/loss.png."""
+    """Training and validation loss against tokens seen, as run/loss.png; for a mixture of experts
+    a second panel: the worst layer's max/mean expert load and the balancing bias's spread."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = read_metrics(run)
     train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    load = [(r["tokens"], r["expert_load_max_over_mean"], r["expert_bias_spread"]) for r in rows
+            if "expert_load_max_over_mean" in r]
+    fig, axes = plt.subplots(2 if load else 1, 1, figsize=(7, 6.5 if load else 4), sharex=True, squeeze=False)
+    ax = axes[0, 0]
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if val:
@@ -73,7 +77,21 @@ def plot_loss(run: Path) -> Path:
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or val:
+        ax.legend()
+    if load:
+        tokens, ratio, spread = zip(*load)
+        ax = axes[1, 0]
+        ax.plot(tokens, ratio, linewidth=1, label="max/mean expert load (worst layer)")
+        ax.axhline(1.0, color="grey", linestyle=":")
+        ax.set_ylabel("expert load")
+        ax.set_xlabel("tokens")
+        ax.grid(alpha=0.3)
+        twin = ax.twinx()
+        twin.plot(tokens, spread, color="tab:orange", linewidth=1, label="bias spread")
+        twin.set_ylabel("bias spread (max - min)")
+        ax.legend(loc="upper left", fontsize=8)
+        twin.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     out = run / CURVE_FILE
     with atomic_file(out, overwrite=True) as tmp:      # redrawn at every save: never half a PNG
