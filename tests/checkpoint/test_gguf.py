@@ -359,3 +359,18 @@ def test_writing_weights_that_do_not_fit_the_config_raises_and_writes_nothing(tm
     with pytest.raises(LaminaError, match=says):
         write_gguf(tmp_path / "m.gguf", small, weights(random_model(small)), tokenizer, dtype="f32")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_llama_cpp_runs_a_lamina_mixture_of_experts_with_equal_logits(tmp_path, tokenizer):
+    """Mixtral's routing under llama.cpp's llama architecture: the experts stacked as llama.cpp
+    keeps them (ffn_gate_exps, ...), expert_count and expert_used_count in the metadata."""
+    config = tiny(tokenizer).replace(n_experts=4, n_active_experts=2, ffn_dim=64, expert_ffn_dim=0)   # experts of 64
+    model = random_model(config, seed=2)
+    path = write_gguf(tmp_path / "moe.gguf", config, weights(model), tokenizer, dtype="f32")
+    meta, tensors = gguf_fields(path)
+    assert (meta["llama.expert_count"], meta["llama.expert_used_count"]) == (4, 2)
+    assert tuple(reversed(tensors["blk.0.ffn_gate_exps.weight"].shape.tolist())) == (4, 64, config.dim)
+    back = read_gguf(path)
+    assert back.config == config
+    ids = tokenizer.encode(TEXT)
+    assert relative_error(llama_cpp_logits(path, ids), logits(model, ids)) < 1e-4

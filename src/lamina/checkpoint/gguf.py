@@ -63,8 +63,11 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
         raise LaminaError(f"{where}: missing tensor token_embd.weight")
     # head_dim 0 lets ModelConfig derive dim // n_heads once it has checked both are integers
     head_dim = meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", 0))
+    experts = {}
+    if meta.get("llama.expert_count"):
+        experts = {"n_experts": get("expert_count"), "n_active_experts": get("expert_used_count")}
     try:
-        return ModelConfig(
+        return ModelConfig(**experts,
             dim=get("embedding_length"), n_layers=get("block_count"),
             n_heads=get("attention.head_count"),
             n_kv_heads=get("attention.head_count_kv", get("attention.head_count")),
@@ -170,9 +173,12 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
-    if config.n_experts:
-        raise LaminaError("a mixture of experts is not written as GGUF yet; write the Hugging Face layout "
-                          "(Mixtral's), which llama.cpp's converter reads")
+    if config.n_experts:       # llama.cpp runs Mixtral's routing under the llama architecture
+        from .hf import mixtral_config
+        mixtral_config(config)      # the same routing limits: softmax, renormalised top-k, no shared experts
+        if config.expert_bias or config.qk_norm or config.latent:
+            raise LaminaError("llama.cpp's llama architecture has no balancing bias, query/key norm or latent "
+                              "attention; write this model in the Hugging Face layout")
     if dst.exists() or dst.is_symlink():
         raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
     check_weights(config, dict(weights), dst)
@@ -186,7 +192,10 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         w.add_context_length(config.max_seq_len)
         w.add_embedding_length(config.dim)
         w.add_block_count(config.n_layers)
-        w.add_feed_forward_length(config.ffn_dim)
+        w.add_feed_forward_length(config.expert_ffn_dim if config.n_experts else config.ffn_dim)
+        if config.n_experts:
+            w.add_expert_count(config.n_experts)
+            w.add_expert_used_count(config.n_active_experts)
         w.add_head_count(config.n_heads)
         w.add_head_count_kv(config.n_kv_heads)
         w.add_rope_dimension_count(config.head_dim)

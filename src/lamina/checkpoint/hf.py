@@ -147,7 +147,7 @@ def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
         raise config_error(e, where, {}) from None
 
 
-def _mixtral(c: ModelConfig) -> dict:
+def mixtral_config(c: ModelConfig) -> dict:
     """The config.json fields of a mixture of experts in Mixtral's layout, or LaminaError when
     its routing is one Mixtral cannot express."""
     unlike = [what for what, differs in (
@@ -227,7 +227,7 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
-        **({"deepseek_v3": _deepseek, "mixtral": _mixtral, "qwen3": _qwen3,
+        **({"deepseek_v3": _deepseek, "mixtral": mixtral_config, "qwen3": _qwen3,
             "qwen3_moe": _qwen3}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }
 
