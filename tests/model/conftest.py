@@ -29,3 +29,36 @@ def engine_greedy_equals_uncached(model, new_tokens: int = 8) -> None:
 @pytest.fixture
 def greedy_equals_uncached():
     return engine_greedy_equals_uncached
+
+
+def transformers_loads_ours(model, cls, folder):
+    """lamina writes `model`; transformers' `cls` loads it with equal logits. The config read back."""
+    from lamina.checkpoint import write_hf
+    from lamina.checkpoint.hf import read_hf
+    from lamina.model import weights
+    write_hf(folder, model.config, weights(model))
+    theirs = cls.from_pretrained(folder, dtype=torch.float32).eval()
+    tokens = torch.randint(0, model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
+    return read_hf(folder).config
+
+
+def lamina_loads_theirs(hf, folder, bias_std: float = 0.0):
+    """transformers' `hf`, its weights drawn afresh (and any balancing bias), saved; lamina reads
+    it with equal logits. The checkpoint lamina read."""
+    from lamina.checkpoint.hf import read_hf
+    from lamina.model import from_state_dict
+    torch.manual_seed(0)
+    for p in hf.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for m in hf.modules():
+        if bias_std and hasattr(m, "e_score_correction_bias"):
+            m.e_score_correction_bias.normal_(0, bias_std)
+    hf.eval().save_pretrained(folder)
+    ck = read_hf(folder)
+    tokens = torch.randint(0, hf.config.vocab_size, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(from_state_dict(ck.config, ck.weights).eval()(tokens), hf(tokens).logits,
+                                   rtol=1e-5, atol=1e-5)
+    return ck

@@ -11,9 +11,10 @@ import json
 
 import torch
 
-from lamina.checkpoint import write_hf
 from lamina.checkpoint.hf import read_hf
-from lamina.model import Transformer, count_params, from_state_dict, init_weights, preset, weights
+from lamina.model import Transformer, count_params, init_weights, preset
+
+from .conftest import lamina_loads_theirs, transformers_loads_ours
 
 
 def test_deepseek_v3s_layout_both_ways_with_transformers_logits(tmp_path):
@@ -22,34 +23,16 @@ def test_deepseek_v3s_layout_both_ways_with_transformers_logits(tmp_path):
     model = init_weights(Transformer(c), seed=3, std=0.1).eval()
     for layer in model.layers[c.dense_layers:]:
         layer.feed_forward.expert_bias.normal_(0, 0.05)          # a trained bias changes which experts are chosen
-    write_hf(tmp_path / "ours", c, weights(model))
+    assert transformers_loads_ours(model, DeepseekV3ForCausalLM, tmp_path / "ours") == c
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"] == ["DeepseekV3ForCausalLM"]
-    theirs = DeepseekV3ForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
-    tokens = torch.randint(0, c.vocab_size, (2, 24))
-    with torch.no_grad():
-        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
-    back = read_hf(tmp_path / "ours")
-    assert back.config == c
     # what transformers writes (no query bottleneck this time), lamina reads
-    torch.manual_seed(0)
-    hf = DeepseekV3ForCausalLM(DeepseekV3Config(
+    ck = lamina_loads_theirs(DeepseekV3ForCausalLM(DeepseekV3Config(
         vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=8,
         routed_scaling_factor=2.5, kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=12,
         qk_nope_head_dim=16, n_group=4, topk_group=2, num_experts_per_tok=2, first_k_dense_replace=1,
-        max_position_embeddings=128)).eval()
-    for p in hf.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    for m in hf.modules():
-        if hasattr(m, "e_score_correction_bias"):
-            m.e_score_correction_bias.normal_(0, 0.05)
-    hf.save_pretrained(tmp_path / "theirs")
-    ck = read_hf(tmp_path / "theirs")
+        max_position_embeddings=128)), tmp_path / "theirs", bias_std=0.05)
     assert (ck.config.q_lora_rank, ck.config.v_head_dim, ck.config.dense_layers) == (0, 12, 1)
-    ours = from_state_dict(ck.config, ck.weights).eval()
-    tokens = torch.randint(0, 300, (2, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_parameter_counts_equal_the_published_ones():

@@ -12,8 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lamina.model import ModelConfig, Transformer, count_params, from_state_dict, init_weights, preset, weights
+from lamina.model import ModelConfig, Transformer, count_params, init_weights, preset, weights
 from lamina.model.moe import MoEFeedForward, route, update_expert_bias
+
+from .conftest import lamina_loads_theirs, transformers_loads_ours
 
 SMALL = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=48, vocab_size=300, max_seq_len=128,
              rope_theta=10000.0)
@@ -65,31 +67,16 @@ def test_grouped_experts_equal_one_matmul_per_expert_gradients_included():
 
 def test_mixtrals_layout_both_ways_with_transformers_logits(tmp_path):
     from transformers import MixtralConfig, MixtralForCausalLM
-
-    from lamina.checkpoint import write_hf
-    from lamina.checkpoint.hf import read_hf
     c = preset("debug-moe")
     model = init_weights(Transformer(c), seed=3, std=0.1).eval()
-    write_hf(tmp_path / "ours", c, weights(model))
+    transformers_loads_ours(model, MixtralForCausalLM, tmp_path / "ours")
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["architectures"] == ["MixtralForCausalLM"]
-    theirs = MixtralForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
-    tokens = torch.randint(0, c.vocab_size, (2, 24))
-    with torch.no_grad():
-        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
     # and what transformers writes, lamina reads
-    torch.manual_seed(0)
-    hf = MixtralForCausalLM(MixtralConfig(vocab_size=300, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
-                                          num_attention_heads=4, num_key_value_heads=2, num_local_experts=5,
-                                          num_experts_per_tok=2, max_position_embeddings=128)).eval()
-    for p in hf.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    hf.save_pretrained(tmp_path / "theirs")
-    ck = read_hf(tmp_path / "theirs")
+    ck = lamina_loads_theirs(MixtralForCausalLM(MixtralConfig(
+        vocab_size=300, hidden_size=64, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=5, num_experts_per_tok=2, max_position_embeddings=128)),
+        tmp_path / "theirs")
     assert (ck.config.n_experts, ck.config.n_active_experts, ck.config.expert_ffn_dim) == (5, 2, 48)
-    ours = from_state_dict(ck.config, ck.weights)
-    tokens = torch.randint(0, 300, (2, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_a_layout_missing_an_expert_or_unlike_mixtral_is_one_clear_error(tmp_path):
@@ -187,9 +174,6 @@ def test_qwen3s_layouts_both_ways_with_transformers_logits(tmp_path, experts):
     """Per-head query/key norms before RoPE (Qwen3), and Qwen3-MoE's softmax-routed experts after
     a dense first layer (`mlp_only_layers`), unnormalised top-k weights from transformers' side."""
     import transformers
-
-    from lamina.checkpoint import write_hf
-    from lamina.checkpoint.hf import read_hf
     c = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=96, vocab_size=300,
                     max_seq_len=128, rope_theta=1e6, norm_eps=1e-6, qk_norm=True, n_experts=experts,
                     expert_ffn_dim=32 if experts else 0, dense_layers=1 if experts else 0)
@@ -197,25 +181,14 @@ def test_qwen3s_layouts_both_ways_with_transformers_logits(tmp_path, experts):
     for name, p in model.named_parameters():
         if "norm" in name:
             p.data.normal_(1, 0.1)                          # norms that do something
-    write_hf(tmp_path / "ours", c, weights(model))
     cls = transformers.Qwen3MoeForCausalLM if experts else transformers.Qwen3ForCausalLM
-    theirs = cls.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
-    tokens = torch.randint(0, 300, (2, 20))
-    with torch.no_grad():
-        torch.testing.assert_close(model(tokens), theirs(tokens).logits, rtol=1e-5, atol=1e-5)
-    assert read_hf(tmp_path / "ours").config == c
+    assert transformers_loads_ours(model, cls, tmp_path / "ours") == c
     config_cls = transformers.Qwen3MoeConfig if experts else transformers.Qwen3Config
     extra = dict(num_experts=6, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=False) if experts else {}
-    torch.manual_seed(0)
-    hf = cls(config_cls(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, head_dim=16, max_position_embeddings=128, **extra)).eval()
-    for p in hf.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    hf.save_pretrained(tmp_path / "theirs")
-    ck = read_hf(tmp_path / "theirs")
-    ours = from_state_dict(ck.config, ck.weights).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(ours(tokens), hf(tokens).logits, rtol=1e-5, atol=1e-5)
+    ck = lamina_loads_theirs(cls(config_cls(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                            max_position_embeddings=128, **extra)), tmp_path / "theirs")
+    assert ck.config.qk_norm and ck.config.n_experts == (6 if experts else 0)
 
 
 def test_qwen3_30b_a3b_counts_equal_the_published_ones():

@@ -16,30 +16,15 @@ latent's width, as vLLM does."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
 from .kv_cache import Cache
-from .layers import Linear, RMSNorm
+from .layers import Linear, RMSNorm, attend
 from .rope import apply_rope
 from .segments import Segments
 
 LATENT_NORM_EPS = 1e-6          # DeepSeek's latent norms use their own epsilon, not the config's
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """Causal (or masked) attention with values of another width than queries and keys: the
-    narrower side padded with zeros, which changes no dot product and no weighted sum, because
-    scaled_dot_product_attention's fast kernels need one width (2-3x faster on CPU than the math
-    path it otherwise takes). q, k (B, H, T or L, Dqk), v (B, H, L, Dv) -> (B, H, T, Dv)."""
-    dqk, dv = q.shape[-1], v.shape[-1]
-    if dv < dqk:
-        v = F.pad(v, (0, dqk - dv))
-    elif dqk < dv:
-        q, k = F.pad(q, (0, dv - dqk)), F.pad(k, (0, dv - dqk))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale)
-    return y[..., :dv]
 
 
 class LatentAttention(nn.Module):

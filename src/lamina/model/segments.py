@@ -20,8 +20,9 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .layers import attend
 
 # Sequences are grouped by their length rounded up to a power of two, no shorter than this: a
 # group's padding is less than its own length, and a row of short chats is one or two groups.
@@ -89,8 +90,7 @@ class Segments:
         for g in self.groups:
             qg = flat[0][g.queries].transpose(1, 2)                                         # (G, H, Lq, D)
             kg, vg = (t[g.keys].transpose(1, 2) for t in flat[1:])                          # (G, KV, Lk, D)
-            y = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=g.mask, is_causal=g.mask is None,
-                                               enable_gqa=enable_gqa, scale=scale)
+            y = attend(qg, kg, vg, g.mask, scale, enable_gqa)
             out = out.index_copy(0, g.target, y.transpose(1, 2).flatten(0, 1).index_select(0, g.kept))
         return out.view(B, T, H, Dv).transpose(1, 2)
 

@@ -135,11 +135,11 @@ def stages(model_dir: Path) -> list[dict]:
         base = made_by.get("base_model")
         if not isinstance(base, dict):
             break
-        there = Path(base["path"]) if isinstance(base.get("path"), str) else None
-        if there is not None and there.resolve() not in seen and _made_by(there) is not None:
-            path, embedded = there.resolve(), False
+        there = Path(base["path"]).resolve() if isinstance(base.get("path"), str) else None
+        own = _made_by(there) if there is not None and there not in seen else None
+        if own is not None:
+            path, made_by, embedded = there, own, False
             seen.add(path)
-            made_by = _made_by(there)
         else:
             made_by, embedded = base, True
     return chain[::-1]
