@@ -47,6 +47,7 @@ MODELS = {m.name: m for m in [
 
 TOKENIZERS = {t.name: t for t in [
     PackagedFile("llama-3", "llama_models", "llama-models", "llama3/tokenizer.model", "Llama 3 Community License"),
+    PackagedFile("llama-4", "llama_models", "llama-models", "llama4/tokenizer.model", "Llama 4 Community License"),
     PackagedFile("mistral-v1", "mistral_common", "mistral-common", "data/tokenizer.model.v1", "Apache-2.0"),
     PackagedFile("mistral-v3", "mistral_common", "mistral-common",
                  "data/mistral_instruct_tokenizer_240323.model.v3", "Apache-2.0"),

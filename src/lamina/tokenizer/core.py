@@ -2,7 +2,7 @@
 control tokens are only ever produced by lamina's own renderers, never parsed out of text unless
 the caller allows it.
 
-A tokenizer read from a tiktoken rank file (Llama 3, and lamina's own) encodes with `tiktoken`;
+A tokenizer read from a tiktoken rank file (Llama 3 and 4, and lamina's own) encodes with `tiktoken`;
 every other one (tokenizer.json, SentencePiece, GGUF) with HF `tokenizers`. The rank-file kind
 also has an HF view, `backend`, built on first use: it is what gets saved as tokenizer.json or
 written to GGUF, and it is tested to give the same ids."""
@@ -22,8 +22,9 @@ from .ranks import Ranks, byte_to_char, unspell
 
 BYTE_LEVEL = frozenset(byte_to_char())      # the characters GPT-2 style byte-level BPE spells bytes with
 
-# Tokens that end an assistant turn in the chat formats lamina knows (Llama 3, ChatML, Llama 2).
-TURN_END_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end_of_text|>", "</s>", "<|endoftext|>")
+# Tokens that end an assistant turn in the chat formats lamina knows (Llama 3, Llama 4, ChatML, Llama 2).
+TURN_END_TOKENS = ("<|eot_id|>", "<|eom_id|>", "<|eot|>", "<|eom|>", "<|im_end|>", "<|end_of_text|>", "</s>",
+                   "<|endoftext|>")
 
 
 def valid_unicode(text: str) -> str:

@@ -1,8 +1,8 @@
-"""The chat formats lamina renders itself: Llama 3's header format, Llama 2's `[INST]` format, and
-ChatML (SmolLM2). A format turns a conversation into parts: text the format wrote, whose control
-tokens are real, and message content, which is only ever text. `encode_parts` makes the ids.
-Each format also carries the HF `chat_template` (Jinja) that renders the same text, for
-tokenizer_config.json; the tests check that the two agree, and agree with transformers."""
+"""The chat formats lamina renders itself: Llama 3's and Llama 4's header formats, Llama 2's
+`[INST]` format, and ChatML (SmolLM2). A format turns a conversation into parts: text the format
+wrote, whose control tokens are real, and message content, which is only ever text. `encode_parts`
+makes the ids. Each format also carries the HF `chat_template` (Jinja) that renders the same text,
+for tokenizer_config.json; the tests check that the two agree, and agree with transformers."""
 
 from __future__ import annotations
 
@@ -79,6 +79,33 @@ LLAMA3 = ChatFormat("llama3", (
     "+ '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"), _llama3)
+
+
+# -- Llama 4 ------------------------------------------------------------------------------------
+
+_LLAMA4_TEXT_ONLY = "lamina's Llama 4 chat format holds text only; it cannot render tool calls"
+
+
+def _llama4(messages, generation_prompt, bos, eos) -> list[Part]:
+    """Llama 3's layout with Llama 4's header and end-of-turn tokens; unlike Llama 3's, Meta's
+    llama4/chat_format.py does not strip the content. Text only: images and tool calls (which
+    Meta ends with `<|eom|>`) are refused, here and by `check_messages`."""
+    parts: list[Part] = [(bos, True)]
+    for m in messages:
+        if m.get("tool_calls"):
+            raise LaminaError(_LLAMA4_TEXT_ONLY)
+        parts += [(f"<|header_start|>{m['role']}<|header_end|>\n\n", True), (m["content"], False), ("<|eot|>", True)]
+    if generation_prompt:
+        parts.append(("<|header_start|>assistant<|header_end|>\n\n", True))
+    return parts
+
+
+# Meta's text chat format (llama_models' llama4/chat_format.py, encode_dialog_prompt) as a template
+LLAMA4 = ChatFormat("llama4", (
+    "{{ bos_token }}{% for message in messages %}{% if message['tool_calls'] %}"
+    "{{ raise_exception(\"" + _LLAMA4_TEXT_ONLY + "\") }}{% endif %}{{ '<|header_start|>' + message['role'] "
+    "+ '<|header_end|>\\n\\n' + message['content'] + '<|eot|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|header_start|>assistant<|header_end|>\\n\\n' }}{% endif %}"), _llama4)
 
 
 # -- Llama 2 ------------------------------------------------------------------------------------
@@ -158,7 +185,7 @@ SMOLLM2 = ChatFormat("smollm2", (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
     lambda *args: _chatml(*args, default_system=_SMOLLM2_SYSTEM))
 
-CHAT_FORMATS = {f.name: f for f in (LLAMA3, LLAMA2, CHATML, SMOLLM2)}
+CHAT_FORMATS = {f.name: f for f in (LLAMA3, LLAMA4, LLAMA2, CHATML, SMOLLM2)}
 
 
 def chat_format(name: str) -> ChatFormat:

@@ -1,22 +1,37 @@
 """`load_tokenizer(REF)`: a tokenizer from whatever names it — a tiktoken rank file, a SentencePiece `.model`,
 a `tokenizer.json`, a GGUF file, a model directory, or a packaged name — recognised by content,
-not by file name (Llama 3's rank file and Llama 2's SentencePiece model are both `tokenizer.model`)."""
+not by file name (Llama 3's and 4's rank files and Llama 2's SentencePiece model are all `tokenizer.model`)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..assets import MODELS, TOKENIZERS
 from ..errors import LaminaError
 from ..gguf_file import read_gguf_metadata
 from .core import Tokenizer
-from .formats import LLAMA3
+from .formats import LLAMA3, LLAMA4, ChatFormat
 from .gguf_vocab import tokenizer_from_gguf
-from .ranks import LLAMA3_PATTERN, Ranks, llama3_special_tokens, read_ranks
+from .ranks import (LLAMA3_PATTERN, LLAMA4_PATTERN, LLAMA4_RANKS_SHA256, Ranks, llama3_special_tokens,
+                    llama4_special_tokens, read_ranks)
 from .spm import sentencepiece_backend
 
 
+@dataclass(frozen=True)
+class RankFamily:
+    """What a Meta rank file leaves out: the split pattern, the special tokens after the ranks,
+    and the chat format. Both families begin text with `<|begin_of_text|>`."""
+    pattern: str
+    special_tokens: Callable[[int], dict[str, int]]   # n_ranks -> name -> id
+    chat: ChatFormat
+
+
+LLAMA3_RANKS = RankFamily(LLAMA3_PATTERN, llama3_special_tokens, LLAMA3)
+LLAMA4_RANKS = RankFamily(LLAMA4_PATTERN, llama4_special_tokens, LLAMA4)
 
 _RANK_LINE = re.compile(rb"[A-Za-z0-9+/]+=* \d+\r?\n")
 
@@ -61,17 +76,21 @@ def load_file(path: Path) -> Tokenizer:
                       ".model, tokenizer.json or GGUF)")
 
 
-def load_ranks(path: str | Path, *, pattern: str = LLAMA3_PATTERN,
+def load_ranks(path: str | Path, *, pattern: str | None = None,
                special_tokens: dict[str, int] | None = None) -> Tokenizer:
-    """A tiktoken rank file. Rank files carry no pattern or special tokens, so Llama 3's are
-    assumed (lamina writes its own tokenizers that way too); pass others for other families."""
+    """A tiktoken rank file. Rank files carry no pattern or special tokens, so a family's are
+    assumed: Llama 4's for Meta's Llama 4 file (known by its digest), Llama 3's for any other
+    (lamina writes its own tokenizers that way too); pass others for other families."""
     ranks = read_ranks(path)
-    specials = special_tokens if special_tokens is not None else llama3_special_tokens(len(ranks))
-    llama3 = pattern == LLAMA3_PATTERN and "<|begin_of_text|>" in specials
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    family = LLAMA4_RANKS if digest == LLAMA4_RANKS_SHA256 else LLAMA3_RANKS
+    pattern = family.pattern if pattern is None else pattern
+    specials = family.special_tokens(len(ranks)) if special_tokens is None else special_tokens
+    meta = pattern == family.pattern and "<|begin_of_text|>" in specials
     return Tokenizer(ranks=Ranks(ranks, pattern, specials, Path(path).name),
-                     bos_token="<|begin_of_text|>" if llama3 else None,
-                     eos_token="<|end_of_text|>" if llama3 else None,
-                     add_bos=llama3, chat_template=LLAMA3.template if llama3 else None)
+                     bos_token="<|begin_of_text|>" if meta else None,
+                     eos_token="<|end_of_text|>" if meta else None,
+                     add_bos=meta, chat_template=family.chat.template if meta else None)
 
 
 def load_sentencepiece(path: str | Path) -> Tokenizer:

@@ -1,6 +1,6 @@
 """tiktoken-style byte-level BPE: a rank file (one `base64(token bytes) rank` per line), the regex
-that splits text before BPE, and special tokens numbered after the ranks. Llama 3 ships its
-tokenizer this way, and lamina writes its own trained tokenizers the same way.
+that splits text before BPE, and special tokens numbered after the ranks. Llama 3 and Llama 4 ship
+their tokenizers this way, and lamina writes its own trained tokenizers the same way.
 
 `Ranks` builds both engines from the same data: a `tiktoken.Encoding` (fast encoding) and the
 equivalent HF `tokenizers` BPE (for tokenizer.json, GGUF and transformers)."""
@@ -31,15 +31,58 @@ LLAMA3_NAMED_SPECIALS = (
     "<|image|>")
 LLAMA3_SPECIAL_SLOTS = 256
 
+# Llama 4's split pattern (Meta's llama4/tokenizer.py `O200K_PATTERN`, tiktoken's o200k_base):
+# unlike Llama 3's, a word splits before an upper-case letter that follows lower-case ones
+# ("CamelCase" is two pieces), a contraction stays on its word, and "/" may trail punctuation.
+_WORD_TAIL = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+LLAMA4_PATTERN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _WORD_TAIL +
+                  r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _WORD_TAIL +
+                  r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def reserved_specials(start: int, stop: int, group: str = "") -> list[str]:
+    """Meta's placeholder names, `<|{group}_reserved_special_token_{i}|>` for i in start..stop-1."""
+    prefix = f"{group}_" if group else ""
+    return [f"<|{prefix}reserved_special_token_{i}|>" for i in range(start, stop)]
+
+
+# Llama 4's named special tokens, in id order right after its 200,000 ranks, as Meta's
+# llama4/tokenizer.py numbers them; the remaining slots of its 2048 are
+# `<|reserved_special_token_{0..}|>`. Each group keeps its own reserved placeholders in place.
+LLAMA4_NAMED_SPECIALS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    # text post-training (ids 200005..200079); Meta's list skips placeholders 6 and 7
+    "<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>", "<|step|>",
+    *reserved_specials(0, 6, "text_post_train"), "<|python_start|>", "<|python_end|>",
+    "<|finetune_right_pad|>", *reserved_specials(8, 69, "text_post_train"),
+    # vision (200080..201133)
+    "<|image_start|>", "<|image_end|>", *reserved_specials(0, 2, "vision"), "<|tile_x_separator|>",
+    "<|tile_y_separator|>", *reserved_specials(2, 6, "vision"), "<|image|>",
+    *reserved_specials(6, 7, "vision"), "<|patch|>", *reserved_specials(7, 1048, "vision"),
+    # reasoning (201134..201143)
+    *reserved_specials(0, 8, "reasoning"), "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>")
+LLAMA4_SPECIAL_SLOTS = 2048
+# Meta's Llama 4 rank file (llama_models/llama4/tokenizer.model), known by its digest: a rank file
+# says nothing of its family, and any other is read as Llama 3's
+LLAMA4_RANKS_SHA256 = "d0bdbaf59b0762c8c807617e2d8ea51420eb1b1de266df2495be755c8e0ed6ed"
+
+
+def special_tokens(n_ranks: int, named: tuple[str, ...], slots: int, *, first_reserved: int = 0) -> dict[str, int]:
+    """Meta's layout of special tokens after `n_ranks` BPE tokens: the `named` ones, then
+    `<|reserved_special_token_{first_reserved..}|>` up to `slots` in all."""
+    if slots < len(named):
+        raise LaminaError(f"{slots} special-token slots cannot hold the {len(named)} named special tokens")
+    reserved = reserved_specials(first_reserved, first_reserved + slots - len(named))
+    return {t: n_ranks + i for i, t in enumerate([*named, *reserved])}
+
 
 def llama3_special_tokens(n_ranks: int, slots: int = LLAMA3_SPECIAL_SLOTS) -> dict[str, int]:
-    """Llama 3's special tokens after `n_ranks` BPE tokens: the named ones, then reserved ones
-    up to `slots` in all."""
-    if slots < len(LLAMA3_NAMED_SPECIALS):
-        raise LaminaError(f"{slots} special-token slots cannot hold Llama 3's "
-                          f"{len(LLAMA3_NAMED_SPECIALS)} named special tokens")
-    reserved = [f"<|reserved_special_token_{i}|>" for i in range(2, 2 + slots - len(LLAMA3_NAMED_SPECIALS))]
-    return {t: n_ranks + i for i, t in enumerate([*LLAMA3_NAMED_SPECIALS, *reserved])}
+    """Llama 3's special tokens (its reserved ones go on from the two it names)."""
+    return special_tokens(n_ranks, LLAMA3_NAMED_SPECIALS, slots, first_reserved=2)
+
+
+def llama4_special_tokens(n_ranks: int) -> dict[str, int]:
+    return special_tokens(n_ranks, LLAMA4_NAMED_SPECIALS, LLAMA4_SPECIAL_SLOTS)
 
 
 @cache
