@@ -86,6 +86,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
     _flag(p, "--compile", "serve.llm.load", "compile", action="store_true",
           help="torch.compile the decode step (slow start, fast decode)")
+    _flag(p, "--speculate", "serve.llm.load", "speculate", type=int, metavar="N",
+          help="greedy only: the model's multi-token prediction modules draft N tokens a step, checked "
+               "in one forward (same output)")
 
 
 def _sampling(args) -> dict:
@@ -95,7 +98,7 @@ def _sampling(args) -> dict:
 
 def _load(args):
     from .serve import load
-    return load(args.model, **_given(dtype=args.dtype, compile=args.compile))
+    return load(args.model, **_given(dtype=args.dtype, compile=args.compile, speculate=args.speculate))
 
 
 def cmd_generate(args) -> None:
@@ -148,7 +151,12 @@ def cmd_convert(args) -> None:
 
     from .checkpoint import load_checkpoint, write_gguf, write_hf, write_meta
     from .dtypes import parse_dtype
+    from .model import without_mtp
     ck = load_checkpoint(args.src)
+    if args.drop_mtp:
+        if not ck.config.mtp_depth:
+            raise LaminaError(f"{args.src} has no multi-token prediction modules to drop")
+        ck.config, ck.weights = without_mtp(ck.config, ck.weights)
     made_by = {"command": "lamina convert", "source": str(ck.path), "source_format": ck.format}
     if args.to == "hf":
         dtype = parse_dtype(args.dtype) if args.dtype else None
@@ -172,6 +180,7 @@ def model_info(ref: str) -> dict:
     return {
         "path": str(ck.path), "format": ck.format, "architecture": "mixture of experts" if c.n_experts else "llama",
         "parameters": count_params(c), "active_parameters": count_params(c, active=True),
+        "mtp_parameters": count_params(c, mtp=True) - count_params(c),
         # what a cache holds per token in bfloat16: every layer's keys and values, or its latent and RoPE key
         "kv_cache_bytes_per_token": (c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) if c.latent
                                      else 2 * c.n_layers * c.n_kv_heads * c.head_dim) * 2,
@@ -194,6 +203,9 @@ def cmd_info(args) -> None:
     table = Table(title=f"{info['path']} ({info['format']})", show_header=False)
     table.add_row("parameters", f"{info['parameters']:,}" + (f" ({info['active_parameters']:,} active per token)"
                                                             if info["active_parameters"] != info["parameters"] else ""))
+    if info["mtp_parameters"]:
+        table.add_row("multi-token prediction", f"{info['mtp_parameters']:,} parameters more, in "
+                      f"{info['config']['mtp_depth']} module(s)")
     table.add_row("KV cache", f"{info['kv_cache_bytes_per_token']:,} bytes per token (bfloat16)")
     for k, v in info["config"].items():
         table.add_row(k, str(v))
@@ -512,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None,
                    help="hf/meta: float32, bfloat16, float16 (hf default: as stored); gguf: f32, f16 (default), q8_0")
     p.add_argument("--shards", type=int, default=1, help="meta: model-parallel shards")
+    p.add_argument("--drop-mtp", action="store_true",
+                   help="leave out the multi-token prediction modules (next-token inference never runs them)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("info", help="architecture, parameter count, dtypes and file hashes")
@@ -537,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tokenizer_train)
     t = tsub.add_parser("encode", help="print the token ids of a text")
     t.add_argument("tokenizer", help="tokenizer file (tiktoken ranks, SentencePiece .model, tokenizer.json, "
-                   "GGUF), model directory, or packaged name (llama-3, mistral-v1, mistral-v3, smollm2-135m-instruct)")
+                   "GGUF), model directory, or packaged name (llama-3, llama-4, mistral-v1, mistral-v3, smollm2-135m-instruct)")
     t.add_argument("text")
     t.add_argument("--special", action="store_true", help="read special-token text as control tokens")
     t.add_argument("--bos", action="store_true", default=None, help="prepend BOS (default: as the tokenizer does)")

@@ -35,7 +35,7 @@ def test_count_params_agrees_with_the_module(name):
     import torch
     with torch.device("meta"):
         model = Transformer(PRESETS[name])
-    assert sum(p.numel() for p in model.parameters()) == count_params(PRESETS[name])
+    assert sum(p.numel() for p in model.parameters()) == count_params(PRESETS[name], mtp=True)
 
 
 def test_debug_preset_is_tiny():

@@ -14,7 +14,7 @@ from ..errors import LaminaError
 from ..model import ModelConfig, first_mismatch
 from ..model.config import FieldError
 from ..tokenizer import Tokenizer
-from .layout import from_lamina
+from .layout import from_lamina, from_mtp
 
 
 @dataclass
@@ -91,7 +91,10 @@ def check_weights(config: ModelConfig, weights: dict[str, Tensor], where: Path,
     if mismatch is None:
         return
     name, got, want = mismatch
-    shown = from_lamina(name, fmt) if fmt in ("hf", "gguf") else name
+    try:
+        shown = from_lamina(from_mtp(name, config.n_layers), fmt, "llama") if fmt in ("hf", "gguf") else name
+    except KeyError:        # a name only another layout has
+        shown = name
     implied_by = _IMPLIED_BY.get(fmt, "the config")
     if got is None:
         raise LaminaError(f"{where}: missing tensor {shown}")

@@ -173,6 +173,9 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
+    if config.mtp_depth:
+        raise LaminaError("GGUF's llama architecture holds no multi-token prediction modules; drop them "
+                          "(`lamina convert --drop-mtp`): next-token inference never runs them")
     if config.n_experts:       # llama.cpp runs Mixtral's routing under the llama architecture
         from .hf import mixtral_config
         mixtral_config(config)      # the same routing limits: softmax, renormalised top-k, no shared experts

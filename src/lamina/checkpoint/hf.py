@@ -18,7 +18,8 @@ from ..model import ModelConfig, RopeScaling
 from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
-from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, split_name
+from .layout import (MTP_COPIES, from_lamina, from_mtp, halves_to_interleaved, interleaved_to_halves, is_key, is_query,
+                     split_name, to_mtp)
 
 INDEX = "model.safetensors.index.json"
 
@@ -28,7 +29,7 @@ HF_KEYS = {"dim": "hidden_size", "n_layers": "num_hidden_layers", "n_heads": "nu
            "n_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
            "norm_eps": "rms_norm_eps", "max_seq_len": "max_position_embeddings",
            "tie_embeddings": "tie_word_embeddings", "n_experts": "num_local_experts",
-           "n_active_experts": "num_experts_per_tok"}
+           "n_active_experts": "num_experts_per_tok", "mtp_depth": "num_nextn_predict_layers"}
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -41,10 +42,15 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     mixtral = d.get("model_type") == "mixtral" or "MixtralForCausalLM" in archs
     deepseek = d.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in archs
     qwen3 = d.get("model_type") in ("qwen3", "qwen3_moe") or bool({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"} & set(archs))
-    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not (mixtral or deepseek or qwen3):
+    llama4 = d.get("model_type") == "llama4_text" or "Llama4ForCausalLM" in archs
+    if d.get("model_type") == "llama4" or "Llama4ForConditionalGeneration" in archs:
+        raise LaminaError(f"{where}: the multimodal Llama 4 (Llama4ForConditionalGeneration) is not supported; "
+                          "lamina runs its text model, Llama4ForCausalLM")
+    if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not (mixtral or deepseek or qwen3 or llama4):
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
         raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM, "
-                          "MixtralForCausalLM, DeepseekV3ForCausalLM, Qwen3ForCausalLM and Qwen3MoeForCausalLM)")
+                          "MixtralForCausalLM, DeepseekV3ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM "
+                          "and Llama4ForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
     if (mixtral and d.get("sliding_window")) or (qwen3 and d.get("use_sliding_window")):
@@ -56,6 +62,8 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
         experts = _deepseek_from_hf(d, where)
     elif qwen3:
         experts = _qwen3_from_hf(d, where)
+    elif llama4:
+        experts = _llama4_from_hf(d, where)
     elif mixtral:
         try:
             experts = {"n_experts": d["num_local_experts"], "n_active_experts": d["num_experts_per_tok"],
@@ -67,12 +75,13 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
             dim=d["hidden_size"], n_layers=d["num_hidden_layers"], n_heads=d["num_attention_heads"],
             n_kv_heads=null_as_zero(d.get("num_key_value_heads")),
             head_dim=null_as_zero(d.get("head_dim")),
-            ffn_dim=d["intermediate_size"], vocab_size=d["vocab_size"],
+            ffn_dim=d["intermediate_size_mlp" if llama4 else "intermediate_size"], vocab_size=d["vocab_size"],
             norm_eps=d.get("rms_norm_eps", 1e-6),
             rope_theta=rope.get("rope_theta", d.get("rope_theta", 10000.0)), rope_scaling=scaling,
             max_seq_len=d.get("max_position_embeddings", 2048),
             tie_embeddings=d.get("tie_word_embeddings", False),
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"))
+            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+            mtp_depth=null_as_zero(d.get("num_nextn_predict_layers")))
         return ModelConfig(**(fields | experts))
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
@@ -125,6 +134,30 @@ def _qwen3_from_hf(d: dict, where) -> dict:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
 
 
+def _llama4_from_hf(d: dict, where) -> dict:
+    """Llama 4's fields beyond Llama's: a shared expert and top-k sigmoid routing whose weight
+    scales the expert's input, in every `interleave_moe_layer_step`-th layer; no RoPE in every
+    `no_rope_layer_interval`-th layer, chunked attention and the query/key L2 norm in the others;
+    attention temperature in the RoPE-free ones."""
+    layers = d["num_hidden_layers"]
+    step, interval = d.get("interleave_moe_layer_step", 1), d.get("no_rope_layer_interval", 4)
+    moe = d.get("moe_layers")
+    if moe is not None and list(moe) != list(range(step - 1, layers, step)):
+        raise LaminaError(f"{where}: moe_layers other than every interleave_moe_layer_step-th layer are not supported")
+    nope = d.get("no_rope_layers")
+    if nope and list(nope) != [int((i + 1) % interval != 0) for i in range(layers)]:
+        raise LaminaError(f"{where}: no_rope_layers other than every no_rope_layer_interval-th are not supported")
+    try:
+        return {"n_experts": d["num_local_experts"], "n_active_experts": d.get("num_experts_per_tok", 1),
+                "n_shared_experts": 1, "expert_ffn_dim": d["intermediate_size"], "router": "sigmoid",
+                "norm_topk": False, "expert_input_scaled": True, "moe_every": step, "nope_every": interval,
+                "attention_chunk": d.get("attention_chunk_size") or 0, "qk_l2_norm": bool(d.get("use_qk_norm", True)),
+                "attn_temperature": float(d.get("attn_scale", 0.1)) if d.get("attn_temperature_tuning", True) else 0.0,
+                "attn_floor": int(d.get("floor_scale", 8192))}
+    except KeyError as e:
+        raise LaminaError(f"{where}: missing field {e.args[0]}") from None
+
+
 def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
     """(the RoPE parameters, the llama3 scaling or None): transformers 5 writes
     `rope_parameters`, 4 wrote `rope_scaling`."""
@@ -171,6 +204,8 @@ def hf_layout(c: ModelConfig) -> str:
     Llama's otherwise."""
     if c.latent:
         return "deepseek_v3"
+    if c.expert_input_scaled or c.nope_every or c.attention_chunk or c.qk_l2_norm:
+        return "llama4"
     if c.qk_norm:
         return "qwen3_moe" if c.n_experts else "qwen3"
     return "mixtral" if c.n_experts else "llama"
@@ -192,6 +227,26 @@ def _qwen3(c: ModelConfig) -> dict:
             "use_sliding_window": False, "output_router_logits": False, "router_aux_loss_coef": 0.0}
 
 
+def _llama4(c: ModelConfig) -> dict:
+    """Llama 4's text model's config.json fields."""
+    unlike = [what for what, differs in (
+        ("no experts", not c.n_experts), ("other than one shared expert", c.n_shared_experts != 1),
+        ("a router other than Llama 4's", c.router != "sigmoid" or c.norm_topk or c.route_scale != 1.0
+         or c.expert_groups > 1 or c.expert_bias or not c.expert_input_scaled),
+        ("dense layers first", c.dense_layers > 0), ("a Qwen3 query/key norm", c.qk_norm)) if differs]
+    if unlike:
+        raise LaminaError(f"this model has {', '.join(unlike)}, which Llama 4's layout cannot hold")
+    return {"architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "num_local_experts": c.n_experts,
+            "num_experts_per_tok": c.n_active_experts, "intermediate_size": c.expert_ffn_dim,
+            "intermediate_size_mlp": c.ffn_dim, "interleave_moe_layer_step": c.moe_every,
+            "moe_layers": [i for i in range(c.n_layers) if c.is_moe_layer(i)],
+            "no_rope_layer_interval": c.nope_every or c.n_layers + 1,
+            "no_rope_layers": [int(c.rotates(i)) for i in range(c.n_layers)],
+            "attention_chunk_size": c.attention_chunk or None, "use_qk_norm": c.qk_l2_norm,
+            "attn_temperature_tuning": c.attn_temperature > 0, "attn_scale": c.attn_temperature or 0.1,
+            "floor_scale": c.attn_floor, "output_router_logits": False, "router_aux_loss_coef": 0.0}
+
+
 def _deepseek(c: ModelConfig) -> dict:
     """DeepSeek-V3's config.json fields (latent attention; its sigmoid-routed experts, if any)."""
     if c.n_experts and c.router != "sigmoid":
@@ -206,7 +261,7 @@ def _deepseek(c: ModelConfig) -> dict:
             "first_k_dense_replace": c.dense_layers if moe else c.n_layers,
             "routed_scaling_factor": c.route_scale, "n_group": c.expert_groups, "topk_group": c.topk_groups,
             "norm_topk_prob": c.norm_topk, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
-            "num_nextn_predict_layers": 0}
+            "num_nextn_predict_layers": c.mtp_depth}
 
 
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
@@ -227,8 +282,9 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
-        **({"deepseek_v3": _deepseek, "mixtral": mixtral_config, "qwen3": _qwen3,
-            "qwen3_moe": _qwen3}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
+        **({"num_nextn_predict_layers": c.mtp_depth} if c.mtp_depth else {}),
+        **({"deepseek_v3": _deepseek, "mixtral": mixtral_config, "qwen3": _qwen3, "qwen3_moe": _qwen3,
+            "llama4": _llama4}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }
 
 
@@ -286,12 +342,53 @@ def read_hf(path: str | Path) -> Checkpoint:
     weights |= _stack_experts(experts, config.n_experts, path)
     if config.latent:
         weights = {k: _rope_rows(config, k, v, to_halves=True) for k, v in weights.items()}
+    if hf_layout(config) == "llama4":
+        weights = _llama4_tensors(config, weights, to_hf=False)
+    config, weights = _mtp_from_hf(config, weights)
     check_weights(config, weights, path, "hf")
     tokenizer = Tokenizer.from_dir(path) if (path / "tokenizer.json").is_file() else None
     meta = read_json(path / "lamina.json") if (path / "lamina.json").is_file() else {}
     if not isinstance(meta, dict):
         raise LaminaError(f"{path / 'lamina.json'}: expected a JSON object")
     return Checkpoint(config, weights, tokenizer, path, "hf", dict(dtypes), meta)
+
+
+def _mtp_from_hf(config: ModelConfig, weights: dict[str, Tensor]) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """DeepSeek-V3's layers past the last as multi-token prediction modules, their copies of the
+    embedding and output head dropped (lamina's modules share the model's). transformers drops
+    the modules when it loads and keeps `num_nextn_predict_layers` in the config it saves: a
+    checkpoint without their tensors has none."""
+    if not config.mtp_depth:
+        return config, weights
+    if not any(k.startswith(f"layers.{config.n_layers}.") for k in weights):
+        return config.replace(mtp_depth=0), weights
+    weights = {to_mtp(k, config.n_layers): v for k, v in weights.items()}
+    return config, {k: v for k, v in weights.items() if k.rpartition(".")[2] not in MTP_COPIES}
+
+
+def _llama4_tensors(config: ModelConfig, weights: dict[str, Tensor], to_hf: bool) -> dict[str, Tensor]:
+    """Llama 4's tensors to lamina's or back: its experts fused (gate and up side by side, E x dim
+    x 2F; down, E x F x dim) against lamina's three (E, F, dim) and (E, dim, F); and the query
+    and key rows, which it rotates in interleaved pairs (complex RoPE) like Meta's checkpoints."""
+    out = {}
+    for k, v in weights.items():
+        if k.endswith("experts.gate_up") and not to_hf:
+            w1, w3 = v.chunk(2, dim=-1)
+            out[k.replace("gate_up", "w1")], out[k.replace("gate_up", "w3")] = w1.transpose(1, 2), w3.transpose(1, 2)
+        elif k.endswith("experts.down") and not to_hf:
+            out[k.replace("down", "w2")] = v.transpose(1, 2)
+        elif k.endswith("experts.w1") and to_hf:
+            out[k.replace("w1", "gate_up")] = torch.cat((v, weights[k.replace("w1", "w3")]), dim=1).transpose(1, 2)
+        elif k.endswith("experts.w2") and to_hf:
+            out[k.replace("w2", "down")] = v.transpose(1, 2)
+        elif k.endswith("experts.w3") and to_hf:
+            continue
+        elif is_query(k) or is_key(k):
+            heads = config.n_heads if is_query(k) else config.n_kv_heads
+            out[k] = (halves_to_interleaved if to_hf else interleaved_to_halves)(v, heads)
+        else:
+            out[k] = v
+    return out
 
 
 def _stack_experts(experts: dict[str, dict[int, Tensor]], n: int, path: Path) -> dict[str, Tensor]:
@@ -325,11 +422,17 @@ def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dt
     """lamina's tensors under their Hugging Face names; a stacked experts tensor as one per expert."""
     layout = hf_layout(config)
     weights = dict(weights)
+    weights = {from_mtp(k, config.n_layers): v for k, v in weights.items()}
+    blocks = range(config.n_layers, config.n_layers + config.mtp_depth)
+    weights |= {f"layers.{i}.{copy}": weights.get(ours, weights["tok_embeddings.weight"]).clone()   # tied: the embedding
+                for i in blocks for copy, ours in MTP_COPIES.items()}
+    if layout == "llama4":
+        weights = _llama4_tensors(config, weights, to_hf=True)
     if layout == "deepseek_v3":
         weights = {k: _rope_rows(config, k, v, to_halves=False) for k, v in weights.items()}
         if config.n_experts and not config.expert_bias:     # DeepSeek-V3 always has the bias: a zero one
             weights |= {f"layers.{i}.feed_forward.expert_bias": torch.zeros(config.n_experts)
-                        for i in range(config.dense_layers, config.n_layers)}
+                        for i in range(config.dense_layers, config.n_layers + config.mtp_depth)}
     out = {}
     for k, v in weights.items():
         if config.tie_embeddings and k == "output.weight":

@@ -68,11 +68,40 @@ _MLP_EXPERTS = {
     "layers.{i}.feed_forward.experts.w3": "model.layers.{i}.mlp.experts.{e}.up_proj.weight",
 }
 _QWEN3 = {"layers.{i}.attention.q_norm.weight": "model.layers.{i}.self_attn.q_norm.weight"}
+# Multi-token prediction modules are layers after the last, as DeepSeek-V3 numbers them
+# (model.layers.61 of V3; GLM-4.5 and MiMo do the same): a block's tensors, their own norms and
+# projection, and copies of the embedding and the output head. lamina keeps them as `mtp.{k}`
+# (`to_mtp`), sharing the model's embedding and head, and writes them so in every layout:
+# transformers loads the model around them, as it does DeepSeek-V3's.
+_MTP = {
+    "layers.{i}.enorm.weight": "model.layers.{i}.enorm.weight",
+    "layers.{i}.hnorm.weight": "model.layers.{i}.hnorm.weight",
+    "layers.{i}.eh_proj.weight": "model.layers.{i}.eh_proj.weight",
+    "layers.{i}.head_norm.weight": "model.layers.{i}.shared_head.norm.weight",
+    "layers.{i}.embedding_copy": "model.layers.{i}.embed_tokens.weight",
+    "layers.{i}.head_copy": "model.layers.{i}.shared_head.head.weight",
+}
+MTP_COPIES = {"embedding_copy": "tok_embeddings.weight", "head_copy": "output.weight"}
+# Llama 4's text model (Llama4ForCausalLM): the feed-forward under `feed_forward`, the router
+# `router`, one shared expert, and each layer's experts fused into two tensors, gate and up
+# side by side (E, dim, 2F) and down (E, F, dim), which hf.py splits into lamina's.
+_LLAMA4 = {
+    "layers.{i}.feed_forward.gate.weight": "model.layers.{i}.feed_forward.router.weight",
+    "layers.{i}.feed_forward.experts.gate_up": "model.layers.{i}.feed_forward.experts.gate_up_proj",
+    "layers.{i}.feed_forward.experts.down": "model.layers.{i}.feed_forward.experts.down_proj",
+    **{f"layers.{{i}}.feed_forward.{ours}.weight": f"model.layers.{{i}}.feed_forward.{theirs}.weight"
+       for ours, theirs in (("w1", "gate_proj"), ("w2", "down_proj"), ("w3", "up_proj"),
+                            ("shared.w1", "shared_expert.gate_proj"), ("shared.w2", "shared_expert.down_proj"),
+                            ("shared.w3", "shared_expert.up_proj"))},
+}
 HF_LAYOUTS = {
-    "deepseek_v3": _MLP_EXPERTS | {
+    "deepseek_v3": _MLP_EXPERTS | _MTP | {
         "layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias"},
-    "qwen3_moe": _MLP_EXPERTS | _QWEN3,
-    "qwen3": _QWEN3,
+    "qwen3_moe": _MLP_EXPERTS | _QWEN3 | _MTP,
+    "qwen3": _QWEN3 | _MTP,
+    "mixtral": _MTP,
+    "llama": _MTP,
+    "llama4": _LLAMA4 | _MTP,
 }
 FORMATS = {"hf": 0, "gguf": 1}
 _INDEX = re.escape("{i}"), re.escape("{e}")
@@ -122,6 +151,18 @@ def from_lamina(name: str, fmt: str, layout: str = "") -> str:
         if m:
             return theirs.replace("{i}", m.group(1)) if m.groups() else theirs
     raise KeyError(name)
+
+
+def to_mtp(name: str, n_layers: int) -> str:
+    """A layer past the last is a multi-token prediction module: layers.{n_layers + k}.X -> mtp.{k}.X."""
+    m = re.match(r"layers\.(\d+)\.(.*)$", name)
+    return f"mtp.{int(m.group(1)) - n_layers}.{m.group(2)}" if m and int(m.group(1)) >= n_layers else name
+
+
+def from_mtp(name: str, n_layers: int) -> str:
+    """mtp.{k}.X -> layers.{n_layers + k}.X, as DeepSeek-V3's checkpoints number them."""
+    m = re.match(r"mtp\.(\d+)\.(.*)$", name)
+    return f"layers.{n_layers + int(m.group(1))}.{m.group(2)}" if m else name
 
 
 def interleaved_to_halves(w: Tensor, n_heads: int) -> Tensor:

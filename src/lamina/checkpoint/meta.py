@@ -142,9 +142,12 @@ def read_meta(path: str | Path) -> Checkpoint:
 def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor], *,
                shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Meta's layout, split over `shards` model-parallel files the way Meta's code splits them."""
-    if config.n_experts:
-        raise LaminaError("Meta's original layout is written for dense Llamas only; write a mixture of experts "
-                          "in the Hugging Face layout")
+    if config.n_experts or config.latent or config.qk_norm or config.nope_every:
+        raise LaminaError("Meta's original layout is written for dense Llamas only; write a mixture of experts, "
+                          "latent attention or query/key norms in the Hugging Face layout")
+    if config.mtp_depth:
+        raise LaminaError("Meta's original layout holds no multi-token prediction modules; drop them "
+                          "(`lamina convert --drop-mtp`): next-token inference never runs them")
     multiple_of = 256
     if llama_ffn_dim(config.dim, multiple_of) != config.ffn_dim:
         # params.json cannot say ffn_dim directly; express it through ffn_dim_multiplier

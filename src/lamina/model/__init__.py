@@ -2,8 +2,8 @@
 
 from .config import ModelConfig, RopeScaling, count_params, llama_ffn_dim
 from .kv_cache import KVCache
-from .llama import Transformer, expected_shapes, first_mismatch, from_state_dict, init_weights, weights
+from .llama import Transformer, expected_shapes, first_mismatch, from_state_dict, init_weights, weights, without_mtp
 from .presets import PRESETS, preset
 
-__all__ = ["ModelConfig", "RopeScaling", "count_params", "llama_ffn_dim", "KVCache",
+__all__ = ["ModelConfig", "RopeScaling", "count_params", "llama_ffn_dim", "KVCache", "without_mtp",
            "Transformer", "expected_shapes", "first_mismatch", "from_state_dict", "init_weights", "weights", "PRESETS", "preset"]

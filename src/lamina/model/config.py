@@ -61,8 +61,8 @@ class RopeScaling:
         check_int("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings)
         if self.factor < 1:
             raise FieldError("rope_scaling.factor", f"must be at least 1, got {self.factor}")
-        if self.high_freq_factor <= self.low_freq_factor:
-            raise FieldError("rope_scaling.high_freq_factor", f"must exceed low_freq_factor "
+        if self.high_freq_factor < self.low_freq_factor:      # equal: no band between (Llama 4 Scout)
+            raise FieldError("rope_scaling.high_freq_factor", f"must be at least low_freq_factor "
                              f"({self.low_freq_factor}), got {self.high_freq_factor}")
 
 
@@ -103,6 +103,17 @@ class ModelConfig:
     expert_groups: int = 1         # group-limited routing: the experts in this many groups, ...
     topk_groups: int = 1           # ... of which a token may use the best this many
     expert_bias: bool = False      # a per-expert bias on selection only: auxiliary-loss-free balancing
+    expert_input_scaled: bool = False   # the router's weight scales an expert's input, not its output (Llama 4)
+    moe_every: int = 1             # of the layers after dense_layers, every this-many-th is sparse (Llama 4 Maverick: 2)
+    # Llama 4's attention (iRoPE): every nope_every-th layer has no RoPE and attends over the whole
+    # context; the others rotate, may attend within chunks only, and may L2-normalise queries and keys
+    nope_every: int = 0            # 0: every layer rotates
+    attention_chunk: int = 0       # the rotating layers attend within chunks of this many positions; 0: all
+    qk_l2_norm: bool = False       # a weightless RMS norm on queries and keys after RoPE, rotating layers only
+    attn_temperature: float = 0.0  # RoPE-free layers scale queries by 1 + this * log(1 + floor((pos + 1) / attn_floor))
+    attn_floor: int = 8192
+    # multi-token prediction (DeepSeek-V3): modules that each predict one token further ahead
+    mtp_depth: int = 0             # how many (DeepSeek-V3's num_nextn_predict_layers: 1)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -149,12 +160,17 @@ class ModelConfig:
                              f"got {_shown(self.rope_scaling)}")
 
     def _check_experts(self) -> None:
-        for f in ("n_experts", "n_shared_experts", "expert_ffn_dim", "dense_layers"):
+        for f in ("n_experts", "n_shared_experts", "expert_ffn_dim", "dense_layers", "mtp_depth"):
             check_int(f, getattr(self, f), minimum=0)
-        for f in ("n_active_experts", "expert_groups", "topk_groups"):
+        for f in ("n_active_experts", "expert_groups", "topk_groups", "moe_every", "attn_floor"):
             check_int(f, getattr(self, f))
+        for f in ("nope_every", "attention_chunk"):
+            check_int(f, getattr(self, f), minimum=0)
         check_float("route_scale", self.route_scale)
-        for f in ("norm_topk", "expert_bias", "qk_norm"):
+        if isinstance(self.attn_temperature, bool) or not isinstance(self.attn_temperature, (int, float)) \
+                or not 0 <= self.attn_temperature < float("inf"):
+            raise FieldError("attn_temperature", f"must be a finite number >= 0, got {_shown(self.attn_temperature)}")
+        for f in ("norm_topk", "expert_bias", "qk_norm", "qk_l2_norm", "expert_input_scaled"):
             if not isinstance(getattr(self, f), bool):
                 raise FieldError(f, f"must be true or false, got {_shown(getattr(self, f))}")
         if self.router not in ("softmax", "sigmoid"):
@@ -181,8 +197,9 @@ class ModelConfig:
             check_int(f, getattr(self, f))
         if not self.kv_lora_rank:
             return
-        if self.qk_norm:
-            raise FieldError("qk_norm", "applies to grouped-query attention; latent attention has its own norms")
+        for f in ("qk_norm", "qk_l2_norm", "nope_every", "attention_chunk", "attn_temperature"):
+            if getattr(self, f):
+                raise FieldError(f, "applies to grouped-query attention; latent attention has its own norms and RoPE")
         if self.qk_rope_head_dim % 2:
             raise FieldError("qk_rope_head_dim", f"must be even for RoPE, got {self.qk_rope_head_dim}")
         # every head has its own keys and values, expanded from the shared latent
@@ -200,7 +217,11 @@ class ModelConfig:
         return self.qk_rope_head_dim if self.latent else self.head_dim
 
     def is_moe_layer(self, layer: int) -> bool:
-        return self.n_experts > 0 and layer >= self.dense_layers
+        return self.n_experts > 0 and layer >= self.dense_layers and (layer + 1) % self.moe_every == 0
+
+    def rotates(self, layer: int) -> bool:
+        """Whether a layer applies RoPE (Llama 4 leaves it out of every nope_every-th)."""
+        return not self.nope_every or (layer + 1) % self.nope_every != 0
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -251,11 +272,21 @@ def attention_params(c: ModelConfig, norms: bool = True) -> int:
     return q + kv + H * c.v_head_dim * c.dim + latent_norms
 
 
-def count_params(c: ModelConfig, active: bool = False) -> int:
+def mtp_params(c: ModelConfig, active: bool = False) -> int:
+    """Parameters of the multi-token prediction modules: each a block of the model's kind (the
+    layer after the last), its two input norms, the projection of both inputs to one and the norm
+    before the shared output head."""
+    return sum(attention_params(c) + ffn_params(c, c.n_layers + k, active) + 2 * c.dim * c.dim + 5 * c.dim
+               for k in range(c.mtp_depth))
+
+
+def count_params(c: ModelConfig, active: bool = False, mtp: bool = False) -> int:
     """Parameter count from the architecture alone (tied embeddings counted once); with
-    `active`, those a token uses (of a mixture of experts, its top-k and the shared ones)."""
+    `active`, those a token uses (of a mixture of experts, its top-k and the shared ones). The
+    multi-token prediction modules count only with `mtp`: published sizes leave them out
+    (DeepSeek-V3's 671B; its checkpoint holds 685B)."""
     attention = attention_params(c)
     norms = 2 * c.dim                                  # attention_norm, ffn_norm
     layers = sum(attention + ffn_params(c, i, active) + norms for i in range(c.n_layers))
     embeddings = c.vocab_size * c.dim * (1 if c.tie_embeddings else 2)
-    return layers + c.dim + embeddings                 # + final norm
+    return layers + c.dim + embeddings + (mtp_params(c, active) if mtp else 0)   # + final norm

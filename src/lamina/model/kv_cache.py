@@ -23,17 +23,21 @@ def cached_dims(config: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
     return (config.n_kv_heads, config.head_dim), (config.n_kv_heads, config.head_dim)
 
 
-def _layers(config: ModelConfig, rows: int, max_len: int, dtype, device) -> tuple[list[Tensor], list[Tensor]]:
+def _layers(config: ModelConfig, rows: int, max_len: int, dtype, device, layers: int | None = None
+            ) -> tuple[list[Tensor], list[Tensor]]:
     # One tensor per layer rather than one stacked buffer: under torch.compile an in-place write
     # into a view of a shared buffer makes inductor copy the whole buffer every step.
-    return tuple([torch.zeros((rows, heads, max_len, dim), dtype=dtype, device=device) for _ in range(config.n_layers)]
-                 for heads, dim in cached_dims(config))
+    return tuple([torch.zeros((rows, heads, max_len, dim), dtype=dtype, device=device)
+                  for _ in range(layers or config.n_layers)] for heads, dim in cached_dims(config))
 
 
 class KVCache:
+    """`layers` defaults to the model's; self-speculative decoding adds its multi-token prediction
+    modules (n_layers + mtp_depth)."""
+
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-        self.k, self.v = _layers(config, batch_size, max_len, dtype, device)
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", layers: int | None = None):
+        self.k, self.v = _layers(config, batch_size, max_len, dtype, device, layers)
 
     @property
     def max_len(self) -> int:
@@ -103,6 +107,10 @@ class SlotRows:
 
     def __init__(self, cache: SlotCache, start: int, count: int):
         self.cache, self.start, self.count = cache, start, count
+
+    @property
+    def max_len(self) -> int:
+        return self.cache.max_len
 
     def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (count, KV, T, D) at positions `slots` (count, T) of these slots; return

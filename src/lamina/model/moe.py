@@ -65,28 +65,31 @@ class Experts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n, dim, ffn_dim))    # down
         self.w3 = nn.Parameter(torch.empty(n, ffn_dim, dim))    # up
 
-    def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
-        """x (N, D); each row through its k experts (N, k), mixed by `weights` (N, k)."""
+    def forward(self, x: Tensor, weights: Tensor, experts: Tensor, scale_input: bool = False) -> Tensor:
+        """x (N, D); each row through its k experts (N, k), mixed by `weights` (N, k), which
+        scale each expert's output, or with `scale_input` its input (Llama 4)."""
         N, k = experts.shape
         if N * k <= SMALL and not torch.compiler.is_compiling():
-            return self.few(x, weights, experts)
+            return self.few(x, weights, experts, scale_input)
         flat = experts.flatten()                                  # (N*k,)
         order = flat.argsort(stable=True)
         offsets = torch.bincount(flat, minlength=self.w1.shape[0]).cumsum(0).to(torch.int32)
         rows = order // k                                         # the token of each sorted row
-        y = grouped_swiglu(x[rows], self.w1, self.w2, self.w3, offsets)                 # (N*k, D)
-        y = y * weights.flatten()[order].unsqueeze(-1).to(y.dtype)
-        return torch.zeros_like(x).index_add_(0, rows, y)                              # (N, D)
+        w = weights.flatten()[order].unsqueeze(-1).to(x.dtype)   # (N*k, 1)
+        inputs = x[rows] * w if scale_input else x[rows]
+        y = grouped_swiglu(inputs, self.w1, self.w2, self.w3, offsets)                  # (N*k, D)
+        return torch.zeros_like(x).index_add_(0, rows, y if scale_input else y * w)    # (N, D)
 
-
-    def few(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
+    def few(self, x: Tensor, weights: Tensor, experts: Tensor, scale_input: bool = False) -> Tensor:
         """A decode step's few (token, expert) pairs one by one: sorting and grouping cost more
         than they save when there are a handful of rows."""
         out = torch.zeros_like(x)
         for n, row in enumerate(experts.tolist()):
             for j, e in enumerate(row):
-                h = F.silu(F.linear(x[n], self.w1[e])) * F.linear(x[n], self.w3[e])
-                out[n] += weights[n, j].to(x.dtype) * F.linear(h, self.w2[e])
+                w = weights[n, j].to(x.dtype)
+                xe = x[n] * w if scale_input else x[n]
+                h = F.silu(F.linear(xe, self.w1[e])) * F.linear(xe, self.w3[e])
+                out[n] += F.linear(h, self.w2[e]) if scale_input else w * F.linear(h, self.w2[e])
         return out
 
 
@@ -113,7 +116,7 @@ class MoEFeedForward(nn.Module):
         weights, experts = route(logits, self.config, self.expert_bias)
         if self.training:
             self.load += torch.bincount(experts.flatten(), minlength=self.config.n_experts).to(self.load.dtype)
-        y = self.experts(flat, weights, experts)
+        y = self.experts(flat, weights, experts, self.config.expert_input_scaled)
         if self.shared is not None:
             y = y + self.shared(flat)
         return y.view(B, T, D)

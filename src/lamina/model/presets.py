@@ -21,6 +21,10 @@ _LLAMA31_SCALING = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor
 _LLAMA32_SCALING = RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                original_max_position_embeddings=8192)
 
+_LLAMA4 = dict(dim=5120, n_layers=48, n_heads=40, n_kv_heads=8, head_dim=128, ffn_dim=16384, vocab_size=202048,
+               norm_eps=1e-5, rope_theta=500000.0, bos_token_id=200000, eos_token_id=(200001, 200007, 200008),
+               n_active_experts=1, n_shared_experts=1, expert_ffn_dim=8192, router="sigmoid", norm_topk=False,
+               expert_input_scaled=True, nope_every=4, attention_chunk=8192, attn_temperature=0.1, attn_floor=8192)
 PRESETS: dict[str, ModelConfig] = {
     # a tiny model for tests: every feature on (GQA, tied embeddings, llama3 rope scaling)
     "debug": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=512,
@@ -74,7 +78,7 @@ PRESETS: dict[str, ModelConfig] = {
                                q_lora_rank=1536, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
                                n_experts=256, n_active_experts=8, n_shared_experts=1, expert_ffn_dim=2048,
                                dense_layers=3, router="sigmoid", route_scale=2.5, expert_groups=8, topk_groups=4,
-                               expert_bias=True),
+                               expert_bias=True, mtp_depth=1),
     "deepseek-v2-lite": ModelConfig(dim=2048, n_layers=27, n_heads=16, ffn_dim=10944, vocab_size=102400,
                                     max_seq_len=163840, norm_eps=1e-6, rope_theta=10000.0, bos_token_id=100000,
                                     eos_token_id=100001, kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64,
@@ -84,6 +88,18 @@ PRESETS: dict[str, ModelConfig] = {
                                  vocab_size=151936, max_seq_len=40960, rope_theta=1e6, norm_eps=1e-6, qk_norm=True,
                                  bos_token_id=151643, eos_token_id=151645, n_experts=128, n_active_experts=8,
                                  expert_ffn_dim=768),
+    # Llama 4's text models: a shared expert and top-1 sigmoid routing that scales the expert's input,
+    # in every layer (Scout) or every second (Maverick); iRoPE: every fourth layer without RoPE,
+    # attending over everything, the others within 8192-token chunks
+    "llama-4-scout": ModelConfig(n_experts=16, moe_every=1, qk_l2_norm=True, max_seq_len=10485760,
+                                 rope_scaling=RopeScaling(factor=16.0, low_freq_factor=1.0, high_freq_factor=1.0,
+                                                          original_max_position_embeddings=8192), **_LLAMA4),
+    "llama-4-maverick": ModelConfig(n_experts=128, moe_every=2, qk_l2_norm=False, max_seq_len=1048576, **_LLAMA4),
+    "debug-llama4": ModelConfig(dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=512,
+                                max_seq_len=256, rope_theta=500000.0, n_experts=4, n_active_experts=1,
+                                n_shared_experts=1, expert_ffn_dim=32, router="sigmoid", norm_topk=False,
+                                expert_input_scaled=True, moe_every=2, nope_every=4, attention_chunk=16,
+                                qk_l2_norm=True, attn_temperature=0.1, attn_floor=8),
     "smollm2-135m": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
                                 vocab_size=49152, max_seq_len=8192, rope_theta=100000.0,
                                 tie_embeddings=True, bos_token_id=1, eos_token_id=2),

@@ -27,6 +27,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: RopeScaling | None = Non
     high_wavelen = old_len / scaling.high_freq_factor
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    if scaling.high_freq_factor == scaling.low_freq_factor:
+        return scaled                                          # no band to blend (Llama 4 Scout)
     smooth = (old_len / wavelen - scaling.low_freq_factor) / (
         scaling.high_freq_factor - scaling.low_freq_factor)
     blended = (1 - smooth) * scaled / scaling.factor + smooth * scaled

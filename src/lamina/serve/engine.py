@@ -15,6 +15,7 @@ from ..errors import LaminaError
 from ..model import KVCache, Transformer
 from .adapters import Adapters
 from .sampling import SamplingParams, next_token
+from .speculative import speculate
 
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
 
@@ -34,12 +35,20 @@ def compile_decode_step(model: Transformer):
 
 
 class Engine:
-    def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None):
+    def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None,
+                 speculate: int = 0):
+        """`speculate`: greedy requests of one prompt draft this many tokens a step with the
+        model's multi-token prediction modules (`speculative.py`); the output is the same."""
         self.model = model.eval()
         self.config = model.config
         self.adapters = adapters or Adapters(model, {})
         if compile and len(self.adapters):
             raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
+        if speculate and not 1 <= speculate <= self.config.mtp_depth:
+            raise LaminaError(f"speculate: this model's multi-token prediction modules propose 1 to "
+                              f"{self.config.mtp_depth} tokens a step" if self.config.mtp_depth else
+                              "speculate: this model has no multi-token prediction modules to draft with")
+        self.speculate = speculate
         self.compiled = compile
         self._decode = compile_decode_step(model) if compile else model
 
@@ -66,6 +75,11 @@ class Engine:
         if params.logprobs is not None or params.prompt_logprobs is not None:
             raise LaminaError("log-probabilities come from the server's batcher (`lamina serve`) or the "
                               "eval scorer, not from Engine.generate")
+        if self.speculate and len(prompts) == 1 and not any(rows) and _plain_greedy(params):
+            for token in speculate(self.model, prompts[0], params.max_new_tokens, n_tokens=self.speculate,
+                                   stop_token_ids=params.stop_token_ids, include_stop=include_stop):
+                yield [token]
+            return
         B, P = len(prompts), max(len(p) for p in prompts)
         context = self.config.max_seq_len
         if P >= context:
@@ -143,3 +157,9 @@ class Engine:
             with self.adapters.select(rows):
                 logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
                                       valid[:, None, None, :seen_slots])[:, -1]
+
+
+def _plain_greedy(params: SamplingParams) -> bool:
+    """Greedy with nothing that changes the model's own choice: what speculative decoding keeps."""
+    return (params.greedy and not params.counts_tokens and params.repetition_penalty == 1.0
+            and not params.logit_bias and not params.min_tokens)

@@ -22,12 +22,13 @@ from .text import TextStream
 
 class LLM:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,
-                 checkpoint: Checkpoint | None = None, lora: dict[str, str | Path] | None = None):
+                 checkpoint: Checkpoint | None = None, lora: dict[str, str | Path] | None = None,
+                 speculate: int = 0):
         """`lora`: LoRA adapter folders (PEFT format) by name, put on the model side by side and
         chosen per call (`adapter=NAME`) or per request by `lamina serve`."""
         self.model, self.tokenizer, self.checkpoint = model, tokenizer, checkpoint
         self.adapters = Adapters(model, lora or {})
-        self.engine = Engine(model, compile=compile, adapters=self.adapters)
+        self.engine = Engine(model, compile=compile, adapters=self.adapters, speculate=speculate)
 
     def _rows(self, adapter: str | None, n: int) -> list[int]:
         if adapter is None:
@@ -106,9 +107,11 @@ def move_to_huge_pages(model: nn.Module) -> None:
 
 def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
          compile: bool = False, tokenizer: str | Path | None = None,
-         lora: dict[str, str | Path] | None = None) -> LLM:
+         lora: dict[str, str | Path] | None = None, speculate: int = 0) -> LLM:
     """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name;
-    with `lora`, LoRA adapter folders (PEFT format) by name, served side by side on it."""
+    with `lora`, LoRA adapter folders (PEFT format) by name, served side by side on it. With
+    `speculate`, greedy generation of one prompt drafts that many tokens a step with the model's
+    multi-token prediction modules (the same output, fewer forwards when they guess right)."""
     ck = load_checkpoint(model)
     tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
     if tok is None:
@@ -124,4 +127,4 @@ def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str
         move_to_huge_pages(net)
         for k in shared:   # the checkpoint keeps the model's tensors, not the copies left behind
             ck.weights[k] = params[k].detach()
-    return LLM(net, tok, compile=compile, checkpoint=ck, lora=lora)
+    return LLM(net, tok, compile=compile, checkpoint=ck, lora=lora, speculate=speculate)

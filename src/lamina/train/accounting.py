@@ -22,20 +22,25 @@ DEFAULT_WATTS = {"cpu": 15.0, "cuda": 700.0}   # per CPU core in use; per GPU (H
 RAPL = Path("/sys/class/powercap")
 
 
-def matmul_params(c: ModelConfig) -> int:
+def matmul_params(c: ModelConfig, mtp: bool = True) -> int:
     """Parameters that take part in a matmul per token: the blocks' matrices and the output head
     (the embedding lookup and the norms cost no matmul FLOPs); of a mixture of experts, the
-    router and the experts a token is sent to."""
-    attention = attention_params(c, norms=False)
-    return sum(attention + ffn_params(c, i, active=True) for i in range(c.n_layers)) + c.vocab_size * c.dim
+    router and the experts a token is sent to; with `mtp`, each multi-token prediction module's
+    block, input projection and pass through the head."""
+    blocks = [*range(c.n_layers), *(range(c.n_layers, c.n_layers + c.mtp_depth) if mtp else ())]
+    ahead = (2 * c.dim * c.dim + c.vocab_size * c.dim) * c.mtp_depth if mtp else 0
+    return sum(attention_params(c, norms=False) + ffn_params(c, i, active=True) for i in blocks) \
+        + c.vocab_size * c.dim + ahead
 
 
-def flops_per_token(c: ModelConfig, seq_len: int) -> int:
+def flops_per_token(c: ModelConfig, seq_len: int, mtp: bool = True) -> int:
     """Training FLOPs per token, forward and backward: 6N for the matmuls plus 12·L·H·Q·T for
     attention scores and values (PaLM, Chowdhery et al. 2022, appendix B); with latent attention
-    the scores take the query/key width and the values their own: 6·L·H·(Q + V)·T."""
+    the scores take the query/key width and the values their own: 6·L·H·(Q + V)·T. Multi-token
+    prediction modules, trained with the model unless `mtp` is false, count as blocks."""
     value_dim = c.v_head_dim if c.latent else c.head_dim
-    return 6 * matmul_params(c) + 6 * c.n_layers * c.n_heads * (c.head_dim + value_dim) * seq_len
+    blocks = c.n_layers + (c.mtp_depth if mtp else 0)
+    return 6 * matmul_params(c, mtp) + 6 * blocks * c.n_heads * (c.head_dim + value_dim) * seq_len
 
 
 def measure_matmul_flops(device: torch.device, dtype: torch.dtype, seconds: float = 0.5, rounds: int = 5,

@@ -25,7 +25,7 @@ POSITIVE = ("seq_len", "batch_size", "max_steps", "eval_every", "eval_tokens", "
             "keep_checkpoints", "lr", "muon_lr")
 NOT_NEGATIVE = ("micro_batch_size", "max_tokens", "warmup_steps", "seed", "sample_every", "sample_tokens",
                 "sample_temperature", "grad_clip", "weight_decay", "init_std", "max_memory_gb",
-                "grid_intensity", "device_power_watts", "expert_bias_rate")   # 0 is "none" or "the default" for several
+                "grid_intensity", "device_power_watts", "expert_bias_rate", "mtp_weight")   # 0 is "none" or "the default" for several
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +54,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1            # the schedule ends at lr * min_lr_ratio
     grad_clip: float = 1.0               # global gradient-norm clip (0: none)
     expert_bias_rate: float = 1e-3       # mixture of experts with expert_bias: the balancing bias's step (DeepSeek-V3: 0.001)
+    mtp_weight: float = 0.3              # multi-token prediction: the modules' mean loss counts this much (DeepSeek-V3: 0.3)
     seed: int = 0                        # weights, batch order
     init_std: float = 0.02
     # execution

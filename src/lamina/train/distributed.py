@@ -63,8 +63,8 @@ def wrap(model: nn.Module, cluster: Cluster, parallel: str) -> nn.Module:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-        for layer in model.layers:
-            fully_shard(layer)
+        for block in model.blocks():
+            fully_shard(block)
         fully_shard(model)
         return model
     ids = [cluster.device.index] if cluster.device.type == "cuda" else None

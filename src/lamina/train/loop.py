@@ -176,7 +176,7 @@ def setup(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show:
               train_data=inputs.train_data, val_data=inputs.val_data,
               token_bytes=torch.tensor(tokenizer.token_bytes(), dtype=torch.float64),
               ledger=ledger, progress=progress, compute=Compute(**progress.compute),
-              per_token=flops_per_token(model_config, config.seq_len),
+              per_token=flops_per_token(model_config, config.seq_len, mtp=config.mtp_weight > 0),
               matmul_flops=measure_matmul_flops(device, dtype),
               meter=new_meter(config, cluster), log=log, bar=Bar(config.total_steps, progress.step, show),
               provenance=inputs.provenance, last_saved=resumed)
@@ -222,8 +222,8 @@ def build_model(config: TrainConfig, model_config: ModelConfig, cluster: distrib
 
 def checkpoint_blocks(model: Transformer) -> None:
     """Recompute each block's activations in the backward pass instead of keeping them."""
-    for layer in model.layers:
-        layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
+    for block in model.blocks():
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
 
 
 def start_progress(config: TrainConfig, resumed: Path | None, model: Transformer,
@@ -318,19 +318,29 @@ def pretrain_step(run: Run) -> StepResult:
     mine = windows[cluster.rank * plan.per_rank:(cluster.rank + 1) * plan.per_rank]
     x, y = (torch.from_numpy(a).to(run.device) for a in run.train_data.batch(mine, config.seq_len))
     loss_sum = 0.0
+    ahead = run.model_config.mtp_depth > 0 and config.mtp_weight > 0
+    parts = torch.zeros(1 + run.model_config.mtp_depth, device=run.device)
     for i in range(plan.accum):
         rows = slice(i * plan.micro, (i + 1) * plan.micro)
         with grad_sync(run, last=i == plan.accum - 1):
             with run.autocast():                               # the forward only, as torch.amp advises
-                loss = run.forward(x[rows], targets=y[rows])   # fused head + cross-entropy (model/loss.py)
+                # fused head + cross-entropy (model/loss.py), and the multi-token prediction's
+                loss = run.forward(x[rows], targets=y[rows], **({"mtp_weight": config.mtp_weight} if ahead else {}))
             (loss / plan.accum).backward()
         loss_sum += loss.item()
+        if ahead:
+            parts += run.model.last_losses
     loss_value = distributed.mean(loss_sum / plan.accum, cluster, run.device)
     stop_if_diverged(run, loss_value)
     grad_norm = clip_and_step(run)
     if cluster.main:
         run.ledger.add(windows, config.seq_len + 1)
-    return StepResult(loss_value, grad_norm, config.batch_size * config.seq_len)
+    if not ahead:
+        return StepResult(loss_value, grad_norm, config.batch_size * config.seq_len)
+    # The logged loss is the next-token one, comparable with a model without the modules.
+    parts = distributed.summed(parts, cluster) / (plan.accum * cluster.world)
+    depths = {f"mtp_loss_{k}": float(v) for k, v in enumerate(parts[1:].tolist(), 1)}
+    return StepResult(float(parts[0]), grad_norm, config.batch_size * config.seq_len, depths)
 
 
 def grad_sync(run: Run, last: bool) -> contextlib.AbstractContextManager:

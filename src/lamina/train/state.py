@@ -28,8 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..files import atomic_directory
-from ..checkpoint.hf import read_hf, write_hf_files
-from ..checkpoint.layout import from_lamina
+from ..checkpoint.hf import hf_layout, read_hf, write_hf_files
+from ..checkpoint.layout import from_lamina, from_mtp
 from ..errors import LaminaError
 from ..model import ModelConfig
 
@@ -66,7 +66,7 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
     """Write checkpoints/step-N whole or not at all, then drop all but the newest `keep`."""
     dst = checkpoint_dir(run, progress.step)
     tensors, groups = _flatten_optimizer(optim_state)
-    named, extra = _split_model_state(model_state)
+    named, extra = _split_model_state(model_state, model_config)
     tensors |= {f"model/{k}": v.contiguous() for k, v in extra.items()}
     with atomic_directory(dst) as tmp:
         write_hf_files(tmp, model_config, named, tokenizer, made_by=made_by)
@@ -85,13 +85,13 @@ def save(run: Path, model_config: ModelConfig, model_state: dict, optim_state: d
     return dst
 
 
-def _split_model_state(model_state: dict) -> tuple[dict, dict]:
+def _split_model_state(model_state: dict, config: ModelConfig) -> tuple[dict, dict]:
     """The tensors a model directory has names for, and the others (LoRA adapters, say), which
     are kept with the training state instead."""
     named, extra = {}, {}
     for k, v in model_state.items():
         try:
-            from_lamina(k, "hf")
+            from_lamina(from_mtp(k, config.n_layers), "hf", hf_layout(config))
             named[k] = v
         except KeyError:
             extra[k] = v
