@@ -136,6 +136,41 @@ def test_the_bias_balances_a_skewed_router_and_never_touches_the_weights():
     assert not torch.equal(idx.sort(-1).values, route(F.linear(flat, moe.gate.weight), c, None)[1].sort(-1).values)
 
 
+@pytest.mark.parametrize("router", ["softmax", "sigmoid"])
+def test_the_sequence_balance_loss_is_deepseek_v3s_formula_and_evens_out_a_skewed_router(router):
+    """Eqs. 17-20 of DeepSeek-V3 written out with loops over rows and experts; then the loss alone,
+    through the router's gradient, evens out a router skewed to one expert."""
+    c = ModelConfig(**SMALL, n_experts=8, n_active_experts=2, router=router, seq_aux_loss=1.0)
+    torch.manual_seed(0)
+    moe = MoEFeedForward(c).train()
+    moe.gate.weight.data.normal_(0, 0.05)
+    moe.gate.weight.data[0] += 0.1
+    tokens = torch.randn(4, 32, 64) + 0.3
+    moe(tokens)
+    logits = F.linear(tokens.reshape(-1, 64), moe.gate.weight).view(4, 32, 8)
+    _, chosen = route(logits.reshape(-1, 8), c, None)
+    chosen = chosen.view(4, 32, 2)
+    scores = logits.softmax(-1) if router == "softmax" else logits.sigmoid()
+    rows = []
+    for b in range(4):
+        total = 0.0
+        for i in range(8):
+            f = 8 / (2 * 32) * sum(int(i in chosen[b, t].tolist()) for t in range(32))
+            p = sum(float(scores[b, t, i] / scores[b, t].sum()) for t in range(32)) / 32
+            total += f * p
+        rows.append(total)
+    assert moe.aux_loss.item() == pytest.approx(sum(rows) / 4, rel=1e-5)
+    assert moe.aux_loss.item() > 1.2 and float(moe.load.max() / moe.load.mean()) > 3     # skewed: 1 is even
+    opt = torch.optim.SGD([moe.gate.weight], lr=0.3)
+    for _ in range(200):
+        moe.load.zero_()
+        moe(tokens)
+        moe.aux_loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert moe.aux_loss.item() < 1.05 and float(moe.load.max() / moe.load.mean()) < 1.3
+
+
 def test_training_balances_and_resumes_bit_exact_bias_included(shakespeare_corpus, tmp_path):
     """`lamina train` on debug-moe with the balancing bias: loads and the bias's spread logged;
     three steps, then three more after --resume, equal six straight, the bias included."""

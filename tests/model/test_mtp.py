@@ -157,8 +157,8 @@ def test_the_first_modules_cached_drafts_are_its_uncached_predictions():
         for step in range(6):
             proposal = drafter.propose(seq)
             h = model.body(torch.tensor([seq[:-1]]))
-            out = model.predict_ahead(0, h, torch.tensor([seq[1:]]), torch.arange(len(seq) - 1)[None])
-            assert proposal == [int(model.ahead_logits(0, out[0, -1]).argmax())]
+            _, normed = model.predict_ahead(0, h, torch.tensor([seq[1:]]), torch.arange(len(seq) - 1)[None])
+            assert proposal == [int(model.logits(normed[0, -1]).argmax())]
             seq.append(proposal[0] if step % 2 else (proposal[0] + 1) % 50)      # accepted, then not
             n = len(seq) - 2
             at = torch.tensor([n])

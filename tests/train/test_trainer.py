@@ -131,6 +131,32 @@ def test_two_gloo_ranks_follow_the_loss_curve_of_one_process(corpus, tmp_path, p
     assert compute["energy_kwh"] > 0 and compute["device_seconds"]["cpu"] > 0
 
 
+@pytest.mark.slow
+def test_fsdp_on_two_ranks_trains_a_latent_mixture_with_prediction_modules_as_one_process(corpus, tmp_path):
+    """debug-mla (latent attention, 8 sigmoid-routed experts with the balancing bias) with a
+    multi-token prediction module and the sequence-wise balance loss: the loss, the module's loss,
+    the weights and the bias of two FSDP2 ranks follow one process."""
+    model = ['model="debug-mla"', "model_overrides.mtp_depth=1", "model_overrides.seq_aux_loss=0.0001"]
+    steps = dict(max_steps=6, eval_every=100, save_every=100)
+    one = train(train_recipe("debug", model, data=str(corpus), out=str(tmp_path / "one")).replace(**{**SHORT, **steps}),
+                progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = _cli(corpus, tmp_path / "two", *model, **steps, parallel="fsdp")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "-m", "lamina.cli", *cmd[len(LAMINA):]], check=True, env=env, timeout=300)
+
+    def logged(run, key):
+        return [r[key] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if key in r]
+    for key in ("loss", "mtp_loss_1", "expert_load_max_over_mean"):
+        assert len(logged(tmp_path / "two", key)) == 6
+        np.testing.assert_allclose(logged(tmp_path / "two", key), logged(one.run, key), rtol=1e-3)
+    a = load_file(one.checkpoint / "model.safetensors")
+    b = load_file(tmp_path / "two" / "checkpoints" / "step-000006" / "model.safetensors")
+    assert a.keys() == b.keys() and any("layers.3." in k for k in a)        # the module, past the last layer
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+
+
 def test_debug_preset_overfits_a_single_batch(corpus):
     config = _config(corpus, "unused", optimizer="adamw", lr=3e-3)
     data = TokenShards(corpus)

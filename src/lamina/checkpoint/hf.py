@@ -81,7 +81,9 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
             max_seq_len=d.get("max_position_embeddings", 2048),
             tie_embeddings=d.get("tie_word_embeddings", False),
             bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-            mtp_depth=null_as_zero(d.get("num_nextn_predict_layers")))
+            mtp_depth=null_as_zero(d.get("num_nextn_predict_layers")),
+            # DeepSeek's keys for the sequence-wise balance loss, read (and written) in every layout
+            seq_aux_loss=float(d.get("aux_loss_alpha") or 0.0) if d.get("seq_aux") else 0.0)
         return ModelConfig(**(fields | experts))
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
@@ -283,6 +285,7 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "attention_dropout": 0.0, "initializer_range": 0.02, "pretraining_tp": 1,
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
         **({"num_nextn_predict_layers": c.mtp_depth} if c.mtp_depth else {}),
+        **({"seq_aux": True, "aux_loss_alpha": c.seq_aux_loss} if c.seq_aux_loss else {}),
         **({"deepseek_v3": _deepseek, "mixtral": mixtral_config, "qwen3": _qwen3, "qwen3_moe": _qwen3,
             "llama4": _llama4}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }

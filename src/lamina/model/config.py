@@ -103,6 +103,7 @@ class ModelConfig:
     expert_groups: int = 1         # group-limited routing: the experts in this many groups, ...
     topk_groups: int = 1           # ... of which a token may use the best this many
     expert_bias: bool = False      # a per-expert bias on selection only: auxiliary-loss-free balancing
+    seq_aux_loss: float = 0.0      # while training: this times the sequence-wise balance loss (DeepSeek-V3: 1e-4)
     expert_input_scaled: bool = False   # the router's weight scales an expert's input, not its output (Llama 4)
     moe_every: int = 1             # of the layers after dense_layers, every this-many-th is sparse (Llama 4 Maverick: 2)
     # Llama 4's attention (iRoPE): every nope_every-th layer has no RoPE and attends over the whole
@@ -167,9 +168,10 @@ class ModelConfig:
         for f in ("nope_every", "attention_chunk"):
             check_int(f, getattr(self, f), minimum=0)
         check_float("route_scale", self.route_scale)
-        if isinstance(self.attn_temperature, bool) or not isinstance(self.attn_temperature, (int, float)) \
-                or not 0 <= self.attn_temperature < float("inf"):
-            raise FieldError("attn_temperature", f"must be a finite number >= 0, got {_shown(self.attn_temperature)}")
+        for f in ("attn_temperature", "seq_aux_loss"):
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise FieldError(f, f"must be a finite number >= 0, got {_shown(value)}")
         for f in ("norm_topk", "expert_bias", "qk_norm", "qk_l2_norm", "expert_input_scaled"):
             if not isinstance(getattr(self, f), bool):
                 raise FieldError(f, f"must be true or false, got {_shown(getattr(self, f))}")

@@ -97,9 +97,12 @@ class MultiTokenPredictor(TransformerBlock):
         self.head_norm = RMSNorm(c.dim, c.norm_eps)
 
     def forward(self, h: Tensor, embedded: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
-                slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                slots: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Its output, for the next depth, and that output normed for the head: the norm runs
+        here, inside the module, where FSDP2 has gathered its weights."""
         x = self.eh_proj(torch.cat((self.enorm(embedded), self.hnorm(h)), dim=-1))
-        return super().forward(x, cos, sin, cache, slots, mask)
+        out = super().forward(x, cos, sin, cache, slots, mask)
+        return out, self.head_norm(out)
 
 
 class Transformer(nn.Module):
@@ -187,17 +190,14 @@ class Transformer(nn.Module):
         return self.output(h).float()
 
     def predict_ahead(self, depth: int, h: Tensor, tokens: Tensor, positions: Tensor, cache: Cache | None = None,
-                      slots: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+                      slots: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Multi-token prediction module `depth` (0 = the first) at `positions` (B, T): `h`
         (B, T, dim) is the depth before's output there (for depth 0, `body`'s), `tokens` (B, T)
-        the tokens depth + 1 ahead of each position. Its output (B, T, dim) feeds the next depth;
-        `ahead_logits` turns it into predictions of the tokens depth + 2 ahead. Caches take this
-        module as layer n_layers + depth."""
+        the tokens depth + 1 ahead of each position. Its output (B, T, dim), which feeds the next
+        depth, and that output normed, which `logits` turns into predictions of the tokens
+        depth + 2 ahead. Caches take this module as layer n_layers + depth."""
         cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
         return self.mtp[depth](h, self.tok_embeddings(tokens), cos, sin, cache, slots, mask)
-
-    def ahead_logits(self, depth: int, h: Tensor) -> Tensor:
-        return self.logits(self.mtp[depth].head_norm(h))
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | Segments | None = None,
@@ -207,7 +207,8 @@ class Transformer(nn.Module):
         computed without the logits tensor (`lamina.model.loss.linear_cross_entropy`). With a
         `mtp_weight` and multi-token prediction modules, the loss adds that weight times the
         modules' mean loss (DeepSeek-V3's lambda: 0.3, later 0.1), and `last_losses` keeps the
-        parts."""
+        parts. While training with `seq_aux_loss`, it adds each sparse layer's weighted
+        sequence-wise balance loss."""
         h = self.body(tokens, positions, cache, slots, mask)
         if targets is None:
             return self.logits(h)
@@ -218,6 +219,8 @@ class Transformer(nn.Module):
             ahead = self.ahead_losses(h, tokens, targets, positions)
             self.last_losses.copy_(torch.stack([loss, *ahead]).detach())
             loss = loss + mtp_weight * torch.stack(ahead).mean()
+        if self.training and self.config.seq_aux_loss:      # each sparse layer's, of this forward
+            loss = loss + sum(m.aux_loss for m in self.modules() if isinstance(m, MoEFeedForward))
         return loss
 
     def ahead_losses(self, h: Tensor, tokens: Tensor, targets: Tensor, positions: Tensor | None) -> list[Tensor]:
@@ -233,8 +236,8 @@ class Transformer(nn.Module):
             k = depth + 1
             ahead = F.pad(stream[:, k:], (0, k - 1))                                        # (B, T): token i + k
             wanted = F.pad(targets[:, k:], (0, k), value=IGNORE_INDEX)                      # token i + k + 1
-            h = self.predict_ahead(depth, h, ahead, positions)
-            losses.append(linear_cross_entropy(self.mtp[depth].head_norm(h).flatten(0, 1), self.output.weight,
+            h, normed = self.predict_ahead(depth, h, ahead, positions)
+            losses.append(linear_cross_entropy(normed.flatten(0, 1), self.output.weight,
                                                wanted.flatten()))
         return losses
 

@@ -116,10 +116,26 @@ class MoEFeedForward(nn.Module):
         weights, experts = route(logits, self.config, self.expert_bias)
         if self.training:
             self.load += torch.bincount(experts.flatten(), minlength=self.config.n_experts).to(self.load.dtype)
+            if self.config.seq_aux_loss:
+                self.aux_loss = self.config.seq_aux_loss * sequence_balance_loss(
+                    logits.view(B, T, -1), experts.view(B, T, -1), self.config.router)
         y = self.experts(flat, weights, experts, self.config.expert_input_scaled)
         if self.shared is not None:
             y = y + self.shared(flat)
         return y.view(B, T, D)
+
+
+def sequence_balance_loss(logits: Tensor, experts: Tensor, router: str) -> Tensor:
+    """DeepSeek-V3's complementary sequence-wise balance loss (its eqs. 17-20), the mean over rows
+    of sum_i f_i P_i: f_i the share of the row's (token, expert) choices that went to expert i,
+    times E; P_i its mean score, the scores normalised over the experts at each token. 1 when a
+    row is spread evenly, up to E when it all goes to one expert. logits (B, T, E), experts (B, T, k)."""
+    B, T, E = logits.shape
+    scores = logits.softmax(-1) if router == "softmax" else logits.sigmoid()
+    share = (scores / scores.sum(-1, keepdim=True)).mean(1)                          # (B, E)
+    counts = torch.zeros(B, E, device=logits.device).scatter_add_(
+        1, experts.flatten(1), torch.ones(B, experts[0].numel(), device=logits.device))
+    return (counts * E / experts[0].numel() * share).sum(1).mean()
 
 
 def moe_layers(model: nn.Module) -> list[MoEFeedForward]:

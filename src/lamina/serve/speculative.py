@@ -64,28 +64,30 @@ class AheadDrafter:
             # bring the module's cache up to date with true inputs: positions filled..last - m
             lo, hi = self.filled[m], last - m
             if hi >= lo:
-                out = self._run(m, self.hidden[m][lo:hi + 1], seq[lo + m + 1:hi + m + 2], lo, true_below=lo)
+                out, normed = self._run(m, self.hidden[m][lo:hi + 1], seq[lo + m + 1:hi + m + 2], lo, true_below=lo)
                 self.hidden[m + 1][lo:hi + 1] = out
                 self.filled[m] = hi + 1
                 if m == 0:
-                    proposals.append(int(self.model.ahead_logits(0, out[-1]).argmax()))
+                    proposals.append(int(self.model.logits(normed[-1]).argmax()))
                     h = out[-1:]
                     continue
             # a draft at the last position, from the proposal before: its cache entry is provisional
             # and it attends only over the true entries and itself
-            h = self._run(m, h, [proposals[-1]], last, true_below=self.filled[m])
-            proposals.append(int(self.model.ahead_logits(m, h[-1]).argmax()))
+            h, normed = self._run(m, h, [proposals[-1]], last, true_below=self.filled[m])
+            proposals.append(int(self.model.logits(normed[-1]).argmax()))
         return proposals
 
-    def _run(self, m: int, h: Tensor, tokens: list[int], start: int, true_below: int) -> Tensor:
+    def _run(self, m: int, h: Tensor, tokens: list[int], start: int, true_below: int) -> tuple[Tensor, Tensor]:
         """Module m at positions start.. for inputs `h` (T, dim) and `tokens` (T,), attending over
-        its cache's slots below `true_below` and causally over its own: (T, dim)."""
+        its cache's slots below `true_below` and causally over its own: its output and that
+        output normed for the head, each (T, dim)."""
         dev, T = h.device, len(tokens)
         positions = torch.arange(start, start + T, device=dev)
         slots = torch.arange(start + T, device=dev)
         mask = (slots[None] <= positions[:, None]) & ((slots[None] < true_below) | (slots[None] >= start))
-        return self.model.predict_ahead(m, h[None], torch.tensor([tokens], device=dev), positions[None],
-                                        self.cache, positions, mask[None, None])[0]
+        out, normed = self.model.predict_ahead(m, h[None], torch.tensor([tokens], device=dev), positions[None],
+                                               self.cache, positions, mask[None, None])
+        return out[0], normed[0]
 
 
 @torch.inference_mode()
