@@ -119,7 +119,7 @@ def test_transformers_applies_our_llama3_rope_scaling(tmp_path):
     rope = theirs.config.rope_parameters
     assert rope["rope_type"] == "llama3" and rope["rope_theta"] == config.rope_theta
     assert {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                 "original_max_position_embeddings")} == vars(config.rope_scaling)
+                                 "original_max_position_embeddings", "rope_type")} == vars(config.rope_scaling)
     # at this sequence length the scaling matters, so equal logits mean transformers applied it
     unscaled = from_state_dict(config.replace(rope_scaling=None), weights)
     assert max_logit_diff(unscaled, theirs, random_tokens(config)) > 100 * TOLERANCE

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from lamina.checkpoint.hf import read_hf
-from lamina.model import Transformer, count_params, init_weights, preset
+from lamina.model import Transformer, count_params, init_weights, preset, weights
 
 from .conftest import lamina_loads_theirs, transformers_loads_ours
 
@@ -69,3 +70,23 @@ def test_absorbed_decoding_over_the_latent_cache_equals_the_naive_forward(greedy
     per_token = SlotCache.bytes_per_token(c, torch.bfloat16)
     assert per_token == c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 2
     assert per_token < 2 * c.n_layers * c.n_heads * c.head_dim * 2 / 4     # a quarter of multi-head attention's
+
+
+@pytest.mark.parametrize("layout", ["deepseek_v3", "qwen3_moe"])
+def test_yarn_as_deepseek_v3_and_qwen3_set_it_equals_transformers(tmp_path, layout):
+    """YaRN (factor 4 over 16 original positions, 40 tokens): DeepSeek-V3's with mscale and
+    mscale_all_dim (cos/sin unscaled, the softmax by mscale²), Qwen3's with the attention factor
+    on cos and sin; lamina's logits equal transformers' and differ from unscaled RoPE's."""
+    import transformers
+    from lamina.model import YarnScaling, from_state_dict
+    deepseek = layout == "deepseek_v3"
+    c = preset("debug-mla" if deepseek else "debug-moe").replace(rope_scaling=YarnScaling(
+        factor=4.0, original_max_position_embeddings=16, mscale=1.0 if deepseek else 0.0,
+        mscale_all_dim=1.0 if deepseek else 0.0), **({} if deepseek else {"qk_norm": True}))
+    model = init_weights(Transformer(c), seed=1, std=0.1).eval()
+    cls = getattr(transformers, "DeepseekV3ForCausalLM" if deepseek else "Qwen3MoeForCausalLM")
+    assert transformers_loads_ours(model, cls, tmp_path / "m") == c
+    tokens = torch.randint(0, 512, (1, 40))
+    with torch.no_grad():
+        unscaled = from_state_dict(c.replace(rope_scaling=None), weights(model))(tokens)
+        assert (model(tokens) - unscaled).abs().max() > 0.1

@@ -173,6 +173,8 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
+    if config.rope_scaling is not None and config.rope_scaling.rope_type != "llama3":
+        raise LaminaError("GGUF's llama architecture holds llama3 RoPE scaling only; this model has YaRN")
     if config.mtp_depth:
         raise LaminaError("GGUF's llama architecture holds no multi-token prediction modules; drop them "
                           "(`lamina convert --drop-mtp`): next-token inference never runs them")

@@ -3,6 +3,7 @@ model.safetensors or shards with model.safetensors.index.json, tokenizer files, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from ..errors import LaminaError
 from ..files import atomic_directory, sha256
-from ..model import ModelConfig, RopeScaling
+from ..model import ModelConfig, RopeScaling, YarnScaling
 from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
@@ -160,8 +161,8 @@ def _llama4_from_hf(d: dict, where) -> dict:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
 
 
-def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
-    """(the RoPE parameters, the llama3 scaling or None): transformers 5 writes
+def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | YarnScaling | None]:
+    """(the RoPE parameters, the llama3 or yarn scaling or None): transformers 5 writes
     `rope_parameters`, 4 wrote `rope_scaling`."""
     key = "rope_parameters" if d.get("rope_parameters") else "rope_scaling"
     rope = d.get(key) or {}
@@ -169,10 +170,21 @@ def _rope_from_hf(d: dict, where) -> tuple[dict, RopeScaling | None]:
         raise LaminaError(f"{where}: {key} must be an object such as {{\"rope_type\": \"llama3\", "
                           f"\"factor\": 8.0, ...}} or null, got {repr(rope)[:40]}")
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("default", "llama3"):
-        raise LaminaError(f"{where}: RoPE scaling {repr(rope_type)[:40]} is not supported (default, llama3)")
+    if rope_type not in ("default", "llama3", "yarn"):
+        raise LaminaError(f"{where}: RoPE scaling {repr(rope_type)[:40]} is not supported (default, llama3, yarn)")
     if rope_type == "default":
         return rope, None
+    if rope_type == "yarn":
+        if "factor" not in rope or not (rope.get("original_max_position_embeddings")
+                                        or d.get("max_position_embeddings")):
+            raise LaminaError(f"{where}: {key} of type yarn needs factor and original_max_position_embeddings")
+        given = {k: rope[k] for k in ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                                      "truncate") if rope.get(k) is not None}
+        try:
+            return rope, YarnScaling(factor=rope["factor"], original_max_position_embeddings=rope.get(
+                "original_max_position_embeddings") or d["max_position_embeddings"], **given)
+        except ValueError as e:
+            raise config_error(e, where, {}) from None
     missing = [k for k in _LLAMA3_KEYS if k not in rope]
     if missing:
         raise LaminaError(f"{where}: {key} of type llama3 is missing {', '.join(missing)}")
@@ -269,10 +281,9 @@ def _deepseek(c: ModelConfig) -> dict:
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
     eos = list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else c.eos_token_id
     scaling = None if c.rope_scaling is None else {
-        "rope_type": "llama3", "factor": c.rope_scaling.factor,
-        "low_freq_factor": c.rope_scaling.low_freq_factor,
-        "high_freq_factor": c.rope_scaling.high_freq_factor,
-        "original_max_position_embeddings": c.rope_scaling.original_max_position_embeddings}
+        k: v for k, v in dataclasses.asdict(c.rope_scaling).items()
+        if not (isinstance(c.rope_scaling, YarnScaling) and k in ("mscale", "mscale_all_dim", "attention_factor")
+                and not v)}                                    # YaRN's zeros: not given
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "hidden_size": c.dim, "num_hidden_layers": c.n_layers,

@@ -145,6 +145,8 @@ def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
     if config.n_experts or config.latent or config.qk_norm or config.nope_every:
         raise LaminaError("Meta's original layout is written for dense Llamas only; write a mixture of experts, "
                           "latent attention or query/key norms in the Hugging Face layout")
+    if config.rope_scaling is not None and config.rope_scaling.rope_type != "llama3":
+        raise LaminaError("Meta's original layout holds llama3 RoPE scaling only; this model has YaRN")
     if config.mtp_depth:
         raise LaminaError("Meta's original layout holds no multi-token prediction modules; drop them "
                           "(`lamina convert --drop-mtp`): next-token inference never runs them")

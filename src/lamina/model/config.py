@@ -54,8 +54,11 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    rope_type: str = "llama3"
 
     def __post_init__(self) -> None:
+        if self.rope_type != "llama3":
+            raise FieldError("rope_scaling.rope_type", f"must be llama3 or yarn, got {_shown(self.rope_type)}")
         for f in ("factor", "low_freq_factor", "high_freq_factor"):
             check_float(f"rope_scaling.{f}", getattr(self, f))
         check_int("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings)
@@ -64,6 +67,36 @@ class RopeScaling:
         if self.high_freq_factor < self.low_freq_factor:      # equal: no band between (Llama 4 Scout)
             raise FieldError("rope_scaling.high_freq_factor", f"must be at least low_freq_factor "
                              f"({self.low_freq_factor}), got {self.high_freq_factor}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class YarnScaling:
+    """YaRN context extension (Peng et al. 2023), as DeepSeek-V3 (factor 40 from 4,096 positions)
+    and Qwen3 set it: the low frequencies interpolated by `factor`, the high ones kept, a linear
+    ramp between the dimensions that turn `beta_slow` and `beta_fast` times in the original
+    context; cos and sin scaled by the attention factor (derived from `mscale` and
+    `mscale_all_dim` unless given), and latent attention's softmax by mscale(mscale_all_dim)²."""
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 0.0            # 0: not given
+    mscale_all_dim: float = 0.0    # 0: not given
+    attention_factor: float = 0.0  # 0: derived
+    truncate: bool = True
+    rope_type: str = "yarn"
+
+    def __post_init__(self) -> None:
+        for f in ("factor", "beta_fast", "beta_slow"):
+            check_float(f"rope_scaling.{f}", getattr(self, f))
+        check_int("rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings)
+        for f in ("mscale", "mscale_all_dim", "attention_factor"):
+            value = getattr(self, f)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise FieldError(f"rope_scaling.{f}", f"must be a finite number >= 0, got {_shown(value)}")
+        if not isinstance(self.truncate, bool) or self.rope_type != "yarn":
+            raise FieldError("rope_scaling", "truncate must be true or false, and rope_type yarn")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +112,7 @@ class ModelConfig:
     vocab_size: int = 32000
     norm_eps: float = 1e-5         # RMSNorm epsilon
     rope_theta: float = 10000.0
-    rope_scaling: RopeScaling | None = None
+    rope_scaling: RopeScaling | YarnScaling | None = None
     max_seq_len: int = 2048        # context length the model was trained for
     tie_embeddings: bool = False   # output projection shares tok_embeddings.weight
     bos_token_id: int | None = 1
@@ -129,10 +162,11 @@ class ModelConfig:
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if isinstance(self.rope_scaling, dict):
+            kind = YarnScaling if self.rope_scaling.get("rope_type") == "yarn" else RopeScaling
             try:
-                object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
-            except TypeError:   # a key RopeScaling does not have
-                known = ", ".join(f.name for f in dataclasses.fields(RopeScaling))
+                object.__setattr__(self, "rope_scaling", kind(**self.rope_scaling))
+            except TypeError:   # a key the scaling does not have
+                known = ", ".join(f.name for f in dataclasses.fields(kind))
                 raise FieldError("rope_scaling", f"takes only {known}; got "
                                  f"{_shown(sorted(self.rope_scaling))}") from None
         if self.n_heads % self.n_kv_heads:
@@ -156,8 +190,8 @@ class ModelConfig:
         if not (eos is None or _is_token_id(eos) or (isinstance(eos, (list, tuple))
                                                      and all(map(_is_token_id, eos)))):
             raise FieldError("eos_token_id", f"must be a token id, a list of them or null, got {_shown(eos)}")
-        if not isinstance(self.rope_scaling, (RopeScaling, dict, type(None))):
-            raise FieldError("rope_scaling", f"must be a table of llama3 scaling parameters or null, "
+        if not isinstance(self.rope_scaling, (RopeScaling, YarnScaling, dict, type(None))):
+            raise FieldError("rope_scaling", f"must be a table of llama3 or yarn scaling parameters or null, "
                              f"got {_shown(self.rope_scaling)}")
 
     def _check_experts(self) -> None:

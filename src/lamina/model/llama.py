@@ -17,7 +17,7 @@ from .layers import FeedForward, Linear, RMSNorm
 from .loss import IGNORE_INDEX, linear_cross_entropy
 from .mla import LatentAttention
 from .moe import MoEFeedForward
-from .rope import apply_rope, rope_cos_sin, rope_inv_freq
+from .rope import apply_rope, rope_attention_factor, rope_cos_sin, rope_inv_freq
 from .segments import Segments
 
 
@@ -121,6 +121,7 @@ class Transformer(nn.Module):
             self.register_buffer("last_losses", torch.zeros(1 + config.mtp_depth), persistent=False)
         inv_freq = rope_inv_freq(config.rope_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_factor = rope_attention_factor(config.rope_scaling)
 
     def blocks(self) -> list[nn.Module]:
         """The decoder blocks, then any multi-token prediction modules: what activation
@@ -145,7 +146,7 @@ class Transformer(nn.Module):
         if cache is not None and (slots is None or mask is None):
             raise ValueError("decoding with a KV cache needs slots and mask")
         h = self.tok_embeddings(tokens)                                # (B, T, dim)
-        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)     # (B, 1, T, D)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype, self.rope_factor)     # (B, 1, T, D)
         c = self.config
         if not (c.nope_every or c.attention_chunk):
             for layer in self.layers:
@@ -196,7 +197,7 @@ class Transformer(nn.Module):
         the tokens depth + 1 ahead of each position. Its output (B, T, dim), which feeds the next
         depth, and that output normed, which `logits` turns into predictions of the tokens
         depth + 2 ahead. Caches take this module as layer n_layers + depth."""
-        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, h.dtype, self.rope_factor)
         return self.mtp[depth](h, self.tok_embeddings(tokens), cos, sin, cache, slots, mask)
 
     def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: Cache | None = None,

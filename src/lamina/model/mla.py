@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .kv_cache import Cache
 from .layers import Linear, RMSNorm, attend
-from .rope import apply_rope
+from .rope import apply_rope, softmax_mscale
 from .segments import Segments
 
 LATENT_NORM_EPS = 1e-6          # DeepSeek's latent norms use their own epsilon, not the config's
@@ -43,7 +43,7 @@ class LatentAttention(nn.Module):
         self.kv_norm = RMSNorm(c.kv_lora_rank, LATENT_NORM_EPS)
         self.wkv_b = Linear(c.kv_lora_rank, c.n_heads * (c.qk_nope_head_dim + c.v_head_dim))
         self.wo = Linear(c.n_heads * c.v_head_dim, c.dim)
-        self.scale = qk ** -0.5
+        self.scale = qk ** -0.5 * softmax_mscale(c.rope_scaling)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: Cache | None = None,
                 slots: Tensor | None = None, mask: Tensor | Segments | None = None) -> Tensor:
