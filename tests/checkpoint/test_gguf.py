@@ -374,3 +374,49 @@ def test_llama_cpp_runs_a_lamina_mixture_of_experts_with_equal_logits(tmp_path, 
     assert back.config == config
     ids = tokenizer.encode(TEXT)
     assert relative_error(llama_cpp_logits(path, ids), logits(model, ids)) < 1e-4
+
+
+@pytest.mark.parametrize("experts", [0, 4], ids=["qwen3", "qwen3moe"])
+def test_llama_cpp_runs_lamina_qwen3_with_equal_logits(tmp_path, tokenizer, experts):
+    """Per-head query/key norms make a Qwen3 (with experts, Qwen3-MoE): llama.cpp's qwen3 and
+    qwen3moe architectures, the query norm under its own name (attn_q_norm), the query/key rows
+    left in halves (Qwen's RoPE rotates halves, as lamina's), the experts' width under
+    expert_feed_forward_length. Read back as written."""
+    config = tiny(tokenizer).replace(qk_norm=True, n_experts=experts, n_active_experts=2,
+                                     expert_ffn_dim=48 if experts else 0)
+    model = random_model(config, seed=3)
+    path = write_gguf(tmp_path / "qwen3.gguf", config, weights(model), tokenizer, dtype="f32")
+    meta, tensors = gguf_fields(path)
+    arch = "qwen3moe" if experts else "qwen3"
+    assert meta["general.architecture"] == arch and "blk.0.attn_q_norm.weight" in tensors
+    if experts:
+        assert (meta["qwen3moe.expert_count"], meta["qwen3moe.expert_feed_forward_length"]) == (4, 48)
+    back = read_gguf(path)
+    assert back.config == config
+    assert all(torch.equal(back.weights[k], v) for k, v in weights(model).items())
+    ids = tokenizer.encode(TEXT)
+    assert relative_error(llama_cpp_logits(path, ids), logits(model, ids)) < 1e-4
+
+
+def test_llama_cpp_runs_lamina_llama4_with_equal_logits(tmp_path, tokenizer):
+    """Llama 4's text model as llama.cpp's llama4 architecture: the shared expert, input-scaled
+    top-1 sigmoid routing every second layer, a dense layer between, the fourth layer without
+    RoPE, the query/key L2 norm. What llama.cpp fixes (chunks of 8192, the temperature, a
+    RoPE-free layer every fourth) is checked before any file is made."""
+    config = tiny(tokenizer).replace(n_layers=4, n_experts=4, n_active_experts=1, n_shared_experts=1,
+                                     expert_ffn_dim=48, router="sigmoid", norm_topk=False, expert_input_scaled=True,
+                                     moe_every=2, nope_every=4, attention_chunk=8192, qk_l2_norm=True,
+                                     attn_temperature=0.1, attn_floor=8192, rope_theta=500000.0)
+    model = random_model(config, seed=4)
+    path = write_gguf(tmp_path / "llama4.gguf", config, weights(model), tokenizer, dtype="f32")
+    meta, tensors = gguf_fields(path)
+    assert meta["general.architecture"] == "llama4" and meta["llama4.interleave_moe_layer_step"] == 2
+    assert "blk.1.ffn_gate_shexp.weight" in tensors and "blk.0.ffn_gate.weight" in tensors
+    back = read_gguf(path)
+    assert back.config == config
+    assert all(torch.equal(back.weights[k], v) for k, v in weights(model).items())
+    ids = tokenizer.encode(TEXT)
+    assert relative_error(llama_cpp_logits(path, ids), logits(model, ids)) < 1e-4
+    with pytest.raises(LaminaError, match="attention_chunk 16"):
+        write_gguf(tmp_path / "chunked.gguf", config.replace(attention_chunk=16), weights(model), tokenizer)
+    assert not (tmp_path / "chunked.gguf").exists()

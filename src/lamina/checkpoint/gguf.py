@@ -26,6 +26,7 @@ from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, i
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
+ARCHITECTURES = ("llama", "qwen3", "qwen3moe", "llama4")     # llama.cpp's, that lamina reads and writes
 
 
 def _dequantize(t: TensorInfo) -> np.ndarray:
@@ -50,22 +51,29 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
     """The architecture from the `llama.*` keys; like llama.cpp, the vocabulary size is the
     embedding's row count, and a missing output.weight means tied embeddings."""
     arch = meta.get("general.architecture")
-    if arch != "llama":
-        raise LaminaError(f"{where}: architecture {repr(arch)[:40]} is not supported (lamina runs llama)")
+    if arch not in ARCHITECTURES:
+        raise LaminaError(f"{where}: architecture {repr(arch)[:40]} is not supported (lamina runs "
+                          f"{', '.join(ARCHITECTURES)})")
 
     def get(key, default=None):
-        value = meta.get(f"llama.{key}", default)
+        value = meta.get(f"{arch}.{key}", default)
         if value is None:
-            raise LaminaError(f"{where}: missing metadata llama.{key}")
+            raise LaminaError(f"{where}: missing metadata {arch}.{key}")
         return value
 
     if "token_embd.weight" not in shapes:
         raise LaminaError(f"{where}: missing tensor token_embd.weight")
     # head_dim 0 lets ModelConfig derive dim // n_heads once it has checked both are integers
-    head_dim = meta.get("llama.attention.key_length", meta.get("llama.rope.dimension_count", 0))
-    experts = {}
-    if meta.get("llama.expert_count"):
-        experts = {"n_experts": get("expert_count"), "n_active_experts": get("expert_used_count")}
+    head_dim = meta.get(f"{arch}.attention.key_length", meta.get(f"{arch}.rope.dimension_count", 0))
+    experts = {"qk_norm": arch.startswith("qwen3")}
+    if meta.get(f"{arch}.expert_count"):
+        experts |= {"n_experts": get("expert_count"), "n_active_experts": get("expert_used_count")}
+        if arch in ("qwen3moe", "llama4"):
+            experts["expert_ffn_dim"] = get("expert_feed_forward_length")
+    if arch == "llama4":        # what llama.cpp fixes for it (see _llama4_arch)
+        experts |= {"moe_every": get("interleave_moe_layer_step"), "nope_every": 4, "attention_chunk": 8192,
+                    "attn_temperature": 0.1, "attn_floor": 8192, "qk_l2_norm": experts.get("n_experts") != 128,
+                    "n_shared_experts": 1, "expert_input_scaled": True, "router": "sigmoid", "norm_topk": False}
     try:
         return ModelConfig(**experts,
             dim=get("embedding_length"), n_layers=get("block_count"),
@@ -133,6 +141,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
                            for t in tensors if names[t.name]}, path, "gguf")
     weights: dict[str, Tensor] = {}
     types: Counter = Counter()
+    llama = meta.get("general.architecture") in ("llama", "llama4")      # Qwen3's rows rotate halves already
     for t in tensors:
         array = _dequantize(t)
         if t.name == "rope_freqs.weight":
@@ -140,9 +149,9 @@ def read_gguf(path: str | Path) -> Checkpoint:
             continue
         name = names[t.name]
         w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
-        if is_query(name):
+        if llama and is_query(name):
             w = interleaved_to_halves(w, config.n_heads)
-        elif is_key(name):
+        elif llama and is_key(name):
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
         types[t.type.name] += 1
@@ -173,17 +182,7 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
     if tokenizer is None:
         raise LaminaError("a GGUF file must carry its tokenizer, and this model has none")
-    if config.rope_scaling is not None and config.rope_scaling.rope_type != "llama3":
-        raise LaminaError("GGUF's llama architecture holds llama3 RoPE scaling only; this model has YaRN")
-    if config.mtp_depth:
-        raise LaminaError("GGUF's llama architecture holds no multi-token prediction modules; drop them "
-                          "(`lamina convert --drop-mtp`): next-token inference never runs them")
-    if config.n_experts:       # llama.cpp runs Mixtral's routing under the llama architecture
-        from .hf import mixtral_config
-        mixtral_config(config)      # the same routing limits: softmax, renormalised top-k, no shared experts
-        if config.expert_bias or config.qk_norm or config.latent:
-            raise LaminaError("llama.cpp's llama architecture has no balancing bias, query/key norm or latent "
-                              "attention; write this model in the Hugging Face layout")
+    arch = gguf_arch(config)
     if dst.exists() or dst.is_symlink():
         raise LaminaError(f"{dst}: already exists; choose a new path or remove it first")
     check_weights(config, dict(weights), dst)
@@ -192,15 +191,23 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
     file_type = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
                  Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
     with atomic_file(dst) as tmp:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, arch)
         w.add_name(name)
         w.add_context_length(config.max_seq_len)
         w.add_embedding_length(config.dim)
         w.add_block_count(config.n_layers)
-        w.add_feed_forward_length(config.expert_ffn_dim if config.n_experts else config.ffn_dim)
+        # llama's mixture (Mixtral) states the experts' width as the feed-forward's; Qwen3-MoE its own key
+        w.add_feed_forward_length(config.expert_ffn_dim if config.n_experts and arch == "llama" else config.ffn_dim)
+        if config.rope_scaling is not None and arch == "llama4":
+            raise LaminaError("llama.cpp's llama4 takes its RoPE scaling from rope_freqs, which lamina "
+                              "does not write for it yet; write this model in the Hugging Face layout")
         if config.n_experts:
             w.add_expert_count(config.n_experts)
             w.add_expert_used_count(config.n_active_experts)
+            if arch in ("qwen3moe", "llama4"):
+                w.add_expert_feed_forward_length(config.expert_ffn_dim)
+            if arch == "llama4":
+                w.add_interleave_moe_layer_step(config.moe_every)
         w.add_head_count(config.n_heads)
         w.add_head_count_kv(config.n_kv_heads)
         w.add_rope_dimension_count(config.head_dim)
@@ -223,21 +230,63 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             if config.tie_embeddings and lamina_name == "output.weight":
                 continue
             t = t.detach().float().cpu()
-            if is_query(lamina_name):
+            if arch in ("llama", "llama4") and is_query(lamina_name):      # Qwen3's rotate halves, as lamina does
                 t = halves_to_interleaved(t, config.n_heads)
-            elif is_key(lamina_name):
+            elif arch in ("llama", "llama4") and is_key(lamina_name):
                 t = halves_to_interleaved(t, config.n_kv_heads)
             array = t.numpy()
             kind = Q.F32 if array.ndim == 1 else qtype
             if kind == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
                 kind = Q.F16
-            w.add_tensor(from_lamina(lamina_name, "gguf"), gguf.quants.quantize(array, kind),
+            w.add_tensor(from_lamina(lamina_name, "gguf", arch), gguf.quants.quantize(array, kind),
                          raw_dtype=kind)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
     return dst
+
+
+def gguf_arch(config: ModelConfig) -> str:
+    """The llama.cpp architecture a model is written as: `llama` (dense, or Mixtral's routing),
+    `qwen3` or `qwen3moe` (per-head query/key norms; softmax top-k renormalised, every layer
+    sparse); or LaminaError saying what llama.cpp's architectures cannot hold."""
+    if config.mtp_depth:
+        raise LaminaError("GGUF holds no multi-token prediction modules; drop them (`lamina convert --drop-mtp`): "
+                          "next-token inference never runs them")
+    if config.rope_scaling is not None and (config.rope_scaling.rope_type != "llama3" or config.qk_norm):
+        raise LaminaError("GGUF is written with llama's llama3 RoPE scaling only; this model's scaling is "
+                          "not expressed there")
+    if config.latent:
+        raise LaminaError("lamina writes GGUF for llama's, Qwen3's and Llama 4's architectures; DeepSeek's latent "
+                          "attention is not written yet: write this model in the Hugging Face layout")
+    if config.expert_input_scaled or config.nope_every or config.attention_chunk or config.qk_l2_norm:
+        return _llama4_arch(config)
+    if config.n_experts:
+        from .hf import mixtral_config
+        # the same routing limits as Mixtral's layout: softmax, renormalised top-k, no shared experts
+        mixtral_config(config.replace(qk_norm=False, expert_bias=False))
+        if config.expert_bias:
+            raise LaminaError("llama.cpp's llama and qwen3moe architectures have no balancing bias; "
+                              "write this model in the Hugging Face layout")
+    if config.qk_norm:
+        return "qwen3moe" if config.n_experts else "qwen3"
+    return "llama"
+
+
+def _llama4_arch(c: ModelConfig) -> str:
+    """llama.cpp's llama4 states its experts, their width and the sparse layers' step; the rest
+    it fixes (llama-model.cpp): a RoPE-free layer every fourth, chunks of 8192, attention
+    temperature 0.1 over 8192 positions, and the query/key L2 norm unless there are 128 experts."""
+    fixed = {"nope_every": 4, "attention_chunk": 8192, "attn_temperature": 0.1, "attn_floor": 8192,
+             "qk_l2_norm": c.n_experts != 128, "n_shared_experts": 1, "expert_input_scaled": True,
+             "router": "sigmoid", "norm_topk": False, "route_scale": 1.0, "expert_groups": 1, "dense_layers": 0,
+             "expert_bias": False, "qk_norm": False}
+    unlike = [f"{k} {getattr(c, k)!r} (llama.cpp's llama4: {v!r})" for k, v in fixed.items() if getattr(c, k) != v]
+    if unlike or not c.n_experts:
+        raise LaminaError("llama.cpp's llama4 architecture fixes what this model sets otherwise: "
+                          + ", ".join(unlike or ["no experts"]) + "; write it in the Hugging Face layout")
+    return "llama4"
 
 
 def _vocab_metadata(tokenizer: Tokenizer, vocab_size: int) -> dict:

@@ -103,6 +103,13 @@ HF_LAYOUTS = {
     "llama": _MTP,
     "llama4": _LLAMA4 | _MTP,
 }
+# GGUF architectures that name a tensor otherwise than llama.cpp's llama (the default column
+# above): Qwen3's per-head query norm (lamina's `q_norm` is otherwise DeepSeek's latent one).
+GGUF_LAYOUTS = {
+    "qwen3": {"layers.{i}.attention.q_norm.weight": "blk.{i}.attn_q_norm.weight"},
+    "qwen3moe": {"layers.{i}.attention.q_norm.weight": "blk.{i}.attn_q_norm.weight"},
+}
+LAYOUTS = {"hf": HF_LAYOUTS, "gguf": GGUF_LAYOUTS}
 FORMATS = {"hf": 0, "gguf": 1}
 _INDEX = re.escape("{i}"), re.escape("{e}")
 
@@ -112,14 +119,13 @@ def _compile(theirs: str) -> re.Pattern:
 
 
 def _patterns(fmt: str, layout: str | None = None):
-    """(lamina name, the format's name, its pattern): a layout's own names first, then the defaults;
-    reading (no layout given) knows every layout's names."""
+    """(lamina name, the format's name, its pattern): a layout's (Hugging Face) or architecture's
+    (GGUF) own names first, then the defaults; reading (no layout given) knows every one's names."""
     col = FORMATS[fmt]
-    if fmt == "hf":
-        for name, table in HF_LAYOUTS.items():
-            if layout in (None, name):
-                for ours, theirs in table.items():
-                    yield ours, theirs, _compile(theirs)
+    for name, table in LAYOUTS[fmt].items():
+        if layout in (None, name):
+            for ours, theirs in table.items():
+                yield ours, theirs, _compile(theirs)
     for ours, theirs in NAMES.items():
         yield ours, theirs[col], _compile(theirs[col])
 
