@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from lamina.model import ModelConfig, RopeScaling, Transformer, count_params, init_weights, preset
 
@@ -68,3 +69,29 @@ def test_a_llama4_model_trains(shakespeare_corpus, tmp_path):
               if '"loss"' in line]
     assert losses[-1] < losses[0]
     assert read_hf(result.checkpoint).config.nope_every == 4
+
+
+def test_the_text_model_of_metas_multimodal_checkpoint_reads_with_equal_logits(tmp_path):
+    """Llama 4 as released (Llama4ForConditionalGeneration): the text model's tensors under
+    `language_model.`, the vision encoder's beside them, left out; text-only logits equal."""
+    from transformers import Llama4Config, Llama4ForConditionalGeneration
+
+    from lamina.checkpoint.hf import read_hf
+    from lamina.model import from_state_dict
+    text = dict(vocab_size=300, hidden_size=64, intermediate_size=32, intermediate_size_mlp=96, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                num_experts_per_tok=1, interleave_moe_layer_step=2, attention_chunk_size=8, floor_scale=4,
+                max_position_embeddings=128)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56,
+                  patch_size=14, vision_output_dim=64, projector_input_dim=64, projector_output_dim=64)
+    torch.manual_seed(0)
+    theirs = Llama4ForConditionalGeneration(Llama4Config(text_config=text, vision_config=vision))
+    for p in theirs.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    theirs.eval().save_pretrained(tmp_path / "released")
+    ck = read_hf(tmp_path / "released")
+    assert ck.config.n_experts == 4 and not any("vision" in k for k in ck.weights)
+    tokens = torch.randint(0, 300, (2, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(from_state_dict(ck.config, ck.weights).eval()(tokens),
+                                   theirs(input_ids=tokens).logits, rtol=1e-5, atol=1e-5)

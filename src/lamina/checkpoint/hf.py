@@ -23,6 +23,7 @@ from .layout import (MTP_COPIES, from_lamina, from_mtp, halves_to_interleaved, i
                      split_name, to_mtp)
 
 INDEX = "model.safetensors.index.json"
+VISION_PREFIXES = ("vision_model.", "multi_modal_projector.")   # a multimodal Llama 4's, left out
 
 
 # ModelConfig field -> the config.json key it comes from, to name the key a refusal is about
@@ -44,9 +45,11 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     deepseek = d.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in archs
     qwen3 = d.get("model_type") in ("qwen3", "qwen3_moe") or bool({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"} & set(archs))
     llama4 = d.get("model_type") == "llama4_text" or "Llama4ForCausalLM" in archs
-    if d.get("model_type") == "llama4" or "Llama4ForConditionalGeneration" in archs:
-        raise LaminaError(f"{where}: the multimodal Llama 4 (Llama4ForConditionalGeneration) is not supported; "
-                          "lamina runs its text model, Llama4ForCausalLM")
+    if multimodal_llama4(d):            # Meta's released checkpoints: lamina runs the text model inside
+        text = d.get("text_config")
+        if not isinstance(text, dict):
+            raise LaminaError(f"{where}: a Llama4ForConditionalGeneration config needs its text_config")
+        return config_from_hf({**text, "architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text"}, where)
     if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not (mixtral or deepseek or qwen3 or llama4):
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
         raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM, "
@@ -135,6 +138,12 @@ def _qwen3_from_hf(d: dict, where) -> dict:
                          "norm_topk": bool(d.get("norm_topk_prob", True))}
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
+
+
+def multimodal_llama4(d: dict) -> bool:
+    """Llama 4 as Meta released it, text and vision (Llama4ForConditionalGeneration): its text
+    model's tensors under `language_model.`, beside the vision encoder's, which lamina leaves."""
+    return d.get("model_type") == "llama4" or "Llama4ForConditionalGeneration" in (d.get("architectures") or [])
 
 
 def _llama4_from_hf(d: dict, where) -> dict:
@@ -328,7 +337,9 @@ def _weight_files(folder: Path) -> list[Path]:
 
 def read_hf(path: str | Path) -> Checkpoint:
     path = Path(path)
-    config = config_from_hf(read_json(path / "config.json"), path / "config.json")
+    raw = read_json(path / "config.json")
+    config = config_from_hf(raw, path / "config.json")
+    multimodal = isinstance(raw, dict) and multimodal_llama4(raw)
     weights: dict[str, Tensor] = {}
     experts: dict[str, dict[int, Tensor]] = {}      # a stacked lamina tensor's experts, by index
     dtypes: Counter = Counter()
@@ -338,7 +349,13 @@ def read_hf(path: str | Path) -> Checkpoint:
         try:
             with safe_open(file, "pt") as f:
                 for key in f.keys():
-                    ours, expert = split_name(key, "hf")
+                    if multimodal:
+                        if key.startswith(VISION_PREFIXES):
+                            continue
+                        key_name = key.removeprefix("language_model.")
+                    else:
+                        key_name = key
+                    ours, expert = split_name(key_name, "hf")
                     if ours is None:
                         if key.endswith("rotary_emb.inv_freq"):
                             continue   # a buffer older exporters saved; recomputed from config
