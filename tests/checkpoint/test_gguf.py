@@ -420,3 +420,40 @@ def test_llama_cpp_runs_lamina_llama4_with_equal_logits(tmp_path, tokenizer):
     with pytest.raises(LaminaError, match="attention_chunk 16"):
         write_gguf(tmp_path / "chunked.gguf", config.replace(attention_chunk=16), weights(model), tokenizer)
     assert not (tmp_path / "chunked.gguf").exists()
+
+
+V3_ROUTING = dict(router="sigmoid", route_scale=2.5, expert_groups=4, topk_groups=2, expert_bias=True)
+V2_ROUTING = dict(router="softmax", norm_topk=False)
+
+
+@pytest.mark.parametrize("layers,q_lora,routing", [(3, 24, V3_ROUTING), (26, 0, V2_ROUTING)],
+                         ids=["v3-like", "v2-lite-like"])
+def test_llama_cpp_runs_lamina_deepseek_latent_attention_with_equal_logits(tmp_path, tokenizer, layers, q_lora,
+                                                                            routing):
+    """DeepSeek's architecture as llama.cpp's deepseek2: latent attention stored as one key/value
+    head of the latent (MLA), the up-projection split per head into attn_k_b and attn_v_b, the
+    RoPE rows interleaved as DeepSeek keeps them; a dense first layer, then experts with a shared
+    one: V3's sigmoid routing in groups, route scale and the balancing bias, or V2-Lite's softmax
+    without a query bottleneck (which llama.cpp takes only at its 26 or 27 layers). Read back as
+    written."""
+    config = tiny(tokenizer).replace(n_layers=layers, n_kv_heads=0, head_dim=0, kv_lora_rank=32, q_lora_rank=q_lora,
+                                     qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, n_experts=8,
+                                     n_active_experts=2, n_shared_experts=1, expert_ffn_dim=32, dense_layers=1,
+                                     norm_eps=1e-6, **routing)
+    model = random_model(config, seed=5)
+    for layer in model.layers[1:]:
+        if layer.feed_forward.expert_bias is not None:
+            layer.feed_forward.expert_bias.normal_(0, 0.05, generator=torch.Generator().manual_seed(6))
+    path = write_gguf(tmp_path / "deepseek2.gguf", config, weights(model), tokenizer, dtype="f32")
+    meta, tensors = gguf_fields(path)
+    assert meta["general.architecture"] == "deepseek2" and "blk.1.attn_k_b.weight" in tensors
+    back = read_gguf(path)
+    assert back.config == config
+    assert all(torch.equal(back.weights[k], v) for k, v in weights(model).items())
+    ids = tokenizer.encode(TEXT)
+    assert relative_error(llama_cpp_logits(path, ids), logits(model, ids)) < 1e-4
+    if not q_lora:
+        with pytest.raises(LaminaError, match="26 or 27 layers"):
+            write_gguf(tmp_path / "short.gguf", config.replace(n_layers=3), weights(random_model(config.replace(
+                n_layers=3))), tokenizer)
+

@@ -26,7 +26,7 @@ from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, i
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
-ARCHITECTURES = ("llama", "qwen3", "qwen3moe", "llama4")     # llama.cpp's, that lamina reads and writes
+ARCHITECTURES = ("llama", "qwen3", "qwen3moe", "llama4", "deepseek2")     # llama.cpp's, that lamina reads and writes
 
 
 def _dequantize(t: TensorInfo) -> np.ndarray:
@@ -68,18 +68,33 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
     experts = {"qk_norm": arch.startswith("qwen3")}
     if meta.get(f"{arch}.expert_count"):
         experts |= {"n_experts": get("expert_count"), "n_active_experts": get("expert_used_count")}
-        if arch in ("qwen3moe", "llama4"):
+        if arch in ("qwen3moe", "llama4", "deepseek2"):
             experts["expert_ffn_dim"] = get("expert_feed_forward_length")
+    if arch == "deepseek2":
+        key_length = get("attention.key_length_mla")
+        rope = get("rope.dimension_count")
+        experts |= {"kv_lora_rank": get("attention.kv_lora_rank"), "q_lora_rank": meta.get(f"{arch}.attention.q_lora_rank", 0),
+                    "qk_rope_head_dim": rope, "qk_nope_head_dim": key_length - rope,
+                    "v_head_dim": get("attention.value_length_mla"), "n_kv_heads": 0}
+        head_dim = 0
+        if experts.get("n_experts"):
+            sigmoid = meta.get(f"{arch}.expert_gating_func") == int(gguf.ExpertGatingFuncType.SIGMOID)
+            experts |= {"dense_layers": get("leading_dense_block_count", 0),
+                        "n_shared_experts": get("expert_shared_count", 0), "router": "sigmoid" if sigmoid else "softmax",
+                        "route_scale": _float32_value(get("expert_weights_scale", 1.0)),
+                        "norm_topk": bool(get("expert_weights_norm", False)),
+                        "expert_groups": get("expert_group_count", 1), "topk_groups": get("expert_group_used_count", 1),
+                        "expert_bias": any(name.endswith("exp_probs_b.bias") for name in shapes)}
     if arch == "llama4":        # what llama.cpp fixes for it (see _llama4_arch)
         experts |= {"moe_every": get("interleave_moe_layer_step"), "nope_every": 4, "attention_chunk": 8192,
                     "attn_temperature": 0.1, "attn_floor": 8192, "qk_l2_norm": experts.get("n_experts") != 128,
                     "n_shared_experts": 1, "expert_input_scaled": True, "router": "sigmoid", "norm_topk": False}
     try:
-        return ModelConfig(**experts,
+        return ModelConfig(**{
+            "n_kv_heads": get("attention.head_count_kv", get("attention.head_count")), "head_dim": head_dim,
+            **experts},
             dim=get("embedding_length"), n_layers=get("block_count"),
-            n_heads=get("attention.head_count"),
-            n_kv_heads=get("attention.head_count_kv", get("attention.head_count")),
-            head_dim=head_dim, ffn_dim=get("feed_forward_length"),
+            n_heads=get("attention.head_count"), ffn_dim=get("feed_forward_length"),
             vocab_size=shapes["token_embd.weight"][0],
             norm_eps=_float32_value(get("attention.layer_norm_rms_epsilon", 1e-5)),
             rope_theta=_float32_value(get("rope.freq_base", 10000.0)),
@@ -137,11 +152,18 @@ def read_gguf(path: str | Path) -> Checkpoint:
             raise LaminaError(f"{path}: unexpected tensor {t.name}")
     # Shapes first, from the tensor table: nothing is dequantized or permuted for a config that
     # does not fit the file (meta tensors carry the shapes without memory).
-    check_weights(config, {names[t.name]: torch.empty(tuple(reversed(t.shape)), device="meta")
-                           for t in tensors if names[t.name]}, path, "gguf")
+    shapes = {names[t.name]: torch.empty(tuple(reversed(t.shape)), device="meta") for t in tensors if names[t.name]}
+    deepseek2 = meta.get("general.architecture") == "deepseek2"
+    if deepseek2:
+        try:
+            shapes = _deepseek2_from_gguf(config, shapes)
+        except (KeyError, RuntimeError) as e:
+            raise LaminaError(f"{path}: the latent's key and value up-projections (attn_k_b, attn_v_b) do not "
+                              f"fit the config ({e})") from None
+    check_weights(config, shapes, path, "gguf")
     weights: dict[str, Tensor] = {}
     types: Counter = Counter()
-    llama = meta.get("general.architecture") in ("llama", "llama4")      # Qwen3's rows rotate halves already
+    llama = meta.get("general.architecture") in ("llama", "llama4")   # Qwen3's rows rotate halves; DeepSeek's below
     for t in tensors:
         array = _dequantize(t)
         if t.name == "rope_freqs.weight":
@@ -155,6 +177,8 @@ def read_gguf(path: str | Path) -> Checkpoint:
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
         types[t.type.name] += 1
+    if deepseek2:
+        weights = _deepseek2_from_gguf(config, weights)
     tokenizer = _tokenizer(meta, path) if "tokenizer.ggml.model" in meta else None
     general = {k: v for k, v in meta.items() if k.startswith("general.")}
     return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
@@ -204,16 +228,36 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         if config.n_experts:
             w.add_expert_count(config.n_experts)
             w.add_expert_used_count(config.n_active_experts)
-            if arch in ("qwen3moe", "llama4"):
+            if arch in ("qwen3moe", "llama4", "deepseek2"):
                 w.add_expert_feed_forward_length(config.expert_ffn_dim)
+            if arch == "deepseek2":
+                w.add_leading_dense_block_count(config.dense_layers)
+                w.add_expert_shared_count(config.n_shared_experts)
+                w.add_expert_weights_scale(config.route_scale)
+                w.add_expert_weights_norm(config.norm_topk)
+                w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID if config.router == "sigmoid"
+                                         else gguf.ExpertGatingFuncType.SOFTMAX)
+                w.add_expert_group_count(config.expert_groups)
+                w.add_expert_group_used_count(config.topk_groups)
             if arch == "llama4":
                 w.add_interleave_moe_layer_step(config.moe_every)
         w.add_head_count(config.n_heads)
-        w.add_head_count_kv(config.n_kv_heads)
-        w.add_rope_dimension_count(config.head_dim)
-        if config.head_dim != config.dim // config.n_heads:
-            w.add_key_length(config.head_dim)
-            w.add_value_length(config.head_dim)
+        if arch == "deepseek2":     # attention over the latent: one key/value head of it (llama.cpp's MLA)
+            w.add_head_count_kv(1)
+            w.add_key_length(config.kv_lora_rank + config.qk_rope_head_dim)
+            w.add_value_length(config.kv_lora_rank)
+            w.add_key_length_mla(config.head_dim)
+            w.add_value_length_mla(config.v_head_dim)
+            w.add_kv_lora_rank(config.kv_lora_rank)
+            if config.q_lora_rank:
+                w.add_q_lora_rank(config.q_lora_rank)
+            w.add_rope_dimension_count(config.qk_rope_head_dim)
+        else:
+            w.add_head_count_kv(config.n_kv_heads)
+            w.add_rope_dimension_count(config.head_dim)
+            if config.head_dim != config.dim // config.n_heads:
+                w.add_key_length(config.head_dim)
+                w.add_value_length(config.head_dim)
         w.add_rope_freq_base(config.rope_theta)
         w.add_layer_norm_rms_eps(config.norm_eps)
         w.add_vocab_size(config.vocab_size)
@@ -226,7 +270,7 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             factors = base / rope_inv_freq(config.head_dim, config.rope_theta, config.rope_scaling)
             w.add_tensor("rope_freqs.weight", factors.numpy().astype(np.float32))
             w.add_rope_scaling_orig_ctx_len(config.rope_scaling.original_max_position_embeddings)
-        for lamina_name, t in weights.items():
+        for lamina_name, t in (_deepseek2_tensors(config, weights) if arch == "deepseek2" else weights).items():
             if config.tie_embeddings and lamina_name == "output.weight":
                 continue
             t = t.detach().float().cpu()
@@ -258,8 +302,7 @@ def gguf_arch(config: ModelConfig) -> str:
         raise LaminaError("GGUF is written with llama's llama3 RoPE scaling only; this model's scaling is "
                           "not expressed there")
     if config.latent:
-        raise LaminaError("lamina writes GGUF for llama's, Qwen3's and Llama 4's architectures; DeepSeek's latent "
-                          "attention is not written yet: write this model in the Hugging Face layout")
+        return _deepseek2_arch(config)
     if config.expert_input_scaled or config.nope_every or config.attention_chunk or config.qk_l2_norm:
         return _llama4_arch(config)
     if config.n_experts:
@@ -272,6 +315,49 @@ def gguf_arch(config: ModelConfig) -> str:
     if config.qk_norm:
         return "qwen3moe" if config.n_experts else "qwen3"
     return "llama"
+
+
+def _deepseek2_arch(c: ModelConfig) -> str:
+    """llama.cpp's deepseek2 (DeepSeek-V2 and V3): latent attention, and a dense model or experts
+    after the dense first layers, the shared ones of the experts' width."""
+    if c.qk_norm or c.expert_input_scaled or c.moe_every != 1:
+        raise LaminaError("llama.cpp's deepseek2 has no query/key norm or Llama 4 routing; write this model in "
+                          "the Hugging Face layout")
+    if not c.q_lora_rank and c.n_layers not in (26, 27):
+        # llama.cpp knows a model without the query bottleneck as DeepSeek-V2-Lite by its layer count
+        raise LaminaError(f"llama.cpp's deepseek2 reads queries without a bottleneck (q_lora_rank 0) only in "
+                          f"models of 26 or 27 layers (V2-Lite's); this one has {c.n_layers}")
+    return "deepseek2"
+
+
+def _deepseek2_tensors(config: ModelConfig, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """lamina's latent attention as llama.cpp's deepseek2 keeps it: RoPE rows interleaved again
+    (DeepSeek's order), and each head's key and value up-projections apart (layout.py)."""
+    from .hf import _rope_rows
+    H, nope, v = config.n_heads, config.qk_nope_head_dim, config.v_head_dim
+    out = {}
+    for name, t in weights.items():
+        t = _rope_rows(config, name, t, to_halves=False)
+        if name.endswith("attention.wkv_b.weight"):
+            k_b, v_b = t.view(H, nope + v, -1).split([nope, v], dim=1)
+            out[name.replace("wkv_b.weight", "wk_b")] = k_b.transpose(1, 2).contiguous()   # (H, rank, nope)
+            out[name.replace("wkv_b.weight", "wv_b")] = v_b.contiguous()                   # (H, v, rank)
+        else:
+            out[name] = t
+    return out
+
+
+def _deepseek2_from_gguf(config: ModelConfig, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The inverse of `_deepseek2_tensors`."""
+    from .hf import _rope_rows
+    out = {}
+    for name, t in weights.items():
+        if name.endswith("attention.wk_b"):
+            k_b, v_b = t.transpose(1, 2), weights[name.replace("wk_b", "wv_b")]       # (H, nope, rank), (H, v, rank)
+            out[name.replace("wk_b", "wkv_b.weight")] = torch.cat((k_b, v_b), dim=1).reshape(-1, t.shape[1])
+        elif not name.endswith("attention.wv_b"):
+            out[name] = _rope_rows(config, name, t, to_halves=True)
+    return out
 
 
 def _llama4_arch(c: ModelConfig) -> str:

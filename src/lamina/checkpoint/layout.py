@@ -108,6 +108,10 @@ HF_LAYOUTS = {
 GGUF_LAYOUTS = {
     "qwen3": {"layers.{i}.attention.q_norm.weight": "blk.{i}.attn_q_norm.weight"},
     "qwen3moe": {"layers.{i}.attention.q_norm.weight": "blk.{i}.attn_q_norm.weight"},
+    # llama.cpp's deepseek2 splits the latent's up-projection per head into the keys' (transposed,
+    # heads x rank x position-free channels) and the values' (heads x values x rank): gguf.py
+    "deepseek2": {"layers.{i}.attention.wk_b": "blk.{i}.attn_k_b.weight",
+                  "layers.{i}.attention.wv_b": "blk.{i}.attn_v_b.weight"},
 }
 LAYOUTS = {"hf": HF_LAYOUTS, "gguf": GGUF_LAYOUTS}
 FORMATS = {"hf": 0, "gguf": 1}
