@@ -2,11 +2,12 @@
 run (shared/BENCHMARKS.md): one training step (forward, backward, AdamW), and batch-1 greedy
 decoding.
 
-    .venv/bin/python -m bench.moe [--rounds 5] [--steps 3] [--device cpu|cuda]
+    .venv/bin/python -m bench.moe [--rounds 5] [--steps 3] [--device cpu|cuda] [--caches-only]
 
 and the caches of latent attention against multi-head and grouped-query attention at the same
-width (dense feed-forward, lamina's engine for all three): bytes per token, and greedy decoding of
-a batch of long prompts.
+width (dense feed-forward, lamina's engine for all three), and the latent model's absorbed cache
+against its naive expanded one: bytes per token, greedy decoding of a batch of long prompts, and
+a decode step alone.
 
 The model is a small Mixtral-layout MoE (8 experts, top-2; lamina writes it, transformers loads
 the directory). lamina computes the experts with grouped matmuls (`F.grouped_mm`, tokens sorted by
@@ -50,6 +51,7 @@ ATTENTIONS = {     # the same width and heads; latent: DeepSeek's proportions (r
     "latent (rank 128 + RoPE 32)": ModelConfig(**_DENSE, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
                                                v_head_dim=64),
 }
+NAIVE = "latent, naive expanded cache"
 
 
 def lamina_step(model, opt, x):
@@ -83,21 +85,38 @@ def hf_decode(model, prompt):
 
 
 def caches(rounds: int, device: torch.device) -> dict:
-    """Bytes per token and batched decode speed of each attention's cache, models alternated."""
-    from lamina.model.kv_cache import SlotCache
+    """Bytes per token and batched decode speed of each attention's cache, models alternated: the
+    whole generation (a prefill of 8 x 512 tokens, then NEW_TOKENS steps) and a decode step alone
+    (the generation less one of a single token, over the steps between). The latent model runs
+    twice: over its latent cache (absorbed) and over every head's keys and values (the naive
+    cache, `Engine(expand_latent=True)`)."""
+    from lamina.model.kv_cache import cached_dims
     models = {name: init_weights(Transformer(c), seed=0).to(device).eval() for name, c in ATTENTIONS.items()}
+    latent = next(name for name in ATTENTIONS if name.startswith("latent"))
+    runs = {name: (name, {}) for name in models} | {NAIVE: (latent, {"expand_latent": True})}
     prompts = torch.randint(0, 4096, (8, 512)).tolist()
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0, stop_token_ids=())
-    times: dict[str, list[float]] = {name: [] for name in models}
+    first = SamplingParams(max_new_tokens=1, temperature=0, stop_token_ids=())
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    steps: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
         for r in range(rounds + 1):
-            for name, model in (models.items() if r % 2 == 0 else reversed(models.items())):
-                t = timed(lambda: [None for _ in Engine(model).generate(prompts, params)])
+            for name, (model, kw) in (runs.items() if r % 2 == 0 else reversed(runs.items())):
+                engine = Engine(models[model], **kw)
+                whole = timed(lambda: [None for _ in engine.generate(prompts, params)])
+                prefill = timed(lambda: [None for _ in engine.generate(prompts, first)])
                 if r:
-                    times[name].append(t)
-    return {name: {"cache_bytes_per_token_bf16": SlotCache.bytes_per_token(ATTENTIONS[name], torch.bfloat16),
-                   "parameters": sum(p.numel() for p in models[name].parameters()),
-                   "decode_tokens_per_s": 8 * NEW_TOKENS / statistics.median(times[name])} for name in models}
+                    times[name].append(whole)
+                    steps[name].append((whole - prefill) / (NEW_TOKENS - 1))
+
+    def bytes_per_token(name: str) -> int:
+        model, kw = runs[name]
+        (kh, kd), (vh, vd) = cached_dims(ATTENTIONS[model], kw.get("expand_latent", False))
+        return ATTENTIONS[model].n_layers * (kh * kd + vh * vd) * 2
+    return {name: {"cache_bytes_per_token_bf16": bytes_per_token(name),
+                   "parameters": sum(p.numel() for p in models[runs[name][0]].parameters()),
+                   "decode_tokens_per_s": 8 * NEW_TOKENS / statistics.median(times[name]),
+                   "decode_step_ms": 1000 * statistics.median(steps[name])} for name in runs}
 
 
 def timed(fn, *args) -> float:
@@ -111,9 +130,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="training steps per round")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--caches-only", action="store_true",
+                   help="measure the attention caches alone, into the results file's last run")
     args = p.parse_args()
     from transformers import MixtralForCausalLM
     device = torch.device(args.device)
+    if args.caches_only:
+        result = json.loads((RESULTS / "moe.json").read_text())
+        result["attention_caches"] = caches(args.rounds, device)
+        result["attention_caches_date"] = datetime.date.today().isoformat()
+        (RESULTS / "moe.json").write_text(json.dumps(result, indent=2) + "\n")
+        show_caches(result["attention_caches"])
+        return
     torch.manual_seed(0)
     ours = init_weights(Transformer(CONFIG), seed=0).to(device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,9 +196,13 @@ def main() -> None:
               f"{r['of_matmul']:.0%} of matmul)   decode {r['decode_tokens_per_s']:6.1f} tok/s")
     print(f"lamina/transformers: training {result['train_speedup']:.2f}x, decoding {result['decode_speedup']:.2f}x; "
           f"logits before training differ by {gap:.1e}; greedy outputs equal: {same}")
-    for name, r in result["attention_caches"].items():
-        print(f"{name:28s} cache {r['cache_bytes_per_token_bf16']:6,} bytes/token   {r['parameters']:,} parameters   "
-              f"decode (8 prompts of 512) {r['decode_tokens_per_s']:6.1f} tok/s")
+    show_caches(result["attention_caches"])
+
+
+def show_caches(rows: dict) -> None:
+    for name, r in rows.items():
+        print(f"{name:30s} cache {r['cache_bytes_per_token_bf16']:6,} bytes/token   {r['parameters']:,} parameters   "
+              f"decode (8 prompts of 512) {r['decode_tokens_per_s']:6.1f} tok/s, a step {r['decode_step_ms']:5.1f} ms")
 
 
 if __name__ == "__main__":

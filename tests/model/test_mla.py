@@ -67,6 +67,7 @@ def test_absorbed_decoding_over_the_latent_cache_equals_the_naive_forward(greedy
     for layer in model.layers[c.dense_layers:]:
         layer.feed_forward.expert_bias.normal_(0, 0.05)
     greedy_equals_uncached(model)
+    greedy_equals_uncached(model, expand_latent=True)       # and the naive cache it is measured against
     per_token = SlotCache.bytes_per_token(c, torch.bfloat16)
     assert per_token == c.n_layers * (c.kv_lora_rank + c.qk_rope_head_dim) * 2
     assert per_token < 2 * c.n_layers * c.n_heads * c.head_dim * 2 / 4     # a quarter of multi-head attention's
@@ -90,3 +91,15 @@ def test_yarn_as_deepseek_v3_and_qwen3_set_it_equals_transformers(tmp_path, layo
     with torch.no_grad():
         unscaled = from_state_dict(c.replace(rope_scaling=None), weights(model))(tokens)
         assert (model(tokens) - unscaled).abs().max() > 0.1
+
+
+def test_a_model_no_layout_holds_is_refused_before_training(shakespeare_corpus, tmp_path):
+    """Latent attention with softmax routing has no Hugging Face layout (DeepSeek-V3's routes by
+    sigmoid): `lamina train` says so before the first step, not at the first checkpoint."""
+    from lamina.errors import LaminaError
+    from lamina.train import train, train_recipe
+    config = train_recipe("debug", ['model="debug-mla"', 'model_overrides.router="softmax"'],
+                          data=str(shakespeare_corpus), out=str(tmp_path / "run"), max_steps=2)
+    with pytest.raises(LaminaError, match="sigmoid"):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()

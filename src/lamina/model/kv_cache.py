@@ -14,30 +14,36 @@ from torch import Tensor
 from .config import ModelConfig
 
 
-def cached_dims(config: ModelConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+def cached_dims(config: ModelConfig, expanded: bool = False) -> tuple[tuple[int, int], tuple[int, int]]:
     """(heads, channels) of what a layer caches per token, as "k" and "v": the keys and values of
     grouped-query attention, or, for latent attention, the normed latent and the rotated RoPE key,
-    each one shared by every head (the up-projections are absorbed at attention time)."""
+    each one shared by every head (the up-projections are absorbed at attention time); or, when
+    `expanded`, latent attention's keys and values expanded per head, the naive cache that the
+    latent one is measured against (bench/moe.py)."""
+    if config.latent and expanded:
+        return (config.n_heads, config.head_dim), (config.n_heads, config.v_head_dim)
     if config.latent:
         return (1, config.kv_lora_rank), (1, config.qk_rope_head_dim)
     return (config.n_kv_heads, config.head_dim), (config.n_kv_heads, config.head_dim)
 
 
-def _layers(config: ModelConfig, rows: int, max_len: int, dtype, device, layers: int | None = None
-            ) -> tuple[list[Tensor], list[Tensor]]:
+def _layers(config: ModelConfig, rows: int, max_len: int, dtype, device, layers: int | None = None,
+            expanded: bool = False) -> tuple[list[Tensor], list[Tensor]]:
     # One tensor per layer rather than one stacked buffer: under torch.compile an in-place write
     # into a view of a shared buffer makes inductor copy the whole buffer every step.
     return tuple([torch.zeros((rows, heads, max_len, dim), dtype=dtype, device=device)
-                  for _ in range(layers or config.n_layers)] for heads, dim in cached_dims(config))
+                  for _ in range(layers or config.n_layers)] for heads, dim in cached_dims(config, expanded))
 
 
 class KVCache:
     """`layers` defaults to the model's; self-speculative decoding adds its multi-token prediction
-    modules (n_layers + mtp_depth)."""
+    modules (n_layers + mtp_depth). `expanded`: latent attention's naive cache (`cached_dims`)."""
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", layers: int | None = None):
-        self.k, self.v = _layers(config, batch_size, max_len, dtype, device, layers)
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", layers: int | None = None,
+                 expanded: bool = False):
+        self.expanded = expanded and config.latent
+        self.k, self.v = _layers(config, batch_size, max_len, dtype, device, layers, expanded)
 
     @property
     def max_len(self) -> int:
@@ -68,6 +74,7 @@ class SlotCache:
 
     def __init__(self, config: ModelConfig, n_slots: int, max_len: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.expanded = False
         self.k, self.v = _layers(config, n_slots, max_len, dtype, device)
 
     @property
@@ -111,6 +118,10 @@ class SlotRows:
     @property
     def max_len(self) -> int:
         return self.cache.max_len
+
+    @property
+    def expanded(self) -> bool:
+        return self.cache.expanded
 
     def update(self, layer_id: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v (count, KV, T, D) at positions `slots` (count, T) of these slots; return

@@ -11,7 +11,8 @@ per token (`kv_cache.cached_dims`: kv_lora_rank + qk_rope_head_dim channels per 
 and the value up-projection into the output (DeepSeek-V2 §2.1.2): a decoded token's heads attend
 over the latent itself, so the expanded keys and values are never made. A prefill (many new
 tokens) expands the cached latents once instead, which costs less than attending in the
-latent's width, as vLLM does."""
+latent's width, as vLLM does. A cache made `expanded` holds every head's keys and values instead,
+the naive form's cache, which bench/moe.py measures the latent one against."""
 
 from __future__ import annotations
 
@@ -55,12 +56,15 @@ class LatentAttention(nn.Module):
         latent = self.kv_norm(latent)
         k_pe = apply_rope(k_pe.unsqueeze(1), cos, sin)                               # (B, 1, T, rope)
         q_pe = apply_rope(q_pe, cos, sin)
-        if cache is not None:
+        if cache is not None and not cache.expanded:
             return self.absorbed(q_nope, q_pe, latent, k_pe, cache, slots, mask)
         kv = self.wkv_b(latent).view(B, T, H, -1).transpose(1, 2)                   # (B, H, T, nope + v)
         k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)
         q = torch.cat((q_nope, q_pe), dim=-1)                                       # (B, H, T, qk)
         k = torch.cat((k_nope, k_pe.expand(B, H, T, self.rope)), dim=-1)
+        if cache is not None:           # the naive cache: every head's keys and values, expanded
+            k, v = cache.update(self.layer_id, k, v, slots)
+            k, v = k[:, :, :mask.shape[-1]], v[:, :, :mask.shape[-1]]
         if isinstance(mask, Segments):
             y = mask.attend(q, k, v, scale=self.scale)
         else:

@@ -41,6 +41,14 @@ PRESETS: dict[str, ModelConfig] = {
                                        vocab_size=4096, max_seq_len=512, tie_embeddings=True,
                                        rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
                                        n_experts=8, n_active_experts=2, expert_ffn_dim=352, expert_bias=True),
+    # and DeepSeek-V3's kind: latent attention, a latent of 96 + a RoPE key of 16 per token (112
+    # channels cached against grouped-query attention's 256, attention within 3% of its
+    # parameters), and the experts routed by sigmoid scores
+    "lamina-speedrun-mla": ModelConfig(dim=256, n_layers=6, n_heads=4, ffn_dim=704, vocab_size=4096, max_seq_len=512,
+                                       tie_embeddings=True, rope_theta=10000.0, bos_token_id=None, eos_token_id=None,
+                                       kv_lora_rank=96, qk_nope_head_dim=48, qk_rope_head_dim=16, v_head_dim=64,
+                                       n_experts=8, n_active_experts=2, expert_ffn_dim=352, expert_bias=True,
+                                       router="sigmoid"),
     "llama-7b": ModelConfig(dim=4096, n_layers=32, n_heads=32, ffn_dim=11008, **_LLAMA1),
     "llama-13b": ModelConfig(dim=5120, n_layers=40, n_heads=40, ffn_dim=13824, **_LLAMA1),
     "llama-33b": ModelConfig(dim=6656, n_layers=60, n_heads=52, ffn_dim=17920, **_LLAMA1),

@@ -36,9 +36,12 @@ def compile_decode_step(model: Transformer):
 
 class Engine:
     def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None,
-                 speculate: int = 0):
+                 speculate: int = 0, expand_latent: bool = False):
         """`speculate`: greedy requests of one prompt draft this many tokens a step with the
-        model's multi-token prediction modules (`speculative.py`); the output is the same."""
+        model's multi-token prediction modules (`speculative.py`); the output is the same.
+        `expand_latent`: a latent-attention model caches every head's keys and values, the naive
+        cache (for measuring the latent one against it)."""
+        self.expand_latent = expand_latent
         self.model = model.eval()
         self.config = model.config
         self.adapters = adapters or Adapters(model, {})
@@ -100,7 +103,7 @@ class Engine:
         for b, u in enumerate(source):
             if u == len(distinct):
                 distinct.append(b)
-        cache = KVCache(self.config, len(distinct), S, dtype=self.dtype, device=dev)
+        cache = KVCache(self.config, len(distinct), S, dtype=self.dtype, device=dev, expanded=self.expand_latent)
 
         pads = torch.tensor([P - len(p) for p in prompts], device=dev)                 # (B,)
         tokens = torch.zeros(B, P, dtype=torch.long, device=dev)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint.hf import config_to_hf
 from ..data.loader import TokenShards
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
@@ -153,6 +154,7 @@ def setup(config: TrainConfig, cluster: distributed.Cluster, resume: bool, show:
     dtype = compute_dtype(config, device)
     shards = inputs.train_data if isinstance(inputs.train_data, TokenShards) else None
     check_fits(config, model_config, plan, cluster.world, dtype, device, shards)
+    config_to_hf(model_config, dtype)       # a model no checkpoint layout holds fails now, not at the first save
     out = Path(config.out)
     done = state.list_checkpoints(out)
     if done and not resume:
