@@ -103,3 +103,23 @@ def test_a_model_no_layout_holds_is_refused_before_training(shakespeare_corpus, 
     with pytest.raises(LaminaError, match="sigmoid"):
         train(config, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_deepseek_v2s_layout_both_ways_with_transformers_logits(tmp_path):
+    """DeepSeek-V2(-Lite)'s layout: latent attention without a query bottleneck and experts routed
+    by softmax, greedy top-k, weights not renormalised, shared experts, a dense first layer."""
+    from transformers import DeepseekV2Config, DeepseekV2ForCausalLM
+    c = preset("debug-mla").replace(q_lora_rank=0, router="softmax", norm_topk=False, route_scale=1.0,
+                                    expert_groups=1, topk_groups=1, expert_bias=False)
+    model = init_weights(Transformer(c), seed=4, std=0.1).eval()
+    assert transformers_loads_ours(model, DeepseekV2ForCausalLM, tmp_path / "ours") == c
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "deepseek_v2"
+    ck = lamina_loads_theirs(DeepseekV2ForCausalLM(DeepseekV2Config(
+        vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=2, n_routed_experts=8, kv_lora_rank=32,
+        q_lora_rank=None, qk_rope_head_dim=8, v_head_dim=12, qk_nope_head_dim=16, num_experts_per_tok=2,
+        first_k_dense_replace=1, max_position_embeddings=128)), tmp_path / "theirs")
+    assert (ck.config.router, ck.config.norm_topk, ck.config.n_shared_experts) == ("softmax", False, 2)
+    v2_lite = preset("deepseek-v2-lite")
+    from lamina.checkpoint.hf import config_to_hf
+    assert config_to_hf(v2_lite, torch.bfloat16)["architectures"] == ["DeepseekV2ForCausalLM"]

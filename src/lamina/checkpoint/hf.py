@@ -42,7 +42,8 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise LaminaError(f"{where}: architectures must be a list of names")
     mixtral = d.get("model_type") == "mixtral" or "MixtralForCausalLM" in archs
-    deepseek = d.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in archs
+    deepseek = d.get("model_type") in ("deepseek_v3", "deepseek_v2") or bool(
+        {"DeepseekV3ForCausalLM", "DeepseekV2ForCausalLM"} & set(archs))
     qwen3 = d.get("model_type") in ("qwen3", "qwen3_moe") or bool({"Qwen3ForCausalLM", "Qwen3MoeForCausalLM"} & set(archs))
     llama4 = d.get("model_type") == "llama4_text" or "Llama4ForCausalLM" in archs
     if multimodal_llama4(d):            # Meta's released checkpoints: lamina runs the text model inside
@@ -53,8 +54,8 @@ def config_from_hf(d: dict, where: Path | str = "config.json") -> ModelConfig:
     if d.get("model_type") != "llama" and "LlamaForCausalLM" not in archs and not (mixtral or deepseek or qwen3 or llama4):
         found = ", ".join(archs) or str(d.get("model_type") or "none stated")[:40]
         raise LaminaError(f"{where}: architecture {found} is not supported (lamina runs LlamaForCausalLM, "
-                          "MixtralForCausalLM, DeepseekV3ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM "
-                          "and Llama4ForCausalLM)")
+                          "MixtralForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM, Qwen3ForCausalLM, "
+                          "Qwen3MoeForCausalLM and Llama4ForCausalLM)")
     if d.get("attention_bias") or d.get("mlp_bias"):
         raise LaminaError(f"{where}: Llama variants with biases are not supported")
     if (mixtral and d.get("sliding_window")) or (qwen3 and d.get("use_sliding_window")):
@@ -101,9 +102,11 @@ def _deepseek_from_hf(d: dict, where) -> dict:
     `first_k_dense_replace` dense layers."""
     if d.get("rope_interleave", True) is not True:
         raise LaminaError(f"{where}: rope_interleave false is not supported (DeepSeek-V3's checkpoints interleave)")
-    if d.get("scoring_func", "sigmoid") != "sigmoid" or d.get("topk_method", "noaux_tc") != "noaux_tc":
-        raise LaminaError(f"{where}: DeepSeek routing {d.get('scoring_func')}/{d.get('topk_method')} is not "
-                          "supported (DeepSeek-V3's sigmoid scores with noaux_tc)")
+    v2 = d.get("model_type") == "deepseek_v2" or "DeepseekV2ForCausalLM" in (d.get("architectures") or [])
+    routing = (d.get("scoring_func", "softmax" if v2 else "sigmoid"), d.get("topk_method", "greedy" if v2 else "noaux_tc"))
+    if routing not in (("sigmoid", "noaux_tc"), ("softmax", "greedy")):
+        raise LaminaError(f"{where}: DeepSeek routing {routing[0]}/{routing[1]} is not supported (V3's sigmoid "
+                          "scores with noaux_tc, V2-Lite's softmax with greedy top-k)")
     try:
         layers, dense = d["num_hidden_layers"], d.get("first_k_dense_replace", 0)
         moe = d.get("n_routed_experts") and dense < layers
@@ -113,9 +116,10 @@ def _deepseek_from_hf(d: dict, where) -> dict:
         if moe:
             fields |= {"n_experts": d["n_routed_experts"], "n_active_experts": d["num_experts_per_tok"],
                        "n_shared_experts": d.get("n_shared_experts") or 0, "expert_ffn_dim": d["moe_intermediate_size"],
-                       "dense_layers": dense, "router": "sigmoid", "norm_topk": bool(d.get("norm_topk_prob", True)),
-                       "route_scale": float(d.get("routed_scaling_factor", 1.0)), "expert_groups": d.get("n_group") or 1,
-                       "topk_groups": d.get("topk_group") or 1, "expert_bias": True}
+                       "dense_layers": dense, "router": routing[0], "norm_topk": bool(d.get("norm_topk_prob", not v2)),
+                       "route_scale": float(d.get("routed_scaling_factor", 1.0)),
+                       "expert_groups": 1 if v2 else d.get("n_group") or 1,
+                       "topk_groups": 1 if v2 else d.get("topk_group") or 1, "expert_bias": not v2}
         return fields
     except KeyError as e:
         raise LaminaError(f"{where}: missing field {e.args[0]}") from None
@@ -222,11 +226,12 @@ def mixtral_config(c: ModelConfig) -> dict:
 
 
 def hf_layout(c: ModelConfig) -> str:
-    """The Hugging Face layout a config is written in: DeepSeek-V3's for latent attention, Qwen3's
+    """The Hugging Face layout a config is written in: DeepSeek-V3's for latent attention (V2's
+    for a softmax-routed mixture with it), Llama 4's for its attention or routing, Qwen3's
     (or Qwen3-MoE's) for per-head query/key norms, Mixtral's for another mixture of experts,
     Llama's otherwise."""
     if c.latent:
-        return "deepseek_v3"
+        return "deepseek_v2" if c.n_experts and c.router == "softmax" else "deepseek_v3"
     if c.expert_input_scaled or c.nope_every or c.attention_chunk or c.qk_l2_norm:
         return "llama4"
     if c.qk_norm:
@@ -287,6 +292,21 @@ def _deepseek(c: ModelConfig) -> dict:
             "num_nextn_predict_layers": c.mtp_depth}
 
 
+def _deepseek_v2(c: ModelConfig) -> dict:
+    """DeepSeek-V2's config.json fields: latent attention and softmax-routed experts, greedy top-k
+    (V2-Lite's; transformers' DeepseekV2 neither renormalises the chosen weights nor limits groups
+    as lamina does, so those are refused)."""
+    unlike = [what for what, differs in (
+        ("renormalised top-k weights", c.norm_topk), ("group-limited routing", c.expert_groups > 1),
+        ("a balancing bias", c.expert_bias)) if differs]
+    if unlike:
+        raise LaminaError(f"this latent mixture routed by softmax has {', '.join(unlike)}, which DeepSeek-V2's "
+                          "layout cannot hold; route by sigmoid scores (DeepSeek-V3's layout)")
+    return _deepseek(c.replace(router="sigmoid")) | {
+        "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "scoring_func": "softmax",
+        "topk_method": "greedy", "n_group": None, "topk_group": None, "norm_topk_prob": False}
+
+
 def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
     eos = list(c.eos_token_ids) if len(c.eos_token_ids) > 1 else c.eos_token_id
     scaling = None if c.rope_scaling is None else {
@@ -306,7 +326,7 @@ def config_to_hf(c: ModelConfig, dtype: torch.dtype) -> dict:
         "use_cache": True, "torch_dtype": str(dtype).removeprefix("torch."),
         **({"num_nextn_predict_layers": c.mtp_depth} if c.mtp_depth else {}),
         **({"seq_aux": True, "aux_loss_alpha": c.seq_aux_loss} if c.seq_aux_loss else {}),
-        **({"deepseek_v3": _deepseek, "mixtral": mixtral_config, "qwen3": _qwen3, "qwen3_moe": _qwen3,
+        **({"deepseek_v3": _deepseek, "deepseek_v2": _deepseek_v2, "mixtral": mixtral_config, "qwen3": _qwen3, "qwen3_moe": _qwen3,
             "llama4": _llama4}[hf_layout(c)](c) if hf_layout(c) != "llama" else {}),
     }
 
@@ -459,8 +479,9 @@ def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dt
                 for i in blocks for copy, ours in MTP_COPIES.items()}
     if layout == "llama4":
         weights = _llama4_tensors(config, weights, to_hf=True)
-    if layout == "deepseek_v3":
+    if layout.startswith("deepseek"):
         weights = {k: _rope_rows(config, k, v, to_halves=False) for k, v in weights.items()}
+    if layout == "deepseek_v3":
         if config.n_experts and not config.expert_bias:     # DeepSeek-V3 always has the bias: a zero one
             weights |= {f"layers.{i}.feed_forward.expert_bias": torch.zeros(config.n_experts)
                         for i in range(config.dense_layers, config.n_layers + config.mtp_depth)}

@@ -97,6 +97,7 @@ _LLAMA4 = {
 HF_LAYOUTS = {
     "deepseek_v3": _MLP_EXPERTS | _MTP | {
         "layers.{i}.feed_forward.expert_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias"},
+    "deepseek_v2": _MLP_EXPERTS,
     "qwen3_moe": _MLP_EXPERTS | _QWEN3 | _MTP,
     "qwen3": _QWEN3 | _MTP,
     "mixtral": _MTP,
