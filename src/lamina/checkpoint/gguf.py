@@ -21,7 +21,8 @@ from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
 from ..tokenizer.gguf_vocab import UNUSED
 from .base import Checkpoint, check_weights, config_error
-from .layout import from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, to_lamina
+from .layout import (from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, latent_rope_rows,
+                     to_lamina)
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
@@ -333,11 +334,10 @@ def _deepseek2_arch(c: ModelConfig) -> str:
 def _deepseek2_tensors(config: ModelConfig, weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """lamina's latent attention as llama.cpp's deepseek2 keeps it: RoPE rows interleaved again
     (DeepSeek's order), and each head's key and value up-projections apart (layout.py)."""
-    from .hf import _rope_rows
     H, nope, v = config.n_heads, config.qk_nope_head_dim, config.v_head_dim
     out = {}
     for name, t in weights.items():
-        t = _rope_rows(config, name, t, to_halves=False)
+        t = latent_rope_rows(config, name, t, to_halves=False)
         if name.endswith("attention.wkv_b.weight"):
             k_b, v_b = t.view(H, nope + v, -1).split([nope, v], dim=1)
             out[name.replace("wkv_b.weight", "wk_b")] = k_b.transpose(1, 2).contiguous()   # (H, rank, nope)
@@ -349,14 +349,13 @@ def _deepseek2_tensors(config: ModelConfig, weights: dict[str, Tensor]) -> dict[
 
 def _deepseek2_from_gguf(config: ModelConfig, weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """The inverse of `_deepseek2_tensors`."""
-    from .hf import _rope_rows
     out = {}
     for name, t in weights.items():
         if name.endswith("attention.wk_b"):
             k_b, v_b = t.transpose(1, 2), weights[name.replace("wk_b", "wv_b")]       # (H, nope, rank), (H, v, rank)
             out[name.replace("wk_b", "wkv_b.weight")] = torch.cat((k_b, v_b), dim=1).reshape(-1, t.shape[1])
         elif not name.endswith("attention.wv_b"):
-            out[name] = _rope_rows(config, name, t, to_halves=True)
+            out[name] = latent_rope_rows(config, name, t, to_halves=True)
     return out
 
 

@@ -20,7 +20,7 @@ from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
 from .layout import (MTP_COPIES, from_lamina, from_mtp, halves_to_interleaved, interleaved_to_halves, is_key, is_query,
-                     split_name, to_mtp)
+                     latent_rope_rows, split_name, to_mtp)
 
 INDEX = "model.safetensors.index.json"
 VISION_PREFIXES = ("vision_model.", "multi_modal_projector.")   # a multimodal Llama 4's, left out
@@ -392,7 +392,7 @@ def read_hf(path: str | Path) -> Checkpoint:
             raise LaminaError(f"{file}: not a readable safetensors file ({e})") from None
     weights |= _stack_experts(experts, config.n_experts, path)
     if config.latent:
-        weights = {k: _rope_rows(config, k, v, to_halves=True) for k, v in weights.items()}
+        weights = {k: latent_rope_rows(config, k, v, to_halves=True) for k, v in weights.items()}
     if hf_layout(config) == "llama4":
         weights = _llama4_tensors(config, weights, to_hf=False)
     config, weights = _mtp_from_hf(config, weights)
@@ -454,20 +454,6 @@ def _stack_experts(experts: dict[str, dict[int, Tensor]], n: int, path: Path) ->
     return stacked
 
 
-def _rope_rows(config: ModelConfig, name: str, w: Tensor, to_halves: bool) -> Tensor:
-    """DeepSeek-V3's checkpoints keep the rotated channels of queries and the shared key in
-    interleaved pairs (`rope_interleave`); lamina rotates halves. Permute those rows of wq/wq_b
-    (per head, after the position-free channels) and of wkv_a (its last rows)."""
-    permute = interleaved_to_halves if to_halves else halves_to_interleaved
-    nope, rope = config.qk_nope_head_dim, config.qk_rope_head_dim
-    if name.endswith(("attention.wq.weight", "attention.wq_b.weight")):
-        heads = w.view(config.n_heads, nope + rope, -1)
-        rotated = permute(heads[:, nope:].reshape(config.n_heads * rope, -1), config.n_heads)
-        return torch.cat((heads[:, :nope], rotated.view(config.n_heads, rope, -1)), dim=1).reshape(w.shape)
-    if name.endswith("attention.wkv_a.weight"):
-        return torch.cat((w[:config.kv_lora_rank], permute(w[config.kv_lora_rank:], 1)))
-    return w
-
 
 def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
     """lamina's tensors under their Hugging Face names; a stacked experts tensor as one per expert."""
@@ -480,7 +466,7 @@ def _hf_tensors(config: ModelConfig, weights: dict[str, Tensor], dtype: torch.dt
     if layout == "llama4":
         weights = _llama4_tensors(config, weights, to_hf=True)
     if layout.startswith("deepseek"):
-        weights = {k: _rope_rows(config, k, v, to_halves=False) for k, v in weights.items()}
+        weights = {k: latent_rope_rows(config, k, v, to_halves=False) for k, v in weights.items()}
     if layout == "deepseek_v3":
         if config.n_experts and not config.expert_bias:     # DeepSeek-V3 always has the bias: a zero one
             weights |= {f"layers.{i}.feed_forward.expert_bias": torch.zeros(config.n_experts)

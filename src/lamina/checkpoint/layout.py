@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor
+
+from ..model import ModelConfig
 
 # lamina (= Meta) name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
 NAMES = {
@@ -186,6 +189,21 @@ def halves_to_interleaved(w: Tensor, n_heads: int) -> Tensor:
     """lamina's row order of wq/wk -> Meta/GGUF's."""
     rows, cols = w.shape
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def latent_rope_rows(config: ModelConfig, name: str, w: Tensor, to_halves: bool) -> Tensor:
+    """DeepSeek's checkpoints (Hugging Face and GGUF) keep the rotated channels of queries and the shared key in
+    interleaved pairs (`rope_interleave`); lamina rotates halves. Permute those rows of wq/wq_b
+    (per head, after the position-free channels) and of wkv_a (its last rows)."""
+    permute = interleaved_to_halves if to_halves else halves_to_interleaved
+    nope, rope = config.qk_nope_head_dim, config.qk_rope_head_dim
+    if name.endswith(("attention.wq.weight", "attention.wq_b.weight")):
+        heads = w.view(config.n_heads, nope + rope, -1)
+        rotated = permute(heads[:, nope:].reshape(config.n_heads * rope, -1), config.n_heads)
+        return torch.cat((heads[:, :nope], rotated.view(config.n_heads, rope, -1)), dim=1).reshape(w.shape)
+    if name.endswith("attention.wkv_a.weight"):
+        return torch.cat((w[:config.kv_lora_rank], permute(w[config.kv_lora_rank:], 1)))
+    return w
 
 
 def is_query(name: str) -> bool:
