@@ -219,3 +219,24 @@ def test_compiled_batcher_generates_what_eager_does(model, tokenizer):
             drain(b)
         results.append([r.tokens for r in reqs])
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("name", ["debug-moe", "debug-mla", "debug-llama4"])
+def test_the_batcher_serves_mixtures_latent_attention_and_llama4_as_alone(tokenizer, name):
+    """Continuous batching of a mixture of experts, of latent attention over its latent cache, and
+    of Llama 4 with chunks of 4 (requests crossing chunk edges at their own slot offsets): each
+    request's greedy tokens are those it gets alone."""
+    config = preset(name)
+    if name == "debug-llama4":
+        config = config.replace(attention_chunk=4)
+    model = init_weights(Transformer(config), seed=4, std=0.2).eval()
+    b = Batcher(model, tokenizer, BatcherConfig(max_slots=3, max_len=64))
+    prompts = [[1, 2, 3], [7, 8, 9, 10, 11, 12, 13], [42], [300, 301, 302, 303, 304]]
+    lengths = [10, 6, 9, 7]
+    reqs = []
+    for p, n in zip(prompts, lengths):
+        reqs.append(b.submit(Request(p, greedy(n))))
+        b.step()
+    drain(b)
+    for r, p, n in zip(reqs, prompts, lengths):
+        assert r.tokens == alone(model, p, greedy(n)), p
