@@ -121,5 +121,5 @@ def test_deepseek_v2s_layout_both_ways_with_transformers_logits(tmp_path):
         first_k_dense_replace=1, max_position_embeddings=128)), tmp_path / "theirs")
     assert (ck.config.router, ck.config.norm_topk, ck.config.n_shared_experts) == ("softmax", False, 2)
     v2_lite = preset("deepseek-v2-lite")
-    from lamina.checkpoint.hf import config_to_hf
+    from lamina.checkpoint.hf_config import config_to_hf
     assert config_to_hf(v2_lite, torch.bfloat16)["architectures"] == ["DeepseekV2ForCausalLM"]

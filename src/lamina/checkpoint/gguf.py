@@ -28,6 +28,11 @@ Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
 WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
 ARCHITECTURES = ("llama", "qwen3", "qwen3moe", "llama4", "deepseek2")     # llama.cpp's, that lamina reads and writes
+# those whose query/key rows hold RoPE pairs interleaved, as Meta's do; Qwen3's rotate halves as
+# lamina's do, and deepseek2's rotated rows are DeepSeek's own (`latent_rope_rows`)
+INTERLEAVED_ROWS = ("llama", "llama4")
+# those that state the experts' width in `expert_feed_forward_length` (llama's, Mixtral's, in `feed_forward_length`)
+OWN_EXPERT_WIDTH = ("qwen3moe", "llama4", "deepseek2")
 
 
 def _dequantize(t: TensorInfo) -> np.ndarray:
@@ -69,7 +74,7 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
     experts = {"qk_norm": arch.startswith("qwen3")}
     if meta.get(f"{arch}.expert_count"):
         experts |= {"n_experts": get("expert_count"), "n_active_experts": get("expert_used_count")}
-        if arch in ("qwen3moe", "llama4", "deepseek2"):
+        if arch in OWN_EXPERT_WIDTH:
             experts["expert_ffn_dim"] = get("expert_feed_forward_length")
     if arch == "deepseek2":
         key_length = get("attention.key_length_mla")
@@ -86,10 +91,8 @@ def config_from_gguf(meta: dict, shapes: dict[str, tuple[int, ...]], where: Path
                         "norm_topk": bool(get("expert_weights_norm", False)),
                         "expert_groups": get("expert_group_count", 1), "topk_groups": get("expert_group_used_count", 1),
                         "expert_bias": any(name.endswith("exp_probs_b.bias") for name in shapes)}
-    if arch == "llama4":        # what llama.cpp fixes for it (see _llama4_arch)
-        experts |= {"moe_every": get("interleave_moe_layer_step"), "nope_every": 4, "attention_chunk": 8192,
-                    "attn_temperature": 0.1, "attn_floor": 8192, "qk_l2_norm": experts.get("n_experts") != 128,
-                    "n_shared_experts": 1, "expert_input_scaled": True, "router": "sigmoid", "norm_topk": False}
+    if arch == "llama4":
+        experts |= {"moe_every": get("interleave_moe_layer_step"), **_llama4_fixed(experts.get("n_experts", 0))}
     try:
         return ModelConfig(**{
             "n_kv_heads": get("attention.head_count_kv", get("attention.head_count")), "head_dim": head_dim,
@@ -164,7 +167,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
     check_weights(config, shapes, path, "gguf")
     weights: dict[str, Tensor] = {}
     types: Counter = Counter()
-    llama = meta.get("general.architecture") in ("llama", "llama4")   # Qwen3's rows rotate halves; DeepSeek's below
+    interleaved = meta.get("general.architecture") in INTERLEAVED_ROWS
     for t in tensors:
         array = _dequantize(t)
         if t.name == "rope_freqs.weight":
@@ -172,9 +175,9 @@ def read_gguf(path: str | Path) -> Checkpoint:
             continue
         name = names[t.name]
         w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
-        if llama and is_query(name):
+        if interleaved and is_query(name):
             w = interleaved_to_halves(w, config.n_heads)
-        elif llama and is_key(name):
+        elif interleaved and is_key(name):
             w = interleaved_to_halves(w, config.n_kv_heads)
         weights[name] = w
         types[t.type.name] += 1
@@ -221,15 +224,11 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         w.add_context_length(config.max_seq_len)
         w.add_embedding_length(config.dim)
         w.add_block_count(config.n_layers)
-        # llama's mixture (Mixtral) states the experts' width as the feed-forward's; Qwen3-MoE its own key
         w.add_feed_forward_length(config.expert_ffn_dim if config.n_experts and arch == "llama" else config.ffn_dim)
-        if config.rope_scaling is not None and arch == "llama4":
-            raise LaminaError("llama.cpp's llama4 takes its RoPE scaling from rope_freqs, which lamina "
-                              "does not write for it yet; write this model in the Hugging Face layout")
         if config.n_experts:
             w.add_expert_count(config.n_experts)
             w.add_expert_used_count(config.n_active_experts)
-            if arch in ("qwen3moe", "llama4", "deepseek2"):
+            if arch in OWN_EXPERT_WIDTH:
                 w.add_expert_feed_forward_length(config.expert_ffn_dim)
             if arch == "deepseek2":
                 w.add_leading_dense_block_count(config.dense_layers)
@@ -275,9 +274,9 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             if config.tie_embeddings and lamina_name == "output.weight":
                 continue
             t = t.detach().float().cpu()
-            if arch in ("llama", "llama4") and is_query(lamina_name):      # Qwen3's rotate halves, as lamina does
+            if arch in INTERLEAVED_ROWS and is_query(lamina_name):
                 t = halves_to_interleaved(t, config.n_heads)
-            elif arch in ("llama", "llama4") and is_key(lamina_name):
+            elif arch in INTERLEAVED_ROWS and is_key(lamina_name):
                 t = halves_to_interleaved(t, config.n_kv_heads)
             array = t.numpy()
             kind = Q.F32 if array.ndim == 1 else qtype
@@ -295,7 +294,8 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
 def gguf_arch(config: ModelConfig) -> str:
     """The llama.cpp architecture a model is written as: `llama` (dense, or Mixtral's routing),
     `qwen3` or `qwen3moe` (per-head query/key norms; softmax top-k renormalised, every layer
-    sparse); or LaminaError saying what llama.cpp's architectures cannot hold."""
+    sparse), `llama4` or `deepseek2` (latent attention); or LaminaError saying what llama.cpp's
+    architectures cannot hold, before any file is made."""
     if config.mtp_depth:
         raise LaminaError("GGUF holds no multi-token prediction modules; drop them (`lamina convert --drop-mtp`): "
                           "next-token inference never runs them")
@@ -307,7 +307,7 @@ def gguf_arch(config: ModelConfig) -> str:
     if config.expert_input_scaled or config.nope_every or config.attention_chunk or config.qk_l2_norm:
         return _llama4_arch(config)
     if config.n_experts:
-        from .hf import mixtral_config
+        from .hf_config import mixtral_config
         # the same routing limits as Mixtral's layout: softmax, renormalised top-k, no shared experts
         mixtral_config(config.replace(qk_norm=False, expert_bias=False))
         if config.expert_bias:
@@ -359,18 +359,26 @@ def _deepseek2_from_gguf(config: ModelConfig, weights: dict[str, Tensor]) -> dic
     return out
 
 
+def _llama4_fixed(n_experts: int) -> dict:
+    """What llama.cpp's llama4 fixes rather than reads (llama-model.cpp), as ModelConfig fields: a
+    RoPE-free layer every fourth, chunks of 8192, attention temperature 0.1 over 8192 positions,
+    the query/key L2 norm unless there are 128 experts, one shared expert, Llama 4's routing.
+    The file states only the experts, their width and the sparse layers' step."""
+    return {"nope_every": 4, "attention_chunk": 8192, "attn_temperature": 0.1, "attn_floor": 8192,
+            "qk_l2_norm": n_experts != 128, "n_shared_experts": 1, "expert_input_scaled": True,
+            "router": "sigmoid", "norm_topk": False}
+
+
 def _llama4_arch(c: ModelConfig) -> str:
-    """llama.cpp's llama4 states its experts, their width and the sparse layers' step; the rest
-    it fixes (llama-model.cpp): a RoPE-free layer every fourth, chunks of 8192, attention
-    temperature 0.1 over 8192 positions, and the query/key L2 norm unless there are 128 experts."""
-    fixed = {"nope_every": 4, "attention_chunk": 8192, "attn_temperature": 0.1, "attn_floor": 8192,
-             "qk_l2_norm": c.n_experts != 128, "n_shared_experts": 1, "expert_input_scaled": True,
-             "router": "sigmoid", "norm_topk": False, "route_scale": 1.0, "expert_groups": 1, "dense_layers": 0,
-             "expert_bias": False, "qk_norm": False}
+    fixed = _llama4_fixed(c.n_experts) | {"route_scale": 1.0, "expert_groups": 1, "dense_layers": 0,
+                                          "expert_bias": False, "qk_norm": False}
     unlike = [f"{k} {getattr(c, k)!r} (llama.cpp's llama4: {v!r})" for k, v in fixed.items() if getattr(c, k) != v]
     if unlike or not c.n_experts:
         raise LaminaError("llama.cpp's llama4 architecture fixes what this model sets otherwise: "
                           + ", ".join(unlike or ["no experts"]) + "; write it in the Hugging Face layout")
+    if c.rope_scaling is not None:
+        raise LaminaError("llama.cpp's llama4 takes its RoPE scaling from rope_freqs, which lamina "
+                          "does not write for it yet; write this model in the Hugging Face layout")
     return "llama4"
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..checkpoint.base import read_json
-from ..checkpoint.hf import config_from_hf
+from ..checkpoint.hf_config import config_from_hf
 from ..data.provenance import locate
 from ..errors import LaminaError
 from ..fields import InvalidField, check_fields

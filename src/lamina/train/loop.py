@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..checkpoint.hf import config_to_hf
+from ..checkpoint.hf_config import config_to_hf
 from ..data.loader import TokenShards
 from ..data.shards import tokenizer_ref
 from ..errors import LaminaError
@@ -327,7 +327,7 @@ def pretrain_step(run: Run) -> StepResult:
         with grad_sync(run, last=i == plan.accum - 1):
             with run.autocast():                               # the forward only, as torch.amp advises
                 # fused head + cross-entropy (model/loss.py), and the multi-token prediction's
-                loss = run.forward(x[rows], targets=y[rows], **({"mtp_weight": config.mtp_weight} if ahead else {}))
+                loss = run.forward(x[rows], targets=y[rows], mtp_weight=config.mtp_weight)
             (loss / plan.accum).backward()
         loss_sum += loss.item()
         if ahead:

@@ -28,7 +28,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..files import atomic_directory
-from ..checkpoint.hf import hf_layout, read_hf, write_hf_files
+from ..checkpoint.hf import read_hf, write_hf_files
+from ..checkpoint.hf_config import hf_layout
 from ..checkpoint.layout import from_lamina, from_mtp
 from ..errors import LaminaError
 from ..model import ModelConfig
