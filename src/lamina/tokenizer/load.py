@@ -16,8 +16,8 @@ from ..gguf_file import read_gguf_metadata
 from .core import Tokenizer
 from .formats import LLAMA3, LLAMA4, ChatFormat
 from .gguf_vocab import tokenizer_from_gguf
-from .ranks import (LLAMA3_PATTERN, LLAMA4_PATTERN, LLAMA4_RANKS_SHA256, Ranks, llama3_special_tokens,
-                    llama4_special_tokens, read_ranks)
+from .ranks import (LLAMA3_PATTERN, LLAMA4_PATTERN, LLAMA4_RANK_COUNT, LLAMA4_RANKS_SHA256, Ranks,
+                    llama3_special_tokens, llama4_special_tokens, read_ranks)
 from .spm import sentencepiece_backend
 
 
@@ -82,8 +82,9 @@ def load_ranks(path: str | Path, *, pattern: str | None = None,
     assumed: Llama 4's for Meta's Llama 4 file (known by its digest), Llama 3's for any other
     (lamina writes its own tokenizers that way too); pass others for other families."""
     ranks = read_ranks(path)
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    family = LLAMA4_RANKS if digest == LLAMA4_RANKS_SHA256 else LLAMA3_RANKS
+    llama4 = (len(ranks) == LLAMA4_RANK_COUNT
+              and hashlib.sha256(Path(path).read_bytes()).hexdigest() == LLAMA4_RANKS_SHA256)
+    family = LLAMA4_RANKS if llama4 else LLAMA3_RANKS
     pattern = family.pattern if pattern is None else pattern
     specials = family.special_tokens(len(ranks)) if special_tokens is None else special_tokens
     meta = pattern == family.pattern and "<|begin_of_text|>" in specials

@@ -62,8 +62,9 @@ LLAMA4_NAMED_SPECIALS = (
     # reasoning (201134..201143)
     *reserved_specials(0, 8, "reasoning"), "<|reasoning_thinking_start|>", "<|reasoning_thinking_end|>")
 LLAMA4_SPECIAL_SLOTS = 2048
-# Meta's Llama 4 rank file (llama_models/llama4/tokenizer.model), known by its digest: a rank file
-# says nothing of its family, and any other is read as Llama 3's
+# Meta's Llama 4 rank file (llama_models/llama4/tokenizer.model), known by its digest (checked only
+# for a file of its size): a rank file says nothing of its family, and any other is read as Llama 3's
+LLAMA4_RANK_COUNT = 200_000
 LLAMA4_RANKS_SHA256 = "d0bdbaf59b0762c8c807617e2d8ea51420eb1b1de266df2495be755c8e0ed6ed"
 
 
