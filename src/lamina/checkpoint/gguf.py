@@ -21,8 +21,7 @@ from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
 from ..tokenizer.gguf_vocab import UNUSED
 from .base import Checkpoint, check_weights, config_error
-from .layout import (from_lamina, halves_to_interleaved, interleaved_to_halves, is_key, is_query, latent_rope_rows,
-                     to_lamina)
+from .layout import from_lamina, latent_rope_rows, qk_rows, to_lamina
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
@@ -175,11 +174,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
             continue
         name = names[t.name]
         w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
-        if interleaved and is_query(name):
-            w = interleaved_to_halves(w, config.n_heads)
-        elif interleaved and is_key(name):
-            w = interleaved_to_halves(w, config.n_kv_heads)
-        weights[name] = w
+        weights[name] = qk_rows(config, name, w, to_halves=True) if interleaved else w
         types[t.type.name] += 1
     if deepseek2:
         weights = _deepseek2_from_gguf(config, weights)
@@ -274,10 +269,8 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             if config.tie_embeddings and lamina_name == "output.weight":
                 continue
             t = t.detach().float().cpu()
-            if arch in INTERLEAVED_ROWS and is_query(lamina_name):
-                t = halves_to_interleaved(t, config.n_heads)
-            elif arch in INTERLEAVED_ROWS and is_key(lamina_name):
-                t = halves_to_interleaved(t, config.n_kv_heads)
+            if arch in INTERLEAVED_ROWS:
+                t = qk_rows(config, lamina_name, t, to_halves=False)
             array = t.numpy()
             kind = Q.F32 if array.ndim == 1 else qtype
             if kind == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:

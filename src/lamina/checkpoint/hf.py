@@ -20,8 +20,7 @@ from ..tokenizer import Tokenizer
 from ..version import __version__
 from .base import Checkpoint, check_weights, read_json
 from .hf_config import config_from_hf, config_to_hf, hf_layout, multimodal_llama4
-from .layout import (MTP_COPIES, from_lamina, from_mtp, halves_to_interleaved, interleaved_to_halves, is_key, is_query,
-                     latent_rope_rows, split_name, to_mtp)
+from .layout import MTP_COPIES, from_lamina, from_mtp, latent_rope_rows, qk_rows, split_name, to_mtp
 
 INDEX = "model.safetensors.index.json"
 VISION_PREFIXES = ("vision_model.", "multi_modal_projector.")   # a multimodal Llama 4's, left out
@@ -131,11 +130,8 @@ def _llama4_tensors(config: ModelConfig, weights: dict[str, Tensor], to_hf: bool
             out[k.replace("w2", "down")] = v.transpose(1, 2)
         elif k.endswith("experts.w3") and to_hf:
             continue
-        elif is_query(k) or is_key(k):
-            heads = config.n_heads if is_query(k) else config.n_kv_heads
-            out[k] = (halves_to_interleaved if to_hf else interleaved_to_halves)(v, heads)
         else:
-            out[k] = v
+            out[k] = qk_rows(config, k, v, to_halves=not to_hf)
     return out
 
 

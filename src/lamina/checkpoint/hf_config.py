@@ -244,13 +244,19 @@ def _qwen3(c: ModelConfig) -> dict:
             "use_sliding_window": False, "output_router_logits": False, "router_aux_loss_coef": 0.0}
 
 
+def llama4_mismatch(c: ModelConfig) -> list[str]:
+    """What of this model Llama 4's layouts (Hugging Face's and Meta's) cannot hold."""
+    return [what for what, differs in (
+        ("other than one shared expert", c.n_experts and c.n_shared_experts != 1),
+        ("a router other than Llama 4's", c.n_experts and (
+            c.router != "sigmoid" or c.norm_topk or c.route_scale != 1.0 or c.expert_groups > 1 or c.expert_bias
+            or not c.expert_input_scaled)),
+        ("dense layers first", c.dense_layers > 0), ("a Qwen3 query/key norm", c.qk_norm)) if differs]
+
+
 def _llama4(c: ModelConfig) -> dict:
     """Llama 4's text model's config.json fields."""
-    unlike = [what for what, differs in (
-        ("no experts", not c.n_experts), ("other than one shared expert", c.n_shared_experts != 1),
-        ("a router other than Llama 4's", c.router != "sigmoid" or c.norm_topk or c.route_scale != 1.0
-         or c.expert_groups > 1 or c.expert_bias or not c.expert_input_scaled),
-        ("dense layers first", c.dense_layers > 0), ("a Qwen3 query/key norm", c.qk_norm)) if differs]
+    unlike = (["no experts"] if not c.n_experts else []) + llama4_mismatch(c)
     if unlike:
         raise LaminaError(f"this model has {', '.join(unlike)}, which Llama 4's layout cannot hold")
     return {"architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text", "num_local_experts": c.n_experts,

@@ -191,6 +191,15 @@ def halves_to_interleaved(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def qk_rows(config: ModelConfig, name: str, w: Tensor, to_halves: bool) -> Tensor:
+    """wq's and wk's rows between lamina's RoPE halves and Meta's/GGUF's interleaved pairs (to
+    lamina's when `to_halves`); any other tensor as it is."""
+    if not (is_query(name) or is_key(name)):
+        return w
+    heads = config.n_heads if is_query(name) else config.n_kv_heads
+    return (interleaved_to_halves if to_halves else halves_to_interleaved)(w, heads)
+
+
 def latent_rope_rows(config: ModelConfig, name: str, w: Tensor, to_halves: bool) -> Tensor:
     """DeepSeek's checkpoints (Hugging Face and GGUF) keep the rotated channels of queries and the shared key in
     interleaved pairs (`rope_interleave`); lamina rotates halves. Permute those rows of wq/wq_b

@@ -1,9 +1,11 @@
 """Meta's original checkpoints: `params.json` + `consolidated.NN.pth`, one file per model-parallel
-rank. Loaded with `torch.load(weights_only=True)` only, so a file that would run code on
-unpickling is refused, never executed."""
+rank, for Llama 1 to 3 here and Llama 4 in meta_llama4.py. Loaded with
+`torch.load(weights_only=True)` only, so a file that would run code on unpickling is refused,
+never executed."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import pickle
@@ -17,8 +19,9 @@ from ..errors import LaminaError
 from ..files import atomic_directory
 from ..model import ModelConfig, RopeScaling, llama_ffn_dim
 from ..model.config import check_float, check_int
+from . import meta_llama4
 from .base import Checkpoint, check_weights, config_error, null_as_zero, read_json
-from .layout import halves_to_interleaved, interleaved_to_halves, is_key, is_query
+from .layout import qk_rows
 
 # How model-parallel ranks split each tensor (Meta's fairscale layers): column-parallel layers
 # split their output rows (dim 0), row-parallel ones their input columns (dim 1).
@@ -76,12 +79,16 @@ def config_from_params(p: dict, vocab_size: int, has_output: bool, where: Path) 
 
 def _load_shard(file: Path) -> dict[str, Tensor]:
     try:   # mmap needs torch.save's zip format; older plain-pickle files load without it
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+        # Llama 4's files keep Transformer Engine state as io.BytesIO (bytes, no code), dropped here
+        with torch.serialization.safe_globals([io.BytesIO]):
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
     except pickle.UnpicklingError as e:
         raise LaminaError(f"{file}: refused: the pickle asks to run code or build objects "
                           f"beyond plain tensors ({_unpickler_reason(e)})") from None
     except Exception as e:
         raise LaminaError(f"{file}: not a readable PyTorch checkpoint ({e})") from None
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if not (isinstance(k, str) and k.endswith("._extra_state"))}
     if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
         raise LaminaError(f"{file}: expected a dict of named tensors (Meta's consolidated format)")
     return state
@@ -109,6 +116,9 @@ def read_meta(path: str | Path) -> Checkpoint:
     if not files:
         raise LaminaError(f"{folder}: no consolidated.*.pth files")
     shards = [_load_shard(f) for f in files]
+    params = meta_llama4.model_params(params)
+    if meta_llama4.is_llama4(params, shards[0]):
+        return _read_llama4(params, params_file, shards)
     names = [n for n in shards[0] if n != "rope.freqs"]   # Llama 1/2 saved a buffer; recomputed
     for f, s in zip(files[1:], shards[1:]):
         if set(s) - {"rope.freqs"} != set(names):
@@ -130,26 +140,49 @@ def read_meta(path: str | Path) -> Checkpoint:
     config = config_from_params(params, weights["tok_embeddings.weight"].shape[0],
                                 "output.weight" in weights, params_file)
     check_weights(config, weights, folder, "meta")   # before the permutation, which needs the right shapes
-    for name in weights:
-        if is_query(name):
-            weights[name] = interleaved_to_halves(weights[name], config.n_heads)
-        elif is_key(name):
-            weights[name] = interleaved_to_halves(weights[name], config.n_kv_heads)
+    return _checkpoint(config, weights, folder, params)
+
+
+def _read_llama4(params: dict, params_file: Path, shards: list[dict[str, Tensor]]) -> Checkpoint:
+    folder = params_file.parent
+    try:
+        meta_llama4.check_params(params)
+        weights, vision = meta_llama4.unshard(params, shards, folder)
+        if "tok_embeddings.weight" not in weights:
+            raise LaminaError(f"{folder}: missing tensor tok_embeddings.weight")
+        config = meta_llama4.config_from_params(params, weights["tok_embeddings.weight"].shape[0],
+                                                "output.weight" in weights)
+    except KeyError as e:
+        raise LaminaError(f"{params_file}: missing field {e.args[0]}") from None
+    except ValueError as e:
+        raise config_error(e, params_file, _PARAMS_KEYS) from None
+    check_weights(config, weights, folder, "meta")
+    return _checkpoint(config, weights, folder, params, vision_tensors_left_out=vision)
+
+
+def _checkpoint(config: ModelConfig, weights: dict[str, Tensor], folder: Path, params: dict, **extra) -> Checkpoint:
+    """lamina's rows of the queries and keys (Meta's are RoPE pairs interleaved)."""
+    weights = {name: qk_rows(config, name, t, to_halves=True) for name, t in weights.items()}
     dtypes = {str(t.dtype).removeprefix("torch."): len(weights) for t in list(weights.values())[:1]}
-    return Checkpoint(config, weights, None, folder, "meta", dtypes, {"params": params})
+    return Checkpoint(config, weights, None, folder, "meta", dtypes, {"params": params, **extra})
 
 
 def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor], *,
                shards: int = 1, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Meta's layout, split over `shards` model-parallel files the way Meta's code splits them."""
-    if config.n_experts or config.latent or config.qk_norm or config.nope_every:
-        raise LaminaError("Meta's original layout is written for dense Llamas only; write a mixture of experts, "
-                          "latent attention or query/key norms in the Hugging Face layout")
-    if config.rope_scaling is not None and config.rope_scaling.rope_type != "llama3":
-        raise LaminaError("Meta's original layout holds llama3 RoPE scaling only; this model has YaRN")
+    """Meta's layout, split over `shards` model-parallel files the way Meta's code splits them:
+    Llama 4's for a model with its features (experts, iRoPE, the query/key L2 norm), else Llama 3's."""
     if config.mtp_depth:
         raise LaminaError("Meta's original layout holds no multi-token prediction modules; drop them "
                           "(`lamina convert --drop-mtp`): next-token inference never runs them")
+    if _llama4_shaped(config):
+        params = meta_llama4.params_from_config(config)
+        parts = meta_llama4.shard(config, weights, shards, dtype, dst)
+        return _write(dst, params, parts)
+    if config.latent or config.qk_norm:
+        raise LaminaError("Meta's original layout holds dense Llamas and Llama 4; write latent attention or "
+                          "Qwen3's query/key norms in the Hugging Face layout")
+    if config.rope_scaling is not None and config.rope_scaling.rope_type != "llama3":
+        raise LaminaError("Meta's original layout holds llama3 RoPE scaling only; this model has YaRN")
     multiple_of = 256
     if llama_ffn_dim(config.dim, multiple_of) != config.ffn_dim:
         # params.json cannot say ffn_dim directly; express it through ffn_dim_multiplier
@@ -167,14 +200,7 @@ def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         for k in _EXTRA_SCALING_KEYS:
             if getattr(config.rope_scaling, k) != getattr(_META_SCALING, k):
                 params[f"rope_scaling_{k}"] = getattr(config.rope_scaling, k)
-    full = {}
-    for name, t in weights.items():
-        t = t.detach().to(dtype)
-        if is_query(name):
-            t = halves_to_interleaved(t, config.n_heads)
-        elif is_key(name):
-            t = halves_to_interleaved(t, config.n_kv_heads)
-        full[name] = t
+    full = {name: qk_rows(config, name, t.detach().to(dtype), to_halves=False) for name, t in weights.items()}
     if config.tie_embeddings:
         full.pop("output.weight", None)
     axes = {name: _split_dim(name, t, config.dim) for name, t in full.items()}   # Llama 3 layout
@@ -182,11 +208,18 @@ def write_meta(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
         if axis is not None and full[name].shape[axis] % shards:
             raise LaminaError(f"{dst}: tensor {name} {tuple(full[name].shape)} does not split "
                               f"into {shards} equal model-parallel shards")
+    return _write(dst, params, [{name: t if axes[name] is None else t.chunk(shards, axes[name])[rank].clone()
+                                 for name, t in full.items()} for rank in range(shards)])
+
+
+def _llama4_shaped(c: ModelConfig) -> bool:
+    return bool(c.n_experts or c.nope_every or c.qk_l2_norm or c.attention_chunk or c.attn_temperature)
+
+
+def _write(dst: str | Path, params: dict, parts: list[dict[str, Tensor]]) -> Path:
     with atomic_directory(dst) as tmp:
         (tmp / "params.json").write_text(json.dumps(params, indent=2))
-        for rank in range(shards):
-            part = {name: t if axes[name] is None else t.chunk(shards, axes[name])[rank].clone()
-                    for name, t in full.items()}
+        for rank, part in enumerate(parts):
             torch.save(part, tmp / f"consolidated.{rank:02d}.pth")
     return Path(dst)
 
