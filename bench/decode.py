@@ -2,6 +2,11 @@
 llama.cpp), side by side in one run, as shared/BENCHMARKS.md asks.
 
     .venv/bin/python -m bench.decode [--dtypes float32,bfloat16] [--runs 5] [--threads 2]
+    .venv/bin/python -m bench.decode --dtypes int8,int4 --lamina compiled   # quantized, against llama.cpp
+
+int8 and int4 write the weights as a Q8_0 and a Q4_0 GGUF (Q4_0 keeps the embedding and head in
+Q8_0, as llama.cpp's quantizer does); lamina loads that file with `quantize=` (taking its codes
+as they are) and llama.cpp runs the same file: the peer at those precisions is llama.cpp.
 
 Every system generates `--new-tokens` tokens greedily after the same `--prompt-tokens`-token
 prompt, with the same weights and thread count. One generate call gives both numbers:
@@ -35,7 +40,8 @@ from lamina.serve import SamplingParams  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 RESULTS = Path(__file__).parent / "results" / "decode.json"
-SHORT = {"float32": "fp32", "bfloat16": "bf16"}
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+QUANTIZED = {"int8": "q8_0", "int4": "q4_0"}   # lamina's weight-only quantization -> the GGUF type it loads
 # Natural text, so the greedy continuation is ordinary language rather than a degenerate loop.
 TEXT = ("The llama is a domesticated South American camelid, widely used as a meat and pack "
         "animal by Andean cultures since the pre-Columbian era. Llamas are social animals and "
@@ -57,9 +63,12 @@ def time_stream(start: float, stamps: list[float], tokens: list[int]) -> Timing:
 
 
 class Lamina:
-    def __init__(self, dtype: str, compile: bool):
+    def __init__(self, dtype: str, compile: bool, model: str | Path = MODEL):
         t = time.perf_counter()
-        self.llm = lamina.load(MODEL, dtype=dtype, compile=compile)
+        if dtype in QUANTIZED:
+            self.llm = lamina.load(model, dtype="float32", quantize=dtype, compile=compile)
+        else:
+            self.llm = lamina.load(model, dtype=dtype, compile=compile)
         self.load_s = time.perf_counter() - t
 
     def generate(self, prompt: list[int], n: int) -> Timing:
@@ -205,8 +214,12 @@ def load_systems(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[l
     """Every system at one precision, in table order, and lamina's load and compile times."""
     setting = SHORT[dtype]
     systems, rows, info = [], [], {}
+    source: str | Path = MODEL
+    if dtype in QUANTIZED:
+        source = work / f"smollm2-{QUANTIZED[dtype]}.gguf"
+        write_gguf(source, ck.config, ck.weights, ck.tokenizer, dtype=QUANTIZED[dtype])
     for mode in args.lamina:
-        ours = Lamina(dtype, compile=mode == "compiled")
+        ours = Lamina(dtype, compile=mode == "compiled", model=source)
         # The first call pays for compilation; the second shows the steady cost.
         t0 = time.perf_counter()
         ours.generate(prompt, args.new_tokens)
@@ -216,7 +229,13 @@ def load_systems(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[l
         info[f"lamina_{mode}"] = {"load_s": round(ours.load_s, 2),
                                   "first_call_extra_s": round((t1 - t0) - (t2 - t1), 1)}
         systems.append(ours)
-        rows.append(Row(f"lamina {mode}", setting))
+        rows.append(Row(f"lamina {mode}" + (f" {dtype}" if dtype in QUANTIZED else ""), setting))
+    if dtype in QUANTIZED:   # the peer: llama.cpp on the very file lamina loaded
+        info["weight_bytes"] = read_bytes(ours.llm.engine.model)
+        if args.llama_cpp:
+            systems.append(LlamaCpp(source, args.threads, len(prompt) + args.new_tokens))
+            rows.append(Row(f"llama.cpp {QUANTIZED[dtype].upper()} GGUF", setting))
+        return systems, rows, info
     systems.append(Transformers(dtype, work / "hf"))
     rows.append(Row("transformers generate", setting))
     if args.llama_cpp and dtype == "float32":
@@ -230,13 +249,21 @@ def load_systems(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[l
     return systems, rows, info
 
 
-def ceiling(ck, dtype: str, bandwidth: list[float], flops: list[float]) -> tuple[Row, dict]:
+def read_bytes(model) -> int:
+    """Bytes a quantized model's decode step reads: every weight and scale but the float
+    embedding (of which it reads one row)."""
+    from lamina.model.quant import quantized_bytes
+    return quantized_bytes(model) - model.tok_embeddings.weight.nbytes
+
+
+def ceiling(ck, dtype: str, bandwidth: list[float], flops: list[float],
+            weight_bytes: int | None = None) -> tuple[Row, dict]:
     """Decode reads every weight once per token (the tied embedding once, as the output
     projection; the KV cache, a few MB, is left out). Prefill does 2 FLOPs per layer weight per
     token (the output projection runs for the last token only; attention scores are left out)."""
     n_params = sum(v.numel() for k, v in ck.weights.items()
                    if not (ck.config.tie_embeddings and k == "output.weight"))
-    weight_bytes = n_params * getattr(torch, dtype).itemsize
+    weight_bytes = weight_bytes or n_params * getattr(torch, dtype).itemsize
     layer_params = sum(v.numel() for k, v in ck.weights.items() if k.startswith("layers."))
     row = Row("ceiling", SHORT[dtype])
     row.runs = {"prefill tok/s": [f / (2 * layer_params) for f in flops],
@@ -264,21 +291,23 @@ def bench_dtype(dtype: str, args, ck, work: Path, prompt: list[int]) -> tuple[li
         for system, row in zip(systems, rows):
             row.add(system.generate(prompt, args.new_tokens), len(prompt))
         bandwidth.append(read_bandwidth(buffer))
-        flops.append(matmul_flops(getattr(torch, dtype)))
+        flops.append(matmul_flops(torch.float32 if dtype in QUANTIZED else getattr(torch, dtype)))
         others.append(load.share())
         busy = "" if others[-1] is None else f" (other processes: {others[-1]:.0%} of the CPUs)"
         print(f"[{setting}] run {run + 1}/{args.runs} decode tok/s: " + ", ".join(
             f"{r.system} {r.runs['decode tok/s'][-1]:.1f}" for r in rows) + busy, flush=True)
     del buffer
     info["other_processes_cpu_share"] = [None if o is None else round(o, 3) for o in others]
-    limit, limits = ceiling(ck, dtype, bandwidth, flops)
+    limit, limits = ceiling(ck, dtype, bandwidth, flops, info.get("weight_bytes"))
     info.update(limits)
     return rows + [limit], info
 
 
 def table(rows: list[Row]) -> list[dict]:
-    """Medians, with each row's ratio to transformers at the same setting and metric."""
-    peer = {(r.setting, m): statistics.median(v) for r in rows if r.system.startswith("transformers")
+    """Medians, with each row's ratio to the peer at the same setting and metric: transformers,
+    or llama.cpp at the quantized settings (transformers has no GGUF-quantized path on CPU)."""
+    peer = {(r.setting, m): statistics.median(v) for r in rows
+            if r.system.startswith("transformers") or (r.setting in QUANTIZED.values() and r.system.startswith("llama.cpp"))
             for m, v in r.runs.items()}
     out = []
     for r in rows:

@@ -3,7 +3,7 @@ module imports itself back through others. Every import counts, the ones inside 
 (a lazy import hides an arrow from a reader; it does not remove it).
 
 Floors, from the ground up: the ground floor (errors, files, assets, gguf_file, progress, version,
-dtypes) imports nothing above it; `model` imports nothing of lamina at all; then tokenizer;
+dtypes, devices) imports nothing above it; `model` imports nothing of lamina at all; then tokenizer;
 checkpoint and data; train and serve; post and eval; report; the speedrun and the CLI on top."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lamina"
 
-GROUND = {"errors", "files", "assets", "gguf_file", "progress", "version", "dtypes", "fields", "recipes"}
+GROUND = {"errors", "files", "assets", "gguf_file", "progress", "version", "dtypes", "devices", "fields", "recipes"}
 BELOW_TRAIN = {"ground", "model", "tokenizer", "checkpoint", "data"}
 # stage -> the stages it may import (besides itself)
 ALLOWED = {

@@ -45,9 +45,23 @@ def _flag(p: argparse.ArgumentParser, flag: str, where: str, name: str, **kwargs
     p.add_argument(flag, default=None, help="(from the config)", **kwargs).mirrors = (where, name, own)
 
 
+def _placement_flags(p: argparse.ArgumentParser, where: str) -> None:
+    """Where every command that runs a model runs it: --device and --dtype."""
+    _flag(p, "--device", where, "device", help="auto (a GPU when one is visible, else the CPU), cpu, cuda, cuda:N")
+    _flag(p, "--dtype", where, "dtype", help="float32, bfloat16 or float16 (default: bfloat16 on a GPU, "
+                                              "float32 on a CPU)")
+    _flag(p, "--quantize", where, "quantize", choices=["int8", "int4"],
+          help="weight-only quantization of the projections and the head: int8 (a scale per row) or int4 "
+               "(groups of 32); fastest with --compile")
+
+
+def _placement(args) -> dict:
+    return _given(device=args.device, dtype=args.dtype, quantize=args.quantize)
+
+
 def _evaluation_outputs(p: argparse.ArgumentParser, shown: str, shape: str = "") -> None:
-    """What an evaluating command (eval, audit) shares: the model's dtype, and where results go."""
-    _flag(p, "--dtype", "eval.harness.load_model", "dtype", help="float32, bfloat16 or float16")
+    """What an evaluating command (eval, audit) shares: the model's placement, and where results go."""
+    _placement_flags(p, "eval.harness.load_model")
     p.add_argument("--json", action="store_true", help=f"print {shape}JSON instead of {shown}")
     p.add_argument("--out", default=None, help="also write the JSON results to this file")
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -83,7 +97,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--top-p", params, "top_p", type=float)
     _flag(p, "--repetition-penalty", params, "repetition_penalty", type=float)
     _flag(p, "--seed", params, "seed", type=int)
-    _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
+    _placement_flags(p, "serve.llm.load")
     _flag(p, "--compile", "serve.llm.load", "compile", action="store_true",
           help="torch.compile the decode step (slow start, fast decode)")
     _flag(p, "--speculate", "serve.llm.load", "speculate", type=int, metavar="N",
@@ -98,7 +112,7 @@ def _sampling(args) -> dict:
 
 def _load(args):
     from .serve import load
-    return load(args.model, **_given(dtype=args.dtype, compile=args.compile, speculate=args.speculate))
+    return load(args.model, **_placement(args), **_given(compile=args.compile, speculate=args.speculate))
 
 
 def cmd_generate(args) -> None:
@@ -333,7 +347,7 @@ def cmd_lora_merge(args) -> None:
 def cmd_audit(args) -> None:
     from .eval import load_model
     from .eval.memorization import audit, render_audit
-    llm = load_model(args.model, **_given(dtype=args.dtype))
+    llm = load_model(args.model, **_placement(args))
     result = audit(llm.model, llm.tokenizer, args.data, progress=not args.quiet,
                    **_given(k=args.k, m=args.m, per_group=args.per_group, candidates=args.candidates, seed=args.seed))
     result["model"] = args.model
@@ -451,7 +465,7 @@ def cmd_eval(args) -> None:
 
     def documents():              # every stage's training data: only the command line knows them all
         return (doc for data in config.decontaminate for doc in training_documents(data))
-    runs = [evaluate(load_model(m, **_given(dtype=args.dtype)), config, model_name=m, documents=documents)
+    runs = [evaluate(load_model(m, **_placement(args)), config, model_name=m, documents=documents)
             for m in args.model]
     if args.out:
         from .files import write_json
@@ -495,7 +509,7 @@ def cmd_serve(args) -> None:
         print(f"lamina: warning: serving on {config.host} without an API key: anyone who can reach "
               "this port can use the model (set --api-key or LAMINA_API_KEY)", file=sys.stderr)
     sock = listen(config.host, config.port)   # a port in use fails before the model loads
-    run(load(args.model, **_given(dtype=args.dtype), lora=lora), config, sock)
+    run(load(args.model, **_placement(args), lora=lora), config, sock)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -522,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="output directory (hf, meta) or file (gguf); must not exist")
     p.add_argument("--to", choices=["hf", "gguf", "meta"], required=True)
     p.add_argument("--dtype", default=None,
-                   help="hf/meta: float32, bfloat16, float16 (hf default: as stored); gguf: f32, f16 (default), q8_0")
+                   help="hf/meta: float32, bfloat16, float16 (hf default: as stored); gguf: f32, f16 (default), q8_0, q4_0")
     p.add_argument("--shards", type=int, default=1, help="meta: model-parallel shards")
     p.add_argument("--drop-mtp", action="store_true",
                    help="leave out the multi-token prediction modules (next-token inference never runs them)")
@@ -796,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--max-tokens", serve, "max_tokens", type=int)
     _flag(p, "--timeout", serve, "request_timeout_s", type=float)
     _flag(p, "--drain-timeout", serve, "drain_timeout_s", type=float)
-    _flag(p, "--dtype", "serve.llm.load", "dtype", help="float32, bfloat16 or float16")
+    _placement_flags(p, "serve.llm.load")
     _flag(p, "--compile", engine, "compile", action="store_true")
     p.add_argument("--lora", action="append", metavar="NAME=DIR", default=None,
                    help="serve a LoRA adapter (a PEFT folder) on the model as NAME, the `model` a request "

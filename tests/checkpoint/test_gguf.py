@@ -203,7 +203,8 @@ def test_every_common_tensor_type_reads_as_gguf_dequantizes_it(tmp_path, tokeniz
 
 # dtype -> (GGUF type of matrices, how close lamina's read-back is to the original, relative to the
 # largest weight: F16 keeps 11 significant bits, Q8_0 rounds to 1/254 of each block's largest value)
-WRITTEN = {"f32": (Q.F32, 0.0), "f16": (Q.F16, 2 ** -11), "q8_0": (Q.Q8_0, 1 / 254 + 2 ** -11)}
+WRITTEN = {"f32": (Q.F32, 0.0), "f16": (Q.F16, 2 ** -11), "q8_0": (Q.Q8_0, 1 / 254 + 2 ** -11),
+           "q4_0": (Q.Q4_0, 1 / 8 + 2 ** -11)}   # Q4_0: steps of 1/8 of a block's largest magnitude, one side cut at 7
 
 
 @pytest.mark.parametrize("dtype", WRITTEN)
@@ -216,7 +217,7 @@ def test_written_gguf_reads_back_through_gguf_package_and_lamina(tmp_path, token
 
     expected = {
         "general.architecture": "llama", "general.name": "tiny", "general.quantization_version": 2,
-        "general.file_type": {"f32": 0, "f16": 1, "q8_0": 7}[dtype],
+        "general.file_type": {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}[dtype],
         "llama.context_length": 256, "llama.embedding_length": 128, "llama.block_count": 2,
         "llama.feed_forward_length": 256, "llama.attention.head_count": 4,
         "llama.attention.head_count_kv": 2, "llama.rope.dimension_count": 32,
@@ -240,7 +241,8 @@ def test_written_gguf_reads_back_through_gguf_package_and_lamina(tmp_path, token
     for name, w in state.items():
         t = tensors[gguf_name(name)]
         assert tuple(reversed(t.shape.tolist())) == tuple(w.shape), name
-        assert t.tensor_type == (Q.F32 if w.ndim == 1 else qtype), name
+        wider = dtype == "q4_0" and name in ("tok_embeddings.weight", "output.weight")   # llama.cpp's way
+        assert t.tensor_type == (Q.F32 if w.ndim == 1 else Q.Q8_0 if wider else qtype), name
         ours = gguf_order(name, w, config)
         stored = gguf.quants.dequantize(t.data, t.tensor_type).reshape(ours.shape)
         roundtrip = gguf.quants.dequantize(gguf.quants.quantize(ours, t.tensor_type), t.tensor_type)
@@ -263,7 +265,7 @@ def test_written_gguf_reads_back_through_gguf_package_and_lamina(tmp_path, token
     assert t.encode(TEXT + "<|im_end|> 2024 ünïcödé") == tokenizer.encode(TEXT + "<|im_end|> 2024 ünïcödé")
 
 
-@pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-4), ("f16", 5e-3), ("q8_0", 5e-2)])
+@pytest.mark.parametrize("dtype, tolerance", [("f32", 1e-4), ("f16", 5e-3), ("q8_0", 5e-2), ("q4_0", 5e-2)])
 def test_llama_cpp_loads_lamina_gguf_with_equal_logits(tmp_path, tokenizer, dtype, tolerance):
     config = tiny(tokenizer)                        # 4 query heads share 2 key/value heads
     model = random_model(config, seed=1)
@@ -326,8 +328,8 @@ def test_llama_cpp_continues_lamina_written_smollm2_like_lamina(tmp_path, smollm
 
 # -- bad input -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", ["q4_0", "bf16", "F16", "float32"])
-def test_writing_a_dtype_other_than_f32_f16_q8_0_raises_and_writes_nothing(tmp_path, tokenizer, dtype):
+@pytest.mark.parametrize("dtype", ["q4_k", "bf16", "F16", "float32"])
+def test_writing_a_dtype_other_than_f32_f16_q8_0_q4_0_raises_and_writes_nothing(tmp_path, tokenizer, dtype):
     config = tiny(tokenizer, n_layers=1)
     with pytest.raises(LaminaError, match=f"GGUF dtype '{dtype}' cannot be written"):
         write_gguf(tmp_path / "m.gguf", config, weights(random_model(config)), tokenizer, dtype=dtype)

@@ -26,6 +26,9 @@ class Checkpoint:
     format: str                         # "hf", "gguf" or "meta"
     dtypes: dict[str, int] = field(default_factory=dict)   # stored dtype/quantization -> count
     metadata: dict = field(default_factory=dict)           # lamina.json, GGUF general.*, ...
+    # GGUF's Q8_0/Q4_0/Q4_1 tensors as stored (gguf.Blocks, read on demand by gguf.block_codes):
+    # `lamina.load(quantize=...)` takes their codes as they are instead of rounding the floats again
+    blocks: dict = field(default_factory=dict)
 
 
 _IMPLIED_BY = {"hf": "config.json", "gguf": "the GGUF metadata", "meta": "params.json"}

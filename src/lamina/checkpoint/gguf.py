@@ -1,11 +1,12 @@
 """GGUF, llama.cpp's format: read (any type the `gguf` package can dequantize, F32/F16/BF16/Q8_0/
 Q4_0/Q4_1 and the K-quants among them) into float32 weights plus the tokenizer from the file's
-metadata, and write F32, F16 or Q8_0 files that llama.cpp loads. `gguf_file` parses the header;
+metadata, and write F32, F16, Q8_0 or Q4_0 files that llama.cpp loads. `gguf_file` parses the header;
 the `gguf` package writes files and knows the block formats."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -21,17 +22,52 @@ from ..model.rope import rope_inv_freq
 from ..tokenizer import Tokenizer, gguf_metadata, tokenizer_from_gguf
 from ..tokenizer.gguf_vocab import UNUSED
 from .base import Checkpoint, check_weights, config_error
-from .layout import from_lamina, latent_rope_rows, qk_rows, to_lamina
+from .layout import from_lamina, interleaved_to_halves, is_key, is_query, latent_rope_rows, qk_rows, to_lamina
 
 Q = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
-WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0}
+WRITE_TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# what a Q4_0 file keeps in 8 bits, as llama.cpp's quantizer keeps the embedding and the head wider
+_WIDER_IN_Q4 = ("tok_embeddings.weight", "output.weight")
 ARCHITECTURES = ("llama", "qwen3", "qwen3moe", "llama4", "deepseek2")     # llama.cpp's, that lamina reads and writes
 # those whose query/key rows hold RoPE pairs interleaved, as Meta's do; Qwen3's rotate halves as
 # lamina's do, and deepseek2's rotated rows are DeepSeek's own (`latent_rope_rows`)
 INTERLEAVED_ROWS = ("llama", "llama4")
 # those that state the experts' width in `expert_feed_forward_length` (llama's, Mixtral's, in `feed_forward_length`)
 OWN_EXPERT_WIDTH = ("qwen3moe", "llama4", "deepseek2")
+
+
+@dataclass
+class Blocks:
+    """One tensor's llama.cpp blocks as the file holds them: (rows, bytes per row), memory-mapped."""
+    type: Q
+    data: np.ndarray
+    heads: int = 0      # its rows interleave RoPE pairs within this many heads (lamina's are halves)
+
+
+# llama.cpp block types lamina's QuantizedLinear holds exactly: (bits, bytes of a block of 32)
+EXACT_BLOCKS = {Q.Q8_0: (8, 34), Q.Q4_0: (4, 18), Q.Q4_1: (4, 20)}
+
+
+def block_codes(b: Blocks) -> tuple[int, Tensor, Tensor, Tensor | None]:
+    """(bits, codes (rows, cols), scales and offsets (rows, cols / 32)) of Q8_0 (w = q * d), Q4_0
+    (w = (q - 8) * d) or Q4_1 (w = q * d + m) blocks; a block's 4-bit codes hold elements 0-15 in
+    their low nibbles and 16-31 in their high ones."""
+    bits, size = EXACT_BLOCKS[b.type]
+    raw = torch.from_numpy(np.array(b.data)).view(b.data.shape[0], -1, size)   # (rows, blocks, bytes)
+    scales = raw[..., :2].contiguous().view(torch.float16)[..., 0].float()
+    offsets = None
+    if b.type == Q.Q8_0:
+        codes = raw[..., 2:].contiguous().view(torch.int8)
+    else:
+        packed = raw[..., 2:] if b.type == Q.Q4_0 else raw[..., 4:]
+        codes = torch.cat((packed & 15, packed >> 4), -1)
+        offsets = -8 * scales if b.type == Q.Q4_0 else raw[..., 2:4].contiguous().view(torch.float16)[..., 0].float()
+    codes = codes.reshape(codes.shape[0], -1)
+    if b.heads:
+        codes, scales = interleaved_to_halves(codes, b.heads), interleaved_to_halves(scales, b.heads)
+        offsets = None if offsets is None else interleaved_to_halves(offsets, b.heads)
+    return bits, codes, scales, offsets
 
 
 def _dequantize(t: TensorInfo) -> np.ndarray:
@@ -165,6 +201,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
                               f"fit the config ({e})") from None
     check_weights(config, shapes, path, "gguf")
     weights: dict[str, Tensor] = {}
+    blocks: dict[str, Blocks] = {}
     types: Counter = Counter()
     interleaved = meta.get("general.architecture") in INTERLEAVED_ROWS
     for t in tensors:
@@ -176,11 +213,14 @@ def read_gguf(path: str | Path) -> Checkpoint:
         w = torch.from_numpy(np.array(array, dtype=np.float32))   # own, writable memory
         weights[name] = qk_rows(config, name, w, to_halves=True) if interleaved else w
         types[t.type.name] += 1
+        if t.type in EXACT_BLOCKS and len(t.shape) == 2 and not deepseek2:
+            heads = config.n_heads if is_query(name) else config.n_kv_heads if is_key(name) else 0
+            blocks[name] = Blocks(t.type, t.data, heads if interleaved else 0)
     if deepseek2:
         weights = _deepseek2_from_gguf(config, weights)
     tokenizer = _tokenizer(meta, path) if "tokenizer.ggml.model" in meta else None
     general = {k: v for k, v in meta.items() if k.startswith("general.")}
-    return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general)
+    return Checkpoint(config, weights, tokenizer, path, "gguf", dict(types), general, blocks)
 
 
 def _tokenizer(meta: dict, path: Path) -> Tokenizer:
@@ -198,8 +238,8 @@ def _tokenizer(meta: dict, path: Path) -> Tokenizer:
 def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
                tokenizer: Tokenizer | None, *, dtype: str = "f16", name: str = "lamina") -> Path:
     """A GGUF file llama.cpp loads: llama architecture keys, the tokenizer, Meta-ordered Q/K rows.
-    Norms stay F32 (llama.cpp requires it); a matrix whose rows do not split into Q8_0 blocks
-    falls back to F16, as llama.cpp's converter does."""
+    Norms stay F32 (llama.cpp requires it); a matrix whose rows do not split into blocks of 32
+    falls back to F16, as llama.cpp's converter does; q4_0 keeps the embedding and head Q8_0."""
     dst = Path(dst)
     if dtype not in WRITE_TYPES:
         raise LaminaError(f"GGUF dtype {dtype!r} cannot be written (choose {', '.join(WRITE_TYPES)})")
@@ -212,7 +252,7 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
     vocab = _vocab_metadata(tokenizer, config.vocab_size)
     qtype = WRITE_TYPES[dtype]
     file_type = {Q.F32: gguf.LlamaFileType.ALL_F32, Q.F16: gguf.LlamaFileType.MOSTLY_F16,
-                 Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+                 Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
     with atomic_file(dst) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_name(name)
@@ -272,8 +312,8 @@ def write_gguf(dst: str | Path, config: ModelConfig, weights: dict[str, Tensor],
             if arch in INTERLEAVED_ROWS:
                 t = qk_rows(config, lamina_name, t, to_halves=False)
             array = t.numpy()
-            kind = Q.F32 if array.ndim == 1 else qtype
-            if kind == Q.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+            kind = Q.F32 if array.ndim == 1 else Q.Q8_0 if qtype == Q.Q4_0 and lamina_name in _WIDER_IN_Q4 else qtype
+            if kind in (Q.Q8_0, Q.Q4_0) and array.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0]:
                 kind = Q.F16
             w.add_tensor(from_lamina(lamina_name, "gguf", arch), gguf.quants.quantize(array, kind),
                          raw_dtype=kind)

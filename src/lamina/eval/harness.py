@@ -242,11 +242,11 @@ def corpus_reader(config: EvalConfig) -> Documents:
     return lambda: chain.from_iterable(corpus_texts(c) for c in config.decontaminate)
 
 
-def load_model(ref: str, dtype: str = "float32", device: str = "cpu") -> LLM:
+def load_model(ref: str, dtype: str | None = None, device: str | None = None, quantize: str | None = None) -> LLM:
     """Any model reference (directory, GGUF, Meta checkpoint, packaged name), or one clear error."""
     from ..serve import load
     try:
-        return load(ref, dtype=dtype, device=device)
+        return load(ref, dtype=dtype, device=device, quantize=quantize)
     except LaminaError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:

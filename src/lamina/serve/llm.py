@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..dtypes import parse_dtype
+from ..devices import check_fits, placement
 from ..errors import LaminaError
-from ..model import Transformer, from_state_dict
+from ..model import Transformer, count_params, from_state_dict
+from ..model.quant import BITS, quantize_model, quantized_size
 from ..tokenizer import Tokenizer, render_chat
 from .adapters import Adapters
 from .engine import Engine
@@ -87,14 +88,22 @@ class LLM:
         return "".join(self.stream(messages, **kw))
 
 
+def _stored_codes(ck: Checkpoint, name: str):
+    """The codes a GGUF file holds for weight `name` (a tied head: the embedding's)."""
+    from ..checkpoint.gguf import block_codes
+    if name == "output.weight" and ck.config.tie_embeddings:
+        name = "tok_embeddings.weight"
+    return block_codes(ck.blocks[name]) if name in ck.blocks else None
+
+
 def move_to_huge_pages(model: nn.Module) -> None:
-    """Move a CPU model's parameters into one anonymous mapping that Linux backs with 2 MB pages
+    """Move a CPU model's parameters and buffers (a quantized model's weights are buffers) into one anonymous mapping that Linux backs with 2 MB pages
     (transparent huge pages, asked for with madvise; the parameters stay the same objects).
 
     Batch-1 decode streams every weight once per token, and with 4 KB pages the TLB misses cost
     about 8% of compiled decode speed on 2 cores (bench/decode.py). If the kernel declines the
     advice, this is an ordinary copy."""
-    params = list(model.parameters())                    # a tied parameter appears once
+    params = list(model.parameters()) + list(model.buffers())   # a tied parameter appears once
     sizes = [-(-p.nbytes // 64) * 64 for p in params]    # keep every tensor 64-byte aligned
     buffer = mmap.mmap(-1, sum(sizes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     buffer.madvise(mmap.MADV_HUGEPAGE)
@@ -105,21 +114,36 @@ def move_to_huge_pages(model: nn.Module) -> None:
         offset += size
 
 
-def load(model: str | Path, *, dtype: str | torch.dtype = "float32", device: str = "cpu",
+def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
          compile: bool = False, tokenizer: str | Path | None = None,
-         lora: dict[str, str | Path] | None = None, speculate: int = 0) -> LLM:
+         lora: dict[str, str | Path] | None = None, speculate: int = 0, quantize: str | None = None) -> LLM:
     """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name;
     with `lora`, LoRA adapter folders (PEFT format) by name, served side by side on it. With
     `speculate`, greedy generation of one prompt drafts that many tokens a step with the model's
-    multi-token prediction modules (the same output, fewer forwards when they guess right)."""
+    multi-token prediction modules (the same output, fewer forwards when they guess right).
+    `device`: default the GPU when one is visible, else the CPU; `dtype`: default bfloat16 on a
+    GPU, float32 on a CPU. Weights that cannot fit in the device's free memory are refused
+    before they load. `quantize`: "int8" or "int4" weight-only quantization of the projections
+    and the output head (`lamina.model.quant`), done on the CPU before the model moves."""
+    where, dtype = placement(device, dtype)
     ck = load_checkpoint(model)
     tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
     if tok is None:
         raise LaminaError(f"{ck.path}: carries no tokenizer; pass tokenizer=DIR")
+    if quantize is not None and quantize not in BITS:
+        raise LaminaError(f"quantize: {quantize!r} is not a quantization; choose int8 or int4")
+    if quantize and lora:
+        raise LaminaError("LoRA adapters are served on unquantized weights; leave out quantize")
+    c = ck.config
+    check_fits(quantized_size(count_params(c, mtp=True), c.vocab_size * c.dim, c.tie_embeddings, dtype.itemsize,
+                              quantize), where, str(ck.path))
     try:
-        net = from_state_dict(ck.config, ck.weights, parse_dtype(dtype)).to(device)
+        net = from_state_dict(ck.config, ck.weights, dtype)
     except ValueError as e:
         raise LaminaError(f"{ck.path}: {e}") from None
+    if quantize:
+        quantize_model(net, quantize, lambda name: _stored_codes(ck, name))
+    net = net.to(where)
     if net.tok_embeddings.weight.is_cpu and sys.platform == "linux":
         params = dict(net.named_parameters())
         shared = [k for k, t in ck.weights.items()
