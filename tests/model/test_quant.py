@@ -113,3 +113,17 @@ def test_a_gguf_model_quantized_to_its_own_precision_keeps_its_weights_exactly()
         torch.testing.assert_close(quantized.engine.model(ids), floats, rtol=1e-4, atol=1e-4)
     kinds = {(m.bits, m.group) for m in quantized.engine.model.modules() if isinstance(m, QuantizedLinear)}
     assert kinds == {(4, 32), (8, 32)}
+
+
+@pytest.mark.slow
+def test_two_compiled_models_in_one_process_each_decode_as_themselves():
+    """Compiled decode steps skip the guards on the model's weights (a millisecond a token): each
+    engine compiles a step of its own, so an int4 model after an int8 one of the same
+    architecture never runs the int8 model's graph (it did: its weights are packed two rows a byte)."""
+    from lamina.serve.engine import Engine
+    from lamina.serve.sampling import SamplingParams
+    params = SamplingParams(max_new_tokens=6, temperature=0, stop_token_ids=())
+    for method in ("int8", "int4"):
+        model = quantize_model(init_weights(Transformer(preset("debug")), seed=4, std=0.2), method)
+        eager = list(Engine(model).generate([[1, 5, 9]], params))
+        assert list(Engine(model, compile=True).generate([[1, 5, 9]], params)) == eager

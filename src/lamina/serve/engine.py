@@ -7,6 +7,7 @@ work beyond sampling."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
 import torch
@@ -18,13 +19,21 @@ from .sampling import SamplingParams, next_token
 from .speculative import speculate
 
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
+_STEPS = itertools.count()
 
 
 def compile_decode_step(model: Transformer):
     """The model's forward (logits of every position; a decode step has one) compiled for decode
     steps: one graph per (batch, cache length), whose single-row matmuls become multi-core GEMV
-    kernels (see `lamina.model.layers.linear`)."""
-    return torch.compile(model, dynamic=False, fullgraph=True, options={
+    kernels (see `lamina.model.layers.linear`).
+
+    Dynamo keeps compiled graphs per code object, and without the guards skipped below a second
+    model in the process (another engine, its weights of other shapes: an int4 model after an
+    int8 one) would run the first one's graph. So each call compiles a step of its own code."""
+    def step(*args, **kwargs):
+        return model(*args, **kwargs)
+    step.__code__ = step.__code__.replace(co_name=f"decode_step_{next(_STEPS)}")
+    return torch.compile(step, dynamic=False, fullgraph=True, options={
         # The engine owns the model and never swaps its modules or parameters, so dynamo need not
         # re-check ~300 of them before every step (about 1 ms a token on 2 cores).
         "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
