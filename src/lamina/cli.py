@@ -101,8 +101,10 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--compile", "serve.llm.load", "compile", action="store_true",
           help="torch.compile the decode step (slow start, fast decode)")
     _flag(p, "--speculate", "serve.llm.load", "speculate", type=int, metavar="N",
-          help="greedy only: the model's multi-token prediction modules draft N tokens a step, checked "
-               "in one forward (same output)")
+          help="greedy only: draft N tokens a step, checked in one forward (same output)")
+    _flag(p, "--draft", "serve.llm.load", "draft", metavar="mtp|lookup|MODEL",
+          help="what drafts for --speculate: the model's multi-token prediction modules, prompt lookup "
+               "(tokens that followed the last few earlier in the text), or a draft model sharing the tokenizer")
 
 
 def _sampling(args) -> dict:
@@ -112,7 +114,8 @@ def _sampling(args) -> dict:
 
 def _load(args):
     from .serve import load
-    return load(args.model, **_placement(args), **_given(compile=args.compile, speculate=args.speculate))
+    return load(args.model, **_placement(args), **_given(compile=args.compile, speculate=args.speculate,
+                                                          draft=args.draft))
 
 
 def cmd_generate(args) -> None:

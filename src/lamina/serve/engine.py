@@ -45,9 +45,11 @@ def compile_decode_step(model: Transformer):
 
 class Engine:
     def __init__(self, model: Transformer, *, compile: bool = False, adapters: Adapters | None = None,
-                 speculate: int = 0, expand_latent: bool = False):
-        """`speculate`: greedy requests of one prompt draft this many tokens a step with the
-        model's multi-token prediction modules (`speculative.py`); the output is the same.
+                 speculate: int = 0, draft: str | Transformer = "mtp", expand_latent: bool = False):
+        """`speculate`: greedy requests of one prompt draft this many tokens a step, checked in
+        one forward (`speculative.py`), with `draft`: "mtp" (the model's multi-token prediction
+        modules), "lookup" (prompt lookup) or a draft model of the same vocabulary; the output is
+        the same.
         `expand_latent`: a latent-attention model caches every head's keys and values, the naive
         cache (for measuring the latent one against it)."""
         self.expand_latent = expand_latent
@@ -56,11 +58,16 @@ class Engine:
         self.adapters = adapters or Adapters(model, {})
         if compile and len(self.adapters):
             raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
-        if speculate and not 1 <= speculate <= self.config.mtp_depth:
+        if speculate and draft == "mtp" and not 1 <= speculate <= self.config.mtp_depth:
             raise LaminaError(f"speculate: this model's multi-token prediction modules propose 1 to "
                               f"{self.config.mtp_depth} tokens a step" if self.config.mtp_depth else
-                              "speculate: this model has no multi-token prediction modules to draft with")
-        self.speculate = speculate
+                              "speculate: this model has no multi-token prediction modules to draft with; "
+                              "draft by prompt lookup (--draft lookup) or with a draft model (--draft MODEL)")
+        if speculate and draft != "mtp" and not 1 <= speculate <= 64:
+            raise LaminaError(f"speculate: propose 1 to 64 tokens a step, not {speculate}")
+        if isinstance(draft, Transformer) and draft.config.vocab_size != self.config.vocab_size:
+            raise LaminaError("the draft model's vocabulary differs from the model's: it must share its tokenizer")
+        self.speculate, self.draft = speculate, draft
         self.compiled = compile
         self._decode = compile_decode_step(model) if compile else model
 
@@ -89,7 +96,7 @@ class Engine:
                               "eval scorer, not from Engine.generate")
         if self.speculate and len(prompts) == 1 and not any(rows) and _plain_greedy(params):
             for token in speculate(self.model, prompts[0], params.max_new_tokens, n_tokens=self.speculate,
-                                   stop_token_ids=params.stop_token_ids, include_stop=include_stop):
+                                   draft=self.draft, stop_token_ids=params.stop_token_ids, include_stop=include_stop):
                 yield [token]
             return
         B, P = len(prompts), max(len(p) for p in prompts)

@@ -24,12 +24,12 @@ from .text import TextStream
 class LLM:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,
                  checkpoint: Checkpoint | None = None, lora: dict[str, str | Path] | None = None,
-                 speculate: int = 0):
+                 speculate: int = 0, draft: str | Transformer = "mtp"):
         """`lora`: LoRA adapter folders (PEFT format) by name, put on the model side by side and
         chosen per call (`adapter=NAME`) or per request by `lamina serve`."""
         self.model, self.tokenizer, self.checkpoint = model, tokenizer, checkpoint
         self.adapters = Adapters(model, lora or {})
-        self.engine = Engine(model, compile=compile, adapters=self.adapters, speculate=speculate)
+        self.engine = Engine(model, compile=compile, adapters=self.adapters, speculate=speculate, draft=draft)
 
     def _rows(self, adapter: str | None, n: int) -> list[int]:
         if adapter is None:
@@ -116,11 +116,14 @@ def move_to_huge_pages(model: nn.Module) -> None:
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
          compile: bool = False, tokenizer: str | Path | None = None,
-         lora: dict[str, str | Path] | None = None, speculate: int = 0, quantize: str | None = None) -> LLM:
+         lora: dict[str, str | Path] | None = None, speculate: int = 0, draft: str | Path | Transformer = "mtp",
+         quantize: str | None = None) -> LLM:
     """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name;
     with `lora`, LoRA adapter folders (PEFT format) by name, served side by side on it. With
     `speculate`, greedy generation of one prompt drafts that many tokens a step with the model's
-    multi-token prediction modules (the same output, fewer forwards when they guess right).
+    multi-token prediction modules (the same output, fewer forwards when they guess right), or
+    with `draft`: "lookup" (prompt lookup, no model) or a draft model (a reference to load the
+    same way, or a Transformer) sharing the model's tokenizer.
     `device`: default the GPU when one is visible, else the CPU; `dtype`: default bfloat16 on a
     GPU, float32 on a CPU. Weights that cannot fit in the device's free memory are refused
     before they load. `quantize`: "int8" or "int4" weight-only quantization of the projections
@@ -151,4 +154,16 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: s
         move_to_huge_pages(net)
         for k in shared:   # the checkpoint keeps the model's tensors, not the copies left behind
             ck.weights[k] = params[k].detach()
-    return LLM(net, tok, compile=compile, checkpoint=ck, lora=lora, speculate=speculate)
+    if draft not in ("mtp", "lookup") and not isinstance(draft, Transformer):
+        draft = _draft_model(draft, tok, dtype, where)
+    return LLM(net, tok, compile=compile, checkpoint=ck, lora=lora, speculate=speculate, draft=draft)
+
+
+def _draft_model(ref: str | Path, tok: Tokenizer, dtype: torch.dtype, where: torch.device) -> Transformer:
+    """A draft model for speculative decoding: loaded like the model, refused unless its
+    tokenizer splits text as the model's does (its proposals are token ids of the model's)."""
+    ck = load_checkpoint(ref)
+    probe = "Speculative drafts: 12 tokens, ünïcödé, <tags>, code(x) {}"
+    if ck.tokenizer is None or ck.tokenizer.vocab_size != tok.vocab_size or ck.tokenizer.encode(probe) != tok.encode(probe):
+        raise LaminaError(f"{ck.path}: a draft model must share the model's tokenizer, and this one's differs")
+    return from_state_dict(ck.config, ck.weights, dtype).to(where).eval()

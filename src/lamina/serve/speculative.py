@@ -4,8 +4,16 @@ and the longest run of proposals it agrees with is kept, followed by the model's
 Each forward then yields between one and (proposals + 1) tokens, and every one of them is the
 token plain greedy decoding would have chosen.
 
-The drafter here is the model's own multi-token prediction modules (DeepSeek-V3, section 2.2 and
-5.4.3: its one module's second token was accepted 85-90% of the time, 1.8x the tokens per second).
+Three drafters:
+- "mtp", the model's own multi-token prediction modules (DeepSeek-V3, section 2.2 and 5.4.3: its
+  one module's second token was accepted 85-90% of the time, 1.8x the tokens per second);
+- "lookup", prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`): the tokens that
+  followed the latest earlier occurrence of the sequence's last few tokens, which needs no model
+  and pays off where the output repeats its input (editing code, summarising a given text);
+- a draft model with the same tokenizer (a smaller sibling, or a quantized copy of the model),
+  decoding greedily over its own cache.
+
+What follows is about the modules.
 Module m, at the last position whose hidden state the model has checked, sees that state (module
 0) or module m-1's output there, and the embedding of the token m+1 ahead, and proposes the token
 m+2 ahead: D modules propose D tokens from one position, each through its own block.
@@ -90,20 +98,80 @@ class AheadDrafter:
         return out[0], normed[0]
 
 
+class LookupDrafter:
+    """Prompt lookup: the `n_tokens` tokens that followed the latest earlier occurrence of the
+    sequence's last `ngram` tokens (the longest of max_ngram..1 that occurs); none if none does."""
+
+    def __init__(self, n_tokens: int, max_ngram: int = 3):
+        self.n, self.max_ngram = n_tokens, max_ngram
+
+    def checked(self, start: int, hidden: Tensor) -> None:
+        pass
+
+    def propose(self, seq: list[int]) -> list[int]:
+        for size in range(min(self.max_ngram, len(seq) - 1), 0, -1):
+            tail = seq[-size:]
+            for i in range(len(seq) - size - 1, -1, -1):     # latest first, never the tail itself
+                if seq[i:i + size] == tail:
+                    return seq[i + size:i + size + self.n]
+        return []
+
+
+class ModelDrafter:
+    """A draft model with the model's vocabulary: it decodes `n_tokens` greedily after the
+    sequence, over a cache of its own whose entries past the last true token are provisional and
+    rewritten at the next call."""
+
+    def __init__(self, draft: Transformer, size: int, n_tokens: int):
+        weight = draft.tok_embeddings.weight
+        self.model, self.n, self.done = draft, n_tokens, 0
+        self.cache = KVCache(draft.config, 1, size, dtype=weight.dtype, device=weight.device)
+
+    def checked(self, start: int, hidden: Tensor) -> None:
+        pass
+
+    def propose(self, seq: list[int]) -> list[int]:
+        tokens, start = seq[self.done:], self.done
+        self.done = len(seq)                       # true entries below this once the first run is done
+        proposals: list[int] = []
+        for _ in range(self.n):
+            dev = self.model.tok_embeddings.weight.device
+            positions = torch.arange(start, start + len(tokens), device=dev)
+            mask = torch.arange(start + len(tokens), device=dev)[None] <= positions[:, None]
+            hidden = self.model.body(torch.tensor([tokens], device=dev), positions[None], self.cache, positions,
+                                     mask[None, None])
+            proposals.append(int(self.model.logits(hidden[0, -1]).argmax()))
+            start, tokens = start + len(tokens), proposals[-1:]
+        return proposals
+
+
+DRAFTERS = ("mtp", "lookup")
+
+
 @torch.inference_mode()
 def speculate(model: Transformer, prompt: list[int], max_new_tokens: int, *, n_tokens: int = 1,
-              stop_token_ids: tuple[int, ...] = (), include_stop: bool = False, stats: Speculation | None = None
-              ) -> Iterator[int]:
+              draft: str | Transformer = "mtp", stop_token_ids: tuple[int, ...] = (), include_stop: bool = False,
+              stats: Speculation | None = None) -> Iterator[int]:
     """Greedy decoding of `prompt`, the tokens yielded one at a time as plain greedy decoding
-    yields them (a stop token ends it, yielded only with `include_stop`), with the model's `n_tokens`
-    first multi-token prediction modules proposing the tokens that each forward checks. `stats`,
-    when given, counts what happened."""
+    yields them (a stop token ends it, yielded only with `include_stop`), `n_tokens` proposed
+    before each forward by `draft`: "mtp" (the model's first n_tokens multi-token prediction
+    modules), "lookup" (prompt lookup) or a draft model of the same vocabulary. `stats`, when
+    given, counts what happened."""
     c = model.config
-    if not c.mtp_depth:
-        raise LaminaError("self-speculative decoding drafts with multi-token prediction modules; this model "
-                          "has none (train with model_overrides.mtp_depth, or load DeepSeek-V3's)")
-    if not 1 <= n_tokens <= c.mtp_depth:
-        raise LaminaError(f"each multi-token prediction module proposes one token: choose 1 to {c.mtp_depth}")
+    if draft == "mtp":
+        if not c.mtp_depth:
+            raise LaminaError("self-speculative decoding drafts with multi-token prediction modules; this model "
+                              "has none (train with model_overrides.mtp_depth, or load DeepSeek-V3's); "
+                              "or draft by prompt lookup or with a draft model")
+        if not 1 <= n_tokens <= c.mtp_depth:
+            raise LaminaError(f"each multi-token prediction module proposes one token: choose 1 to {c.mtp_depth}")
+    elif not 1 <= n_tokens <= 64:
+        raise LaminaError(f"speculate: propose 1 to 64 tokens a step, not {n_tokens}")
+    if isinstance(draft, Transformer) and draft.config.vocab_size != c.vocab_size:
+        raise LaminaError(f"the draft model's vocabulary has {draft.config.vocab_size} tokens, the model's "
+                          f"{c.vocab_size}: a draft model must share the model's tokenizer")
+    if not isinstance(draft, Transformer) and draft not in DRAFTERS:
+        raise LaminaError(f"draft: {draft!r} is not a drafter; choose mtp, lookup or a draft model")
     if not prompt:
         raise LaminaError("the prompt needs at least one token")
     P = len(prompt)
@@ -115,8 +183,9 @@ def speculate(model: Transformer, prompt: list[int], max_new_tokens: int, *, n_t
     stats = stats if stats is not None else Speculation()
     weight = model.tok_embeddings.weight
     dev, size = weight.device, P + max_new_tokens + n_tokens + 1
-    cache = KVCache(c, 1, size, dtype=weight.dtype, device=dev, layers=c.n_layers + c.mtp_depth)
-    drafter = AheadDrafter(model, cache, size, n_tokens)
+    cache = KVCache(c, 1, size, dtype=weight.dtype, device=dev, layers=c.n_layers + (c.mtp_depth if draft == "mtp" else 0))
+    drafter = (AheadDrafter(model, cache, size, n_tokens) if draft == "mtp" else LookupDrafter(n_tokens)
+               if draft == "lookup" else ModelDrafter(draft, size, n_tokens))
 
     def forward(tokens: list[int], start: int) -> Tensor:
         """The model over `tokens` at positions start..; their final-normed states (T, dim)."""
