@@ -39,6 +39,7 @@ from ..tokenizer import Tokenizer
 from .adapters import Adapters
 from .engine import CACHE_BLOCK, compile_decode_step
 from .grammar import Constraint
+from .prefix import PrefixCache
 from .sampling import SamplingParams, TokenLogprob, logprobs_of, next_token
 from .text import StopMatcher, TextStream
 
@@ -54,6 +55,7 @@ class BatcherConfig:
     kv_cache_mb: float = 1024.0   # memory budget for the keys and values of all slots
     max_queue: int = 64           # requests waiting for a slot; more are refused
     compile: bool = False         # torch.compile the decode step (slow start, fast decode)
+    prefix_cache_mb: float = 256.0   # keys and values of recent prompts, for requests that begin alike (0: off)
 
     def __post_init__(self) -> None:
         if self.max_slots < 1:
@@ -64,6 +66,8 @@ class BatcherConfig:
             raise LaminaError(f"the KV-cache budget must be positive, got {self.kv_cache_mb} MB")
         if self.max_queue < 0:
             raise LaminaError(f"max queue must be >= 0, got {self.max_queue}")
+        if self.prefix_cache_mb < 0:
+            raise LaminaError(f"the prefix-cache budget must be >= 0, got {self.prefix_cache_mb} MB")
 
 
 def slot_length(config: BatcherConfig, context: int, bytes_per_token: int) -> int:
@@ -181,6 +185,7 @@ class Batcher:
             torch._dynamo.config.accumulated_recompile_limit = max(
                 torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
         self._decode = compile_decode_step(model) if config.compile else model
+        self.prefixes = PrefixCache(int(config.prefix_cache_mb * 2**20)) if config.prefix_cache_mb else None
         self.running: list[Request] = []    # running[i] holds slot i
         self.waiting: deque[Request] = deque()
         self._cond = threading.Condition()
@@ -316,14 +321,16 @@ class Batcher:
                     r.slot = len(self.running)
                     self.running.append(r)
                     joining.append(r)
-        for group in prefill_groups(joining):
+        for group in self._prefill_plan(joining):
             try:
-                logits = self._prefill(group)
+                logits = self._prefill(group) if isinstance(group, list) else self._prefill_cached(*group)
             except Exception:
-                for r in group:
+                for r in group if isinstance(group, list) else group[:1]:
                     self._fail(r, "prefilling its prompt")
                 continue
-            self._advance(logits, group)
+            rows = group if isinstance(group, list) else [group[0]]
+            self._remember(rows)
+            self._advance(logits, rows)
         self._retire()
         if self.running:
             rows = self.running
@@ -340,6 +347,44 @@ class Batcher:
             self.stats["timed_out"] += 1
             self._finish(r, "timeout")
         return r.finish_reason is not None
+
+    def _prefill_plan(self, joining: list[Request]) -> list:
+        """What to prefill, in slot order: a request whose prompt begins as a recent one did, as
+        (request, shared length, stored keys and values) to prefill alone from there; runs of the
+        others, as groups prefilled together (`prefill_groups`)."""
+        plan, run = [], []
+        for r in joining:
+            shared, kv = (self.prefixes.lookup(r.adapter, r.prompt)
+                          if self.prefixes is not None and r.params.prompt_logprobs is None else (0, None))
+            if kv is None:
+                run.append(r)
+                continue
+            plan += prefill_groups(run) + [(r, shared, kv)]
+            run = []
+        return plan + prefill_groups(run)
+
+    def _prefill_cached(self, r: Request, shared: int, kv: list[Tensor]) -> Tensor:
+        """Copy the first `shared` positions of a stored prompt's keys and values into r's slot,
+        and compute the rest of r's prompt over them; logits (1, V) of its last token."""
+        for t, stored in zip(self.cache.k + self.cache.v, kv):
+            t[r.slot, :, :shared] = stored[:, :shared]
+        dev, T = self.cache.k[0].device, len(r.prompt)
+        positions = torch.arange(shared, T, device=dev)[None]                       # (1, T - shared)
+        mask = torch.arange(T, device=dev)[None, None] <= positions[..., None]      # (1, T - shared, T)
+        self.stats["prompt_tokens"] += T - shared
+        with self.adapters.select([r.adapter]):
+            hidden = self.model.body(torch.tensor([r.prompt[shared:]], device=dev), positions,
+                                     self.cache.rows(r.slot, 1), positions, mask[:, None])
+        return self.model.logits(hidden[:, -1])                                      # (1, V)
+
+    def _remember(self, rows: list[Request]) -> None:
+        """Keep the prompts just prefilled for requests that will begin alike."""
+        if self.prefixes is None:
+            return
+        for r in rows:
+            if len(r.prompt) >= self.prefixes.min_tokens:
+                self.prefixes.store(r.adapter, r.prompt,
+                                    [t[r.slot, :, :len(r.prompt)].clone() for t in self.cache.k + self.cache.v])
 
     def _prefill(self, rows: list[Request]) -> Tensor:
         """Write the prompts of requests in consecutive slots into the cache, left-padded into one

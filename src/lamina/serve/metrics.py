@@ -35,6 +35,14 @@ class EngineCollector:
                     "requests_aborted": ("requests stopped because their client went away", s["aborted"]),
                     "requests_timed_out": ("requests stopped at their deadline", s["timed_out"]),
                     "decode_steps": ("batched decode steps", s["steps"])}
+        if b.prefixes is not None:
+            p = b.prefixes.stats
+            counters.update({"prefix_cache_lookups": ("prompts looked up in the prefix cache", p["lookups"]),
+                             "prefix_cache_hits": ("prompts that began as a cached one", p["hits"]),
+                             "prefix_cache_reused_tokens": ("prompt tokens copied from the prefix cache, not computed",
+                                                            p["reused_tokens"])})
+            yield GaugeMetricFamily("lamina_prefix_cache_bytes", "bytes of keys and values the prefix cache holds",
+                                    value=b.prefixes.nbytes)
         for name, (doc, value) in counters.items():
             yield CounterMetricFamily(f"lamina_{name}", doc, value=value)
 
