@@ -43,7 +43,7 @@ def greedy(n, **kw):
 
 
 def drain(batcher, trace=None):
-    while batcher.running or batcher.waiting:
+    while batcher.running or batcher.waiting or batcher.chunked:
         batcher.step()
         if trace is not None:
             trace.append(batcher.n_running)

@@ -128,7 +128,7 @@ def debug_model():
 
 
 def run_batcher(batcher: Batcher) -> None:
-    while batcher.running or batcher.waiting:
+    while batcher.running or batcher.waiting or batcher.chunked:
         batcher.step()
 
 

@@ -98,3 +98,49 @@ def test_a_store_larger_than_the_budget_is_skipped():
     cache = PrefixCache(budget_bytes=100)
     cache.store(0, list(range(20)), [torch.zeros(1, 20, 4)])   # 320 bytes
     assert not cache.entries and cache.nbytes == 0
+
+
+def test_a_long_prompt_is_prefilled_a_chunk_a_step_while_the_others_decode(model, tokenizer):
+    """A 100-token prompt with chunks of 16 takes 7 steps to prefill in the last slot, while a
+    running request goes on decoding one token a step; both get what they would alone, and the
+    long one, done, decodes beside it from the slot after it."""
+    b = Batcher(model, tokenizer, BatcherConfig(max_slots=3, max_len=160, prefill_chunk=16, prefix_cache_mb=0))
+    short = b.submit(Request([5, 6, 7], greedy(30)))
+    b.step()
+    long_prompt = [(3 * i) % 400 + 2 for i in range(100)]
+    long = b.submit(Request(long_prompt, greedy(6)))
+    b.step()
+    assert b.chunked is long and long.slot == 2 and long.prefilled == 16
+    made = []
+    while b.chunked is not None:
+        made.append(len(short.tokens))
+        b.step()
+    assert made == list(range(made[0], made[0] + 6))        # one token a step, never stalled
+    assert long.slot == 1 and long in b.running and len(long.tokens) == 2   # joined: its first two tokens
+    text = Metrics(b).render().decode()
+    assert "lamina_prefilling_requests 0.0" in text
+    drain(b)
+    assert short.tokens == alone(model, [5, 6, 7], greedy(30))
+    assert long.tokens == alone(model, long_prompt, greedy(6))
+    assert b.stats["prompt_tokens"] == 103
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_chunked_prefill_starts_from_the_prefix_cache_and_fills_every_slot(model, tokenizer, compile):
+    """A long prompt sharing a cached beginning prefills only the rest, in chunks; requests
+    joining meanwhile take the slots below it; compiled decode, whose padding rows write the
+    free slots, leaves its slot intact."""
+    b = Batcher(model, tokenizer, BatcherConfig(max_slots=3, max_len=160, prefill_chunk=16, compile=compile))
+    base = [(5 * i) % 300 + 3 for i in range(60)]
+    first = b.submit(Request(base, greedy(2)))
+    drain(b)
+    longer = b.submit(Request(base + [7] * 40, greedy(5)))
+    others = [b.submit(Request([i + 1, i + 2], greedy(12))) for i in range(3)]
+    b.step()
+    assert b.chunked is longer and longer.prefilled == 60 + 16      # the cached 60, then a chunk
+    assert len(b.running) == 2                                      # two below it; the third waits
+    drain(b)
+    assert first.tokens == alone(model, base, greedy(2))
+    assert longer.tokens == alone(model, base + [7] * 40, greedy(5))
+    for i, r in enumerate(others):
+        assert r.tokens == alone(model, [i + 1, i + 2], greedy(12))

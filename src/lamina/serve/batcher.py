@@ -56,6 +56,7 @@ class BatcherConfig:
     max_queue: int = 64           # requests waiting for a slot; more are refused
     compile: bool = False         # torch.compile the decode step (slow start, fast decode)
     prefix_cache_mb: float = 256.0   # keys and values of recent prompts, for requests that begin alike (0: off)
+    prefill_chunk: int = 512      # a longer prompt is prefilled this many tokens a step, between decode steps (0: whole)
 
     def __post_init__(self) -> None:
         if self.max_slots < 1:
@@ -66,6 +67,8 @@ class BatcherConfig:
             raise LaminaError(f"the KV-cache budget must be positive, got {self.kv_cache_mb} MB")
         if self.max_queue < 0:
             raise LaminaError(f"max queue must be >= 0, got {self.max_queue}")
+        if self.prefill_chunk < 0:
+            raise LaminaError(f"the prefill chunk must be >= 0 tokens, got {self.prefill_chunk}")
         if self.prefix_cache_mb < 0:
             raise LaminaError(f"the prefix-cache budget must be >= 0, got {self.prefix_cache_mb} MB")
 
@@ -125,6 +128,7 @@ class Request:
     finish_reason: str | None = None
     # engine state
     slot: int = -1
+    prefilled: int = 0                                    # prompt positions in its slot, while prefilled in chunks
     generator: torch.Generator | None = None
     seen: Tensor | None = None
     counts: Tensor | None = None                          # (1, V) times each token was generated
@@ -187,6 +191,8 @@ class Batcher:
         self._decode = compile_decode_step(model) if config.compile else model
         self.prefixes = PrefixCache(int(config.prefix_cache_mb * 2**20)) if config.prefix_cache_mb else None
         self.running: list[Request] = []    # running[i] holds slot i
+        # A long prompt being prefilled a chunk a step, in the last slot (running ones sit below it)
+        self.chunked: Request | None = None
         self.waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -208,7 +214,8 @@ class Batcher:
                               f"{self.max_len - 1} fit (server max length {self.max_len})")
         with self._cond:
             # Up to max_slots requests run; up to max_queue more wait for a slot.
-            if len(self.running) + len(self.waiting) >= self.config.max_slots + self.config.max_queue:
+            if len(self.running) + len(self.waiting) + (self.chunked is not None) >= \
+                    self.config.max_slots + self.config.max_queue:
                 raise QueueFull(f"the server is at capacity ({self.config.max_slots} running, "
                                 f"{len(self.waiting)} waiting); try again later")
             self.waiting.append(request)
@@ -280,11 +287,11 @@ class Batcher:
         try:
             while True:
                 with self._cond:
-                    while not (self.waiting or self.running or self._stopping or self.draining):
+                    while not (self.waiting or self.running or self.chunked or self._stopping or self.draining):
                         self._cond.wait(timeout=1.0)   # a timeout lets Ctrl-C reach the main thread
                     if self._stopping:
                         break
-                    if self.draining and (not (self.waiting or self.running)
+                    if self.draining and (not (self.waiting or self.running or self.chunked)
                                           or time.monotonic() > self._drain_until):
                         break
                 try:
@@ -298,7 +305,8 @@ class Batcher:
                     self.running = []
         finally:   # stopped, or interrupted (Ctrl-C): no client is left waiting
             with self._cond:
-                left, self.running, self.waiting = list(self.running) + list(self.waiting), [], deque()
+                left = list(self.running) + [self.chunked] * (self.chunked is not None) + list(self.waiting)
+                self.running, self.waiting, self.chunked = [], deque(), None
             for r in left:
                 self._finish(r, "abort")
 
@@ -310,17 +318,30 @@ class Batcher:
         for r in self.running:
             self._gone(r, now)
         self._retire()
+        if self.chunked is not None:
+            self._gone(self.chunked, now)
+            self._prefill_chunk()
         with self._cond:
             for r in [r for r in self.waiting if self._gone(r, now)]:
                 self.waiting.remove(r)
             joining = []
-            # A request leaves the queue only to take a slot or to be answered with an error.
-            while self.waiting and len(self.running) < self.config.max_slots:
-                r = self.waiting.popleft()
-                if self._start(r):
-                    r.slot = len(self.running)
-                    self.running.append(r)
-                    joining.append(r)
+            # A request leaves the queue only to take a slot or to be answered with an error; a
+            # long prompt takes the last slot and is prefilled a chunk a step (one at a time).
+            while self.waiting and len(self.running) + (self.chunked is not None) < self.config.max_slots:
+                r = self.waiting[0]
+                if self._long(r) and self.chunked is not None:
+                    break
+                self.waiting.popleft()
+                if not self._start(r):
+                    continue
+                if self._long(r):
+                    r.slot, self.chunked = self.config.max_slots - 1, r
+                    continue
+                r.slot = len(self.running)
+                self.running.append(r)
+                joining.append(r)
+        if self.chunked is not None and self.chunked.prefilled == 0:
+            self._prefill_chunk()
         for group in self._prefill_plan(joining):
             try:
                 logits = self._prefill(group) if isinstance(group, list) else self._prefill_cached(*group)
@@ -348,6 +369,43 @@ class Batcher:
             self._finish(r, "timeout")
         return r.finish_reason is not None
 
+    def _long(self, r: Request) -> bool:
+        """Whether a request's prompt is prefilled in chunks (one asking for the prompt's
+        log-probabilities is prefilled whole)."""
+        chunk = self.config.prefill_chunk
+        return bool(chunk) and len(r.prompt) > chunk and r.params.prompt_logprobs is None
+
+    def _prefill_chunk(self) -> None:
+        """The next chunk of the long prompt being prefilled (the first time, whatever of it the
+        prefix cache holds is copied first); once the whole prompt is in, its first token is
+        chosen and it joins the running requests."""
+        r = self.chunked
+        if r.finish_reason is not None:
+            self.chunked = None
+            return
+        try:
+            if r.prefilled == 0 and self.prefixes is not None:
+                shared, kv = self.prefixes.lookup(r.adapter, r.prompt)
+                if kv is not None:
+                    for t, stored in zip(self.cache.k + self.cache.v, kv):
+                        t[r.slot, :, :shared] = stored[:, :shared]
+                    r.prefilled = shared
+            end = min(r.prefilled + self.config.prefill_chunk, len(r.prompt))
+            logits = self._prefill_span(r, r.prefilled, end)
+            r.prefilled = end
+        except Exception:
+            self.chunked = None
+            return self._fail(r, "prefilling its prompt")
+        if end < len(r.prompt):
+            return
+        self.chunked, n = None, len(self.running)
+        if r.slot != n:
+            self.cache.move(r.slot, n, len(r.prompt))
+            r.slot = n
+        self.running.append(r)
+        self._remember([r])
+        self._advance(logits, [r])
+
     def _prefill_plan(self, joining: list[Request]) -> list:
         """What to prefill, in slot order: a request whose prompt begins as a recent one did, as
         (request, shared length, stored keys and values) to prefill alone from there; runs of the
@@ -368,12 +426,17 @@ class Batcher:
         and compute the rest of r's prompt over them; logits (1, V) of its last token."""
         for t, stored in zip(self.cache.k + self.cache.v, kv):
             t[r.slot, :, :shared] = stored[:, :shared]
-        dev, T = self.cache.k[0].device, len(r.prompt)
-        positions = torch.arange(shared, T, device=dev)[None]                       # (1, T - shared)
-        mask = torch.arange(T, device=dev)[None, None] <= positions[..., None]      # (1, T - shared, T)
-        self.stats["prompt_tokens"] += T - shared
+        return self._prefill_span(r, shared, len(r.prompt))
+
+    def _prefill_span(self, r: Request, start: int, end: int) -> Tensor:
+        """Compute r's prompt positions start..end-1 into its slot, over the positions before
+        (already there); logits (1, V) of position end - 1."""
+        dev = self.cache.k[0].device
+        positions = torch.arange(start, end, device=dev)[None]                      # (1, end - start)
+        mask = torch.arange(end, device=dev)[None, None] <= positions[..., None]    # (1, end - start, end)
+        self.stats["prompt_tokens"] += end - start
         with self.adapters.select([r.adapter]):
-            hidden = self.model.body(torch.tensor([r.prompt[shared:]], device=dev), positions,
+            hidden = self.model.body(torch.tensor([r.prompt[start:end]], device=dev), positions,
                                      self.cache.rows(r.slot, 1), positions, mask[:, None])
         return self.model.logits(hidden[:, -1])                                      # (1, V)
 
@@ -469,14 +532,16 @@ class Batcher:
 
     def _decode_batch(self, last: list[int], at: list[int]) -> Tensor:
         """Logits (n, V) for tokens `last` at positions `at` of slots 0..n-1, padded to the
-        decode batch (padding rows write position 0 of free slots and attend to it alone; only
-        compiled, and so never with adapters, which select rows 0..n-1)."""
+        decode batch (padding rows write the last position of free slots and attend over their
+        slot; only compiled, and so never with adapters, which select rows 0..n-1)."""
         n = len(last)
         B = bucket(n, self.config.max_slots, self.config.compile)
         dev = self.cache.k[0].device
         L = min(-(-(max(at) + 1) // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
         tokens = torch.tensor(last + [0] * (B - n), device=dev)[:, None]            # (B, 1)
-        positions = torch.tensor(at + [0] * (B - n), device=dev)[:, None]           # (B, 1)
+        # padding rows write the last position of free slots, which no prompt reaches (the last
+        # slot may hold a long prompt being prefilled)
+        positions = torch.tensor(at + [self.max_len - 1] * (B - n), device=dev)[:, None]   # (B, 1)
         mask = torch.arange(L, device=dev)[None] <= positions                       # (B, L)
         logits = self._decode(tokens, positions, self.cache, positions, mask[:, None, None])
         return logits[:n, -1]                                                       # (n, V)

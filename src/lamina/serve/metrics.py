@@ -1,6 +1,7 @@
 """Prometheus metrics for `lamina serve` (/metrics): HTTP requests and latency by route and status,
 time to first token, and the engine's own counts read at scrape time (queue depth, running
-requests, free KV slots, prompt and generated tokens, requests abandoned by their client)."""
+requests, long prompts being prefilled in chunks, free KV slots, prompt and generated tokens,
+requests abandoned by their client, the prefix cache's lookups, hits, reused tokens and bytes)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ class EngineCollector:
         b, s = self.batcher, self.batcher.stats
         gauges = {"queue_depth": ("requests waiting for a KV slot", b.n_waiting),
                   "running_requests": ("requests being decoded", b.n_running),
-                  "kv_slots_free": ("KV-cache slots free", b.config.max_slots - b.n_running),
+                  "prefilling_requests": ("long prompts being prefilled a chunk a step", int(b.chunked is not None)),
+                  "kv_slots_free": ("KV-cache slots free", b.config.max_slots - b.n_running - (b.chunked is not None)),
                   "kv_slots": ("KV-cache slots", b.config.max_slots)}
         for name, (doc, value) in gauges.items():
             yield GaugeMetricFamily(f"lamina_{name}", doc, value=value)
