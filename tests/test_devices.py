@@ -59,3 +59,19 @@ def test_generate_runs_quantized_from_the_command_line(capsys):
             "--max-new-tokens", "4", "--device", "cpu"]
     assert main([*args, "--quantize", "int8"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_compiled_decode_steps_are_cached_in_the_users_cache_unless_told(monkeypatch, tmp_path):
+    """Between processes, compiled steps live in $XDG_CACHE_HOME/lamina/inductor (or ~/.cache),
+    not inductor's /tmp default, which torch writes into the variable itself; a directory the user
+    names is kept."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from lamina.serve.engine import compile_cache_dir
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert compile_cache_dir() == tmp_path / "lamina" / "inductor"
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert compile_cache_dir() == tmp_path / "lamina" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"

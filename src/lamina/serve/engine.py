@@ -8,6 +8,8 @@ work beyond sampling."""
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -22,6 +24,19 @@ CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps a
 _STEPS = itertools.count()
 
 
+def compile_cache_dir() -> Path:
+    """Where compiled decode steps are kept between processes, so that a second start compiles
+    in seconds: $TORCHINDUCTOR_CACHE_DIR if set, else lamina's folder in the user's cache
+    ($XDG_CACHE_HOME, or ~/.cache: lamina/inductor) rather than inductor's default under /tmp,
+    which a reboot empties. (torch writes its default into the variable when it first looks, so
+    that value counts as unset.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if given and given != default_cache_dir():
+        return Path(given)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lamina" / "inductor"
+
+
 def compile_decode_step(model: Transformer):
     """The model's forward (logits of every position; a decode step has one) compiled for decode
     steps: one graph per (batch, cache length), whose single-row matmuls become multi-core GEMV
@@ -30,6 +45,8 @@ def compile_decode_step(model: Transformer):
     Dynamo keeps compiled graphs per code object, and without the guards skipped below a second
     model in the process (another engine, its weights of other shapes: an int4 model after an
     int8 one) would run the first one's graph. So each call compiles a step of its own code."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache_dir())
+
     def step(*args, **kwargs):
         return model(*args, **kwargs)
     step.__code__ = step.__code__.replace(co_name=f"decode_step_{next(_STEPS)}")
