@@ -485,7 +485,7 @@ def serve_config(args):
     from .serve.api import ServeConfig
     engine = BatcherConfig(**_given(max_slots=args.max_concurrency, max_len=args.max_len,
                                     kv_cache_mb=args.kv_cache_mb, max_queue=args.max_queue, compile=args.compile,
-                                    prefix_cache_mb=args.prefix_cache_mb))
+                                    prefix_cache_mb=args.prefix_cache_mb, prefill_chunk=args.prefill_chunk))
     return ServeConfig(**_given(host=args.host, port=args.port, max_prompt_tokens=args.max_prompt_tokens,
                                 max_tokens=args.max_tokens, request_timeout_s=args.timeout,
                                 drain_timeout_s=args.drain_timeout),
@@ -811,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--max-len", engine, "max_len", type=int)
     _flag(p, "--kv-cache-mb", engine, "kv_cache_mb", type=float)
     _flag(p, "--prefix-cache-mb", engine, "prefix_cache_mb", type=float)
+    _flag(p, "--prefill-chunk", engine, "prefill_chunk", type=int)
     _flag(p, "--max-prompt-tokens", serve, "max_prompt_tokens", type=int)
     _flag(p, "--max-tokens", serve, "max_tokens", type=int)
     _flag(p, "--timeout", serve, "request_timeout_s", type=float)
