@@ -53,15 +53,26 @@ class QuantizedLinear(nn.Module):
     def from_weight(cls, weight: Tensor, bits: int, group: int = 0) -> QuantizedLinear:
         """Round-to-nearest quantization of a float weight (symmetric int8, asymmetric int4)."""
         out_features, in_features = weight.shape
-        q = cls(out_features, in_features, bits, group, weight.dtype).to(weight.device)
-        w = weight.detach().float().reshape(out_features, -1, q.group)
+        group = group or (in_features if bits == 8 else INT4_GROUP)
+        w = weight.detach().float().reshape(out_features, -1, group)
         if bits == 8:
-            scale = w.abs().amax(-1).clamp(min=1e-12) / 127
-            q.set_int8((w / scale[..., None]).round().clamp(-127, 127).view(out_features, -1), scale)
+            scale, offset = w.abs().amax(-1).clamp(min=1e-12) / 127, None
+            codes = (w / scale[..., None]).round().clamp(-127, 127)
         else:
-            low, high = w.amin(-1), w.amax(-1)
-            scale = ((high - low) / 15).clamp(min=1e-12)
-            q.set_int4(((w - low[..., None]) / scale[..., None]).round().clamp(0, 15).view(out_features, -1), scale, low)
+            offset = w.amin(-1)
+            scale = ((w.amax(-1) - offset) / 15).clamp(min=1e-12)
+            codes = ((w - offset[..., None]) / scale[..., None]).round().clamp(0, 15)
+        return cls.from_codes(bits, codes.view(out_features, -1), scale, offset, weight.dtype).to(weight.device)
+
+    @classmethod
+    def from_codes(cls, bits: int, codes: Tensor, scales: Tensor, offsets: Tensor | None,
+                   dtype: torch.dtype) -> QuantizedLinear:
+        """A layer holding these codes (out, in) and their scales and offsets (out, in / group)."""
+        q = cls(codes.shape[0], codes.shape[1], bits, codes.shape[1] // scales.shape[1], dtype)
+        if bits == 8:
+            q.set_int8(codes, scales.to(dtype))
+        else:
+            q.set_int4(codes, scales.to(dtype), offsets.to(dtype))
         return q
 
     def set_int8(self, codes: Tensor, scales: Tensor) -> None:
@@ -86,11 +97,13 @@ class QuantizedLinear(nn.Module):
 
     def dequantize(self, dtype: torch.dtype | None = None) -> Tensor:
         """The float weight (out, in) these codes stand for."""
-        dtype = dtype or self.scales.dtype
-        w = self.codes().to(dtype).view(self.out_features, -1, self.group) * self.scales.to(dtype)[..., None]
-        if self.offsets is not None:
-            w = w + self.offsets.to(dtype)[..., None]
+        w = self._weights(self.codes(), self.scales, self.offsets, dtype or self.scales.dtype)
         return w.view(self.out_features, self.in_features)
+
+    def _weights(self, codes: Tensor, scales: Tensor, offsets: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """Codes (rows, in) and their rows' scales and offsets as float weights (rows, in/G, G)."""
+        w = codes.to(dtype).view(codes.shape[0], -1, self.group) * scales.to(dtype)[..., None]
+        return w if offsets is None else w + offsets.to(dtype)[..., None]
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.compiler.is_compiling() and x.is_cpu and x.shape[:-1].numel() == 1:
@@ -102,19 +115,14 @@ class QuantizedLinear(nn.Module):
                 y = self._gemv(groups, self.qweight, self.scales, None)
             else:
                 half, packed = self.out_features // 2, self.qweight.to(torch.int32)
-                offsets = self.offsets
-                y = torch.cat((self._gemv(groups, packed & 15, self.scales[:half], offsets[:half]),
-                               self._gemv(groups, (packed >> 4) & 15, self.scales[half:], offsets[half:])))
+                y = torch.cat((self._gemv(groups, packed & 15, self.scales[:half], self.offsets[:half]),
+                               self._gemv(groups, (packed >> 4) & 15, self.scales[half:], self.offsets[half:])))
             return y.view(*x.shape[:-1], self.out_features)
         return F.linear(x, self.dequantize(x.dtype))
 
     def _gemv(self, groups: Tensor, codes: Tensor, scales: Tensor, offsets: Tensor | None) -> Tensor:
         """(1, in/G, G) activations times the rows whose codes (rows, in) these are: (rows,)."""
-        dtype = groups.dtype
-        w = codes.to(dtype).view(codes.shape[0], -1, self.group) * scales.to(dtype)[..., None]
-        if offsets is not None:
-            w = w + offsets.to(dtype)[..., None]
-        return (groups * w).sum((-1, -2))
+        return (groups * self._weights(codes, scales, offsets, groups.dtype)).sum((-1, -2))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int{self.bits}, group={self.group}"
@@ -142,13 +150,7 @@ def quantize_model(model: nn.Module, method: str, stored: Callable[[str], Codes 
             exact = stored(f"{name}.{child_name}.weight".lstrip(".")) if stored else None
             if exact is not None and exact[0] == bits and exact[1].shape == child.weight.shape \
                     and not (bits == 4 and child.out_features % 2):
-                q = QuantizedLinear(child.out_features, child.in_features, bits, INT4_GROUP, child.weight.dtype)
-                dtype = child.weight.dtype
-                if bits == 8:
-                    q.set_int8(exact[1], exact[2].to(dtype))
-                else:
-                    q.set_int4(exact[1], exact[2].to(dtype), exact[3].to(dtype))
-                setattr(module, child_name, q.to(child.weight.device))
+                setattr(module, child_name, QuantizedLinear.from_codes(*exact, child.weight.dtype).to(child.weight.device))
                 continue
             group = 0 if bits == 8 else INT4_GROUP
             if child.in_features % (group or child.in_features) or (group and child.out_features % 2):

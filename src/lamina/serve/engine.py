@@ -18,7 +18,7 @@ from ..errors import LaminaError
 from ..model import KVCache, Transformer
 from .adapters import Adapters
 from .sampling import SamplingParams, next_token
-from .speculative import speculate
+from .speculative import check_draft, speculate
 
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
 _STEPS = itertools.count()
@@ -75,15 +75,8 @@ class Engine:
         self.adapters = adapters or Adapters(model, {})
         if compile and len(self.adapters):
             raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
-        if speculate and draft == "mtp" and not 1 <= speculate <= self.config.mtp_depth:
-            raise LaminaError(f"speculate: this model's multi-token prediction modules propose 1 to "
-                              f"{self.config.mtp_depth} tokens a step" if self.config.mtp_depth else
-                              "speculate: this model has no multi-token prediction modules to draft with; "
-                              "draft by prompt lookup (--draft lookup) or with a draft model (--draft MODEL)")
-        if speculate and draft != "mtp" and not 1 <= speculate <= 64:
-            raise LaminaError(f"speculate: propose 1 to 64 tokens a step, not {speculate}")
-        if isinstance(draft, Transformer) and draft.config.vocab_size != self.config.vocab_size:
-            raise LaminaError("the draft model's vocabulary differs from the model's: it must share its tokenizer")
+        if speculate:
+            check_draft(self.config, speculate, draft)
         self.speculate, self.draft = speculate, draft
         self.compiled = compile
         self._decode = compile_decode_step(model) if compile else model

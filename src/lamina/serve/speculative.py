@@ -148,6 +148,26 @@ class ModelDrafter:
 DRAFTERS = ("mtp", "lookup")
 
 
+def check_draft(c, n_tokens: int, draft: str | Transformer) -> None:
+    """One clear refusal for drafting `n_tokens` a step with `draft` for a model of config `c`."""
+    if draft == "mtp":
+        if not c.mtp_depth:
+            raise LaminaError("speculate: this model has no multi-token prediction modules to draft with; "
+                              "draft by prompt lookup (--draft lookup) or with a draft model (--draft MODEL). "
+                              "Self-speculation needs modules, and this model has none: train them "
+                              "(model_overrides.mtp_depth) or load DeepSeek-V3's")
+        if not 1 <= n_tokens <= c.mtp_depth:
+            raise LaminaError(f"speculate: this model's multi-token prediction modules propose 1 to "
+                              f"{c.mtp_depth} tokens a step")
+    elif not 1 <= n_tokens <= 64:
+        raise LaminaError(f"speculate: propose 1 to 64 tokens a step, not {n_tokens}")
+    if isinstance(draft, Transformer) and draft.config.vocab_size != c.vocab_size:
+        raise LaminaError(f"the draft model's vocabulary has {draft.config.vocab_size} tokens, the model's "
+                          f"{c.vocab_size}: a draft model must share its tokenizer")
+    if not isinstance(draft, Transformer) and draft not in DRAFTERS:
+        raise LaminaError(f"draft: {draft!r} is not a drafter; choose mtp, lookup or a draft model")
+
+
 @torch.inference_mode()
 def speculate(model: Transformer, prompt: list[int], max_new_tokens: int, *, n_tokens: int = 1,
               draft: str | Transformer = "mtp", stop_token_ids: tuple[int, ...] = (), include_stop: bool = False,
@@ -158,20 +178,7 @@ def speculate(model: Transformer, prompt: list[int], max_new_tokens: int, *, n_t
     modules), "lookup" (prompt lookup) or a draft model of the same vocabulary. `stats`, when
     given, counts what happened."""
     c = model.config
-    if draft == "mtp":
-        if not c.mtp_depth:
-            raise LaminaError("self-speculative decoding drafts with multi-token prediction modules; this model "
-                              "has none (train with model_overrides.mtp_depth, or load DeepSeek-V3's); "
-                              "or draft by prompt lookup or with a draft model")
-        if not 1 <= n_tokens <= c.mtp_depth:
-            raise LaminaError(f"each multi-token prediction module proposes one token: choose 1 to {c.mtp_depth}")
-    elif not 1 <= n_tokens <= 64:
-        raise LaminaError(f"speculate: propose 1 to 64 tokens a step, not {n_tokens}")
-    if isinstance(draft, Transformer) and draft.config.vocab_size != c.vocab_size:
-        raise LaminaError(f"the draft model's vocabulary has {draft.config.vocab_size} tokens, the model's "
-                          f"{c.vocab_size}: a draft model must share the model's tokenizer")
-    if not isinstance(draft, Transformer) and draft not in DRAFTERS:
-        raise LaminaError(f"draft: {draft!r} is not a drafter; choose mtp, lookup or a draft model")
+    check_draft(c, n_tokens, draft)
     if not prompt:
         raise LaminaError("the prompt needs at least one token")
     P = len(prompt)
