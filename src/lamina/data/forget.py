@@ -43,6 +43,7 @@ def forget(data_dir: str | Path, ref: str, *, reason: str, out: str | Path | Non
     recipe = Recipe.from_build(built, build_file)
     with closing(Ledger.open(data_dir)) as ledger:
         what, ids = matching_documents(ledger, ref)
+        ids = ids.tolist()
         hashes = sorted({h for (h,) in ledger.q(f"SELECT content_hash FROM documents WHERE id IN "
                                                 f"({','.join('?' * len(ids))})", *ids) if h}) if ids else []
         kept = int(ledger.q(f"SELECT COUNT(*) FROM documents WHERE status = 'kept' AND id IN "

@@ -181,9 +181,16 @@ class Policy:
             return any(map(ok, parts)) if op == "OR" else all(map(ok, parts))
         return ok(node)
 
-    def decide_source(self, source_id: str, spdx: str) -> Verdict:
+    def decide_source(self, source_id: str, spdx: str, per_record: str = "") -> Verdict:
+        """A source by its id and license; `per_record` names the field each of its records
+        gives its own license in, decided record by record (`decide_license`) instead."""
         if source_id in self.deny_sources:
             return Verdict(False, f"source {source_id} is on the deny list")
+        if per_record:
+            return Verdict(True, f"each record decided by the license in its {per_record!r} field")
+        return self.decide_license(spdx)
+
+    def decide_license(self, spdx: str) -> Verdict:
         if spdx == NOASSERTION:
             return Verdict(False, "license unknown or missing")
         if self.license_allowed(spdx):

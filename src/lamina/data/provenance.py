@@ -58,13 +58,13 @@ def locate(recorded: str | None, near: Path | None = None) -> Path | None:
     return next((c for c in candidates if (c / Ledger.FILE).is_file()), None)
 
 
-def matching_documents(ledger: Ledger, ref: str) -> tuple[str, list[int]]:
-    """("source" or "document", the ledger's document ids) that `ref` names here: a source id, or a
-    document by content sha256, file on disk or recorded path (ids are per ledger, so a bare
-    number is not taken as one)."""
+def matching_documents(ledger: Ledger, ref: str) -> tuple[str, np.ndarray]:
+    """("source" or "document", the ledger's document ids, ascending) that `ref` names here: a
+    source id, or a document by content sha256, file on disk or recorded path (ids are per ledger,
+    so a bare number is not taken as one)."""
     if ledger.source(ref) is not None:
-        return "source", [i for (i,) in ledger.q("SELECT id FROM documents WHERE source_id = ?", ref)]
-    return "document", ledger.documents_named(ref)
+        return "source", ledger.source_documents(ref)
+    return "document", np.array(ledger.documents_named(ref), dtype=np.int64)
 
 
 def _record(checkpoint: Path) -> dict:
@@ -74,7 +74,7 @@ def _record(checkpoint: Path) -> dict:
         raise LaminaError(f"{checkpoint / 'lamina.json'}: not readable ({e})") from None
 
 
-def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tuple[str, list[int]]]]) -> dict:
+def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tuple[str, np.ndarray]]]) -> dict:
     """What `checkpoint` itself consumed of `ref`: tokens, documents, its ledger, and whether the
     ledger is still the one it trained on (its digest). `ledgers` keeps each ledger open, with
     its digest and the documents `ref` names there, for the next checkpoint of the same data."""
@@ -94,9 +94,8 @@ def direct(checkpoint: Path, ref: str, ledgers: dict[str, tuple[Ledger, str, tup
     if data.get("ledger_digest") and data["ledger_digest"] != digest:
         out["note"] = "the ledger changed since this checkpoint was trained (digest differs)"
     tokens = consumed(checkpoint)
-    ids = [i for i in ids if i < len(tokens)]
-    used = [i for i in ids if tokens[i] > 0]
-    out.update(tokens=int(tokens[ids].sum()) if ids else 0, documents=len(used), matches=what if ids else None)
+    seen = tokens[ids[ids < len(tokens)]]
+    out.update(tokens=int(seen.sum()), documents=int(np.count_nonzero(seen > 0)), matches=what if len(seen) else None)
     return out
 
 
@@ -107,7 +106,7 @@ def who_saw(ref: str, paths: list[str | Path], *, require_match: bool = True) ->
     checkpoints = find_checkpoints(paths)
     if not checkpoints:
         raise LaminaError(f"no checkpoints with a consumed-data record under {', '.join(map(str, paths))}")
-    ledgers: dict[str, tuple[Ledger, str, tuple[str, list[int]]]] = {}
+    ledgers: dict[str, tuple[Ledger, str, tuple[str, np.ndarray]]] = {}
     seen_before: dict[Path, dict] = {}     # a base model is often also one of the checkpoints listed
 
     def own(path: Path) -> dict:

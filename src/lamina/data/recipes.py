@@ -8,6 +8,13 @@
     id = "my-notes"
     license = "CC-BY-4.0"
     kind = "prose"                                    # prose, code or dialogue
+    [[folders]]                                       # shards whose records carry their own license
+    path = "/data/common-pile/"                       # .parquet, .jsonl, .jsonl.gz, .jsonl.zst
+    id = "common-pile"
+    text_field = "text"                               # the field map (dotted: nested fields)
+    id_field = "id"
+    license_field = "metadata.license"                # each record decided by its own license
+    origin_field = "metadata.url"
     [config]                                          # BuildConfig fields
     seed = 1
     [policy]                                          # Policy fields: allow, deny_sources, deny_hashes
@@ -82,7 +89,7 @@ def data_recipe(ref: str) -> Recipe:
         check_value(key, value, RECIPE_KEYS[key], source=f"from {path}")
     folders = []
     for f in raw.get("folders", []):
-        missing = {"path", "id", "license"} - set(f)
+        missing = {"path", "id"} - set(f) | ({"license"} - set(f) if "license_field" not in f else set())
         if missing:
             raise LaminaError(f"{path}: a [[folders]] entry lacks {sorted(missing)}")
         _check_arguments(folder_source, f, path, "folders")

@@ -14,23 +14,25 @@ from .shards import open_shard, read_manifest
 def report(data_dir: str | Path) -> dict:
     ledger = Ledger.open(data_dir)
     try:
+        counts = ledger.table("summary_documents")
+
         def by(col: str) -> dict[str, dict]:
-            rows = ledger.q(f"SELECT s.{col}, COUNT(*), SUM(d.bytes) FROM documents d JOIN sources s "
-                            f"ON s.id = d.source_id WHERE d.status = 'kept' GROUP BY s.{col} ORDER BY s.{col}")
-            tokens = ledger.tokens_by("source" if col == "id" else col)
+            rows = ledger.q(f"SELECT {col}, SUM(documents), SUM(bytes) FROM {counts} WHERE status = 'kept' "
+                            f"GROUP BY {col} ORDER BY {col}")
+            tokens = ledger.tokens_by("source" if col == "source_id" else col)
             return {k: {"documents": n, "bytes": b, "tokens": tokens.get(k, 0)} for k, n, b in rows}
-        status = dict(ledger.q("SELECT status, COUNT(*) FROM documents GROUP BY status ORDER BY status"))
+        status = dict(ledger.q(f"SELECT status, SUM(documents) FROM {counts} GROUP BY status ORDER BY status"))
         return {
             "data": str(data_dir),
             "tokens": sum(ledger.tokens_by_source().values()),
             "documents": status,
             "tokens_by_license": ledger.tokens_by_license(),
             "tokens_by_source": ledger.tokens_by_source(),
-            "by_source": by("id"),
-            "by_license": by("license"),
+            "by_source": by("source_id"),
+            "by_license": by("license"),        # a record's own license, else its source's
             "sources": [ledger.source(s) for (s,) in ledger.q("SELECT id FROM sources ORDER BY rowid")],
             "rejected": ledger.rejected(),
-            "scrubbed": dict(ledger.q("SELECT kind, SUM(count) FROM scrubs GROUP BY kind ORDER BY kind")),
+            "scrubbed": dict(ledger.q(f"SELECT kind, count FROM {ledger.table('summary_scrubs')} ORDER BY kind")),
             "shards": {n: {"split": s, "tokens": t} for n, s, t in
                        ledger.q("SELECT name, split, tokens FROM shards ORDER BY name")},
             "ledger_digest": ledger.content_digest(),
@@ -86,22 +88,17 @@ def why_source(data_dir: str | Path, source_id: str) -> dict | None:
         source = ledger.source(source_id)
         if source is None:
             return None
-        status = dict(ledger.q("SELECT status, COUNT(*) FROM documents WHERE source_id=? GROUP BY status "
-                               "ORDER BY status", source_id))
-        # each document kept out has exactly one failed verdict: the rule that stopped it
-        failed = ledger.q("SELECT v.filter, d.status, d.reason, d.id, d.path, d.bytes FROM verdicts v JOIN documents d "
-                          "ON d.id = v.doc_id WHERE d.source_id=? AND v.passed=0 ORDER BY d.id", source_id)
-        rules: dict[str, dict] = {}
-        for rule, st, reason, doc_id, path, nbytes in failed:
-            r = rules.setdefault(rule, {"rule": rule, "status": st, "documents": 0, "bytes": 0, "reasons": {},
-                                        "example": {"id": doc_id, "path": path}})
-            r["documents"] += 1
-            r["bytes"] += nbytes
-            r["reasons"][reason] = r["reasons"].get(reason, 0) + 1
-        kept_out = sorted(rules.values(), key=lambda r: (-r["documents"], r["rule"]))
-        for r in kept_out:      # the commonest reasons first; near-duplicate reasons name their twin, so cap the list
-            r["reasons"] = [{"reason": k, "documents": n} for k, n in
-                            sorted(r["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:5]]
+        status = dict(ledger.q(f"SELECT status, SUM(documents) FROM {ledger.table('summary_documents')} "
+                               "WHERE source_id=? GROUP BY status ORDER BY status", source_id))
+        reasons: dict[str, list[dict]] = {}     # the commonest first; dedup reasons name their twin, so capped
+        for rule, reason, n in ledger.q(f"SELECT rule, reason, documents FROM {ledger.table('summary_reasons')} "
+                                        "WHERE source_id=? ORDER BY documents DESC, reason", source_id):
+            reasons.setdefault(rule, []).append({"reason": reason, "documents": n})
+        rules = ledger.q(f"SELECT rule, status, documents, bytes, example FROM {ledger.table('summary_rules')} "
+                         "WHERE source_id=? ORDER BY documents DESC, rule", source_id)
+        kept_out = [{"rule": rule, "status": st, "documents": n, "bytes": b, "reasons": reasons.get(rule, []),
+                     "example": {"id": ex, "path": ledger.q("SELECT path FROM documents WHERE id=?", ex)[0][0]}}
+                    for rule, st, n, b, ex in rules]
         return {"data": str(data_dir), "source": source, "documents": status,
                 "tokens": ledger.tokens_by_source().get(source_id, 0), "kept_out": kept_out}
     finally:
@@ -189,5 +186,9 @@ def render_why(docs: list[dict]) -> str:
         verdict = f"in the corpus ({d['split']}, {d['tokens']:,} tokens)" if d["in_corpus"] else \
             f"kept out ({d['status']}): {d['reason']}"
         lines.append(f"document {d['id']} {d['source_id']}:{d['path']}: {verdict}")
+        if d.get("record"):
+            r = d["record"]
+            lines.append(f"  record {r['id'] or '(no id)'}: license {r['license'] or 'the source’s'}; "
+                         f"origin {r['origin'] or 'not given'}")
         lines += [f"  {'pass' if v['passed'] else 'FAIL'} {v['filter']}: {v['reason']}" for v in d["verdicts"]]
     return "\n".join(lines)

@@ -181,8 +181,8 @@ class TokenLedger:
                 i += 1
 
     def summary(self) -> dict:
-        """Tokens consumed by source and by license, from the data ledger."""
-        from ..data.ledger import Ledger
+        """Tokens consumed by source and by license (a record's own, else its source's), from the data ledger."""
+        from ..data.ledger import LICENSE, Ledger
         used = np.flatnonzero(self.tokens)
         by_source: dict[str, int] = {}
         by_license: dict[str, int] = {}
@@ -192,8 +192,9 @@ class TokenLedger:
                 chunk = used[start:start + 500].tolist()
                 marks = ",".join("?" * len(chunk))
                 for doc, source, license in ledger.q(
-                        f"SELECT d.id, d.source_id, s.license FROM documents d JOIN sources s ON s.id = d.source_id "
-                        f"WHERE d.id IN ({marks})", *chunk):
+                        f"SELECT d.id, d.source_id, {LICENSE} FROM documents d JOIN sources s ON s.id = d.source_id "
+                        f"LEFT JOIN {ledger.table('records')} rec ON rec.doc_id = d.id WHERE d.id IN ({marks})",
+                        *chunk):
                     n = int(self.tokens[doc])
                     by_source[source] = by_source.get(source, 0) + n
                     by_license[license] = by_license.get(license, 0) + n
