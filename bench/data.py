@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import print_table
+
 RESULTS = Path(__file__).parent / "results" / "data.json"
 
 
@@ -308,11 +310,8 @@ def main_ray(args) -> None:
             load_avgs[w] = [round(x, 2) for x in loads]
             print(f"  load average at each run's start: {', '.join(f'{x:.2f}' for x in loads)}", file=sys.stderr)
     head = ("system", "workers", "documents", "seconds", "documents/s", "vs lamina local", "kept", "tokens")
-    cells = [head] + [(r["system"], r["workers"], f"{r['documents']:,}", f"{r['seconds']:.2f}", f"{r['docs_per_s']:.1f}",
-                       f"{r['ratio_vs_lamina_local']:.2f}x", f"{r['kept']:,}", f"{r['tokens']:,}") for r in rows]
-    widths = [max(len(str(c[i])) for c in cells) for i in range(len(head))]
-    for line in cells:
-        print(" | ".join(str(c).ljust(wd) for c, wd in zip(line, widths)))
+    print_table(head, [(r["system"], r["workers"], f"{r['documents']:,}", f"{r['seconds']:.2f}", f"{r['docs_per_s']:.1f}",
+                        f"{r['ratio_vs_lamina_local']:.2f}x", f"{r['kept']:,}", f"{r['tokens']:,}") for r in rows])
     for w in workers:
         print(f"Ray cluster start, {w} CPU(s): {clusters[w]:.1f} s (not counted); datatrove's stages (mean s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in splits[w].items()))
@@ -371,11 +370,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"system": name, "setting": setting, "metric": "MB/s", "median": round(mb / med, 2),
                      "ratio_vs_peer": round(peer / med, 2), "runs": [round(v, 2) for v in values]})
     head = ("system", "setting", "metric", "median", "ratio vs peer")
-    cells = [head] + [(r["system"], r["setting"], r["metric"], f"{r['median']:.2f}", f"{r['ratio_vs_peer']:.2f}x")
-                      for r in rows]
-    widths = [max(len(str(c[i])) for c in cells) for i in range(len(head))]
-    for line in cells:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    print_table(head, [(r["system"], r["setting"], r["metric"], f"{r['median']:.2f}", f"{r['ratio_vs_peer']:.2f}x")
+                      for r in rows])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": datetime.date.today().isoformat(), "machine": platform.machine(),
                                     "python": platform.python_version(), "rows": rows}, indent=2) + "\n")

@@ -43,6 +43,8 @@ from lamina.data.licenses import Policy
 from lamina.data.provenance import who_saw
 from lamina.data.report import report, trace, why, why_source
 
+from bench import print_table
+
 RESULTS = Path(__file__).parent / "results" / "ledger.json"
 SOURCES = 200
 SHARD_TOKENS = 1 << 24
@@ -350,11 +352,8 @@ def main(argv: list[str] | None = None) -> None:
                      "median_s": round(statistics.median(warm), 4), "runs": [round(w, 4) for w in warm]})
         print(f"{name}: cold {cold:.3f} s, warm {statistics.median(warm):.3f} s", file=sys.stderr)
     head = ("query", "argument", "answer", "cold s", "warm median s")
-    cells = [head] + [(r["query"], r["argument"], r["answer"], f"{r['cold_s']:.3f}", f"{r['median_s']:.3f}")
-                      for r in rows]
-    widths = [max(len(str(c[i])) for c in cells) for i in range(len(head))]
-    for line in cells:
-        print(" | ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    print_table(head, [(r["query"], r["argument"], r["answer"], f"{r['cold_s']:.3f}", f"{r['median_s']:.3f}")
+                      for r in rows])
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps({
         "date": datetime.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),

@@ -52,7 +52,7 @@ def _placement_flags(p: argparse.ArgumentParser, where: str) -> None:
                                               "float32 on a CPU)")
     _flag(p, "--quantize", where, "quantize", choices=["int8", "int4"],
           help="weight-only quantization of the projections and the head: int8 (a scale per row) or int4 "
-               "(groups of 32); fastest with --compile")
+               "(groups of 32); fast once the decode step is compiled (eagerly, weights are dequantized each step)")
 
 
 def _placement(args) -> dict:
@@ -98,8 +98,10 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--repetition-penalty", params, "repetition_penalty", type=float)
     _flag(p, "--seed", params, "seed", type=int)
     _placement_flags(p, "serve.llm.load")
-    _flag(p, "--compile", "serve.llm.load", "compile", action="store_true",
-          help="torch.compile the decode step (slow start, fast decode)")
+    _flag(p, "--compile", "serve.llm.load", "compile", action=argparse.BooleanOptionalAction,
+          help="--compile: torch.compile the decode step before the first token; --no-compile: eager; "
+               "neither: eager at once while it compiles in the background, then compiled ($LAMINA_COMPILE: "
+               "auto, on, off)")
     _flag(p, "--speculate", "serve.llm.load", "speculate", type=int, metavar="N",
           help="greedy only: draft N tokens a step, checked in one forward (same output)")
     _flag(p, "--draft", "serve.llm.load", "draft", metavar="mtp|lookup|MODEL",
@@ -826,7 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--timeout", serve, "request_timeout_s", type=float)
     _flag(p, "--drain-timeout", serve, "drain_timeout_s", type=float)
     _placement_flags(p, "serve.llm.load")
-    _flag(p, "--compile", engine, "compile", action="store_true")
+    _flag(p, "--compile", engine, "compile", action=argparse.BooleanOptionalAction,
+          help="--compile: torch.compile the decode step before serving; --no-compile: eager; neither: serve "
+               "at once eagerly while each batch shape compiles in the background ($LAMINA_COMPILE: auto, on, off)")
     p.add_argument("--lora", action="append", metavar="NAME=DIR", default=None,
                    help="serve a LoRA adapter (a PEFT folder) on the model as NAME, the `model` a request "
                         "sends to use it; repeat for several: requests for different ones share a batch")

@@ -124,7 +124,7 @@ def speedrun(config: SpeedrunConfig) -> Path:
     print(f"[3/5] memorization: {len(build.ledger.q('SELECT 1 FROM sources WHERE kind = ?', 'canary'))} canary "
           f"sources, exposure against {AUDIT['candidates']} random secrets; extraction of {AUDIT['m']} tokens "
           f"from {AUDIT['k']}")
-    pretrained = load(result.checkpoint)
+    pretrained = load(result.checkpoint, compile=False)     # brief decoding here: eager, no compile beside it
     memorized = audit(pretrained.model, pretrained.tokenizer, out / "data", progress=config.progress, **AUDIT)
     del pretrained
     print(f"[4/5] chat: fine-tuning on {stage.examples} templated and the identity conversations, "
@@ -142,10 +142,10 @@ def chat_model(out: Path, pretrained: Path, stage: ChatStage, progress: bool) ->
     data = out / "chat" / "synth.jsonl"
     made = synth(data, stage.synth_config(str(pretrained)))
     asked = heldout_problems(stage.tasks, stage.questions, stage.seed)
-    before = quiz(load(pretrained), asked, stage.max_new_tokens)
+    before = quiz(load(pretrained, compile=False), asked, stage.max_new_tokens)
     print(f"      before: {before.ended:.0%} of replies end their turn, {before.accuracy:.0%} correct")
     tuned = sft(stage.sft_config(str(pretrained), str(data), str(out / "sft")), progress=progress)
-    chat = load(tuned.checkpoint)
+    chat = load(tuned.checkpoint, compile=False)
     after = quiz(chat, asked, stage.max_new_tokens)
     print(f"      after:  {after.ended:.0%} of replies end their turn, {after.accuracy:.0%} correct")
     [(identity, _)] = answer_all(chat, [IDENTITY_QUESTION], max_new_tokens=96)

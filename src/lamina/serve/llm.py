@@ -22,7 +22,7 @@ from .sampling import SamplingParams
 from .text import TextStream
 
 class LLM:
-    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool = False,
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, *, compile: bool | str | None = None,
                  checkpoint: Checkpoint | None = None, lora: dict[str, str | Path] | None = None,
                  speculate: int = 0, draft: str | Transformer = "mtp"):
         """`lora`: LoRA adapter folders (PEFT format) by name, put on the model side by side and
@@ -115,7 +115,7 @@ def move_to_huge_pages(model: nn.Module) -> None:
 
 
 def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None,
-         compile: bool = False, tokenizer: str | Path | None = None,
+         compile: bool | str | None = None, tokenizer: str | Path | None = None,
          lora: dict[str, str | Path] | None = None, speculate: int = 0, draft: str | Path | Transformer = "mtp",
          quantize: str | None = None) -> LLM:
     """Load a model reference: a model directory, a GGUF or Meta checkpoint, or a packaged name;
@@ -127,7 +127,10 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: s
     `device`: default the GPU when one is visible, else the CPU; `dtype`: default bfloat16 on a
     GPU, float32 on a CPU. Weights that cannot fit in the device's free memory are refused
     before they load. `quantize`: "int8" or "int4" weight-only quantization of the projections
-    and the output head (`lamina.model.quant`), done on the CPU before the model moves."""
+    and the output head (`lamina.model.quant`), done on the CPU before the model moves.
+    `compile`: the decode step (`lamina.serve.engine.DecodeStep`): "auto" (default, or
+    $LAMINA_COMPILE): eager at once, compiled in the background and used once ready; "on" (True):
+    compiled at the first step; "off" (False): eager."""
     where, dtype = placement(device, dtype)
     ck = load_checkpoint(model)
     tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
