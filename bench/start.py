@@ -4,11 +4,11 @@ a long one: what a user waits for, the fast-by-default question of issue 22.
 
     .venv/bin/python -m bench.start [--rounds 3] [--tokens 8,256]
 
-Modes: `--no-compile` (eager), `--compile` (compiled before the first token), and the default
-(auto: eager at once while a thread compiles the step, compiled once ready). Cold: a fresh
+Modes: `--no-compile` (eager) and the default (the decode step compiled at the first token). Cold: a fresh
 compile cache ($XDG_CACHE_HOME in a temporary folder), one run per mode (a cold run fills the
 cache, so it cannot repeat). Warm: the cache a cold run of that mode left, `--rounds` runs,
-modes alternated, medians. Times are wall clock from the process's start to its exit, measured
+modes alternated, medians (a warm round whose cache length the cold run did not reach, 8 new tokens
+after a 256-token cold run, compiles that shape once: the median leaves it out). Times are wall clock from the process's start to its exit, measured
 around `subprocess.run`. Rows go to bench/results/start.json."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lamina.tokenizer import load_tokenizer
 RESULTS = Path(__file__).parent / "results" / "start.json"
 TOKENIZER = load_tokenizer("smollm2-135m-instruct")
 PROMPT = "The history of the river begins"      # a plain continuation: greedy SmolLM2 runs long on it
-MODES = {"eager": ["--no-compile"], "compiled": ["--compile"], "auto (default)": []}
+MODES = {"eager": ["--no-compile"], "compiled (default)": []}
 
 
 def run(mode: str, tokens: int, cache: Path) -> tuple[float, int]:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds, made = run(mode, lengths[-1], cache)
             rows.append({"mode": mode, "cache": "cold", "new_tokens": made, "seconds": round(seconds, 1)})
             print(f"{mode:<16} cold {made:>4} tokens {seconds:7.1f} s", flush=True)
-        size = sum(f.stat().st_size for f in caches["compiled"].rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in caches["compiled (default)"].rglob("*") if f.is_file())
         for n in lengths:
             times: dict[str, list[float]] = {m: [] for m in MODES}
             for _ in range(args.rounds):

@@ -3,9 +3,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Decode steps run eagerly in tests unless a test asks for a compile mode: the default ("auto")
-# would compile in the background of every test that loads a model. tests/serve/test_auto_compile.py
-# checks the default itself.
+# Decode steps run eagerly in tests unless a test asks to compile: the default (compiled) would
+# compile in every test that loads a model. tests/serve/test_generation.py checks the default itself.
 os.environ.setdefault("LAMINA_COMPILE", "off")
 
 import pytest  # noqa: E402

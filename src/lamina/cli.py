@@ -99,9 +99,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     _flag(p, "--seed", params, "seed", type=int)
     _placement_flags(p, "serve.llm.load")
     _flag(p, "--compile", "serve.llm.load", "compile", action=argparse.BooleanOptionalAction,
-          help="--compile: torch.compile the decode step before the first token; --no-compile: eager; "
-               "neither: eager at once while it compiles in the background, then compiled ($LAMINA_COMPILE: "
-               "auto, on, off)")
+          help="torch.compile the decode step (default, $LAMINA_COMPILE=on|off: compiled steps are cached "
+               "between runs, so only a model's first start compiles at length); --no-compile: eager, the "
+               "shorter start for a short reply")
     _flag(p, "--speculate", "serve.llm.load", "speculate", type=int, metavar="N",
           help="greedy only: draft N tokens a step, checked in one forward (same output)")
     _flag(p, "--draft", "serve.llm.load", "draft", metavar="mtp|lookup|MODEL",
@@ -116,6 +116,10 @@ def _sampling(args) -> dict:
 
 def _load(args):
     from .serve import load
+    from .serve.engine import compile_cache_dir, compile_mode
+    if compile_mode(args.compile) and not any(compile_cache_dir().glob("*")):
+        print("lamina: compiling the decode step at the first token: a minute or two this once, seconds on later "
+              f"starts (cached in {compile_cache_dir()}; --no-compile skips it)", file=sys.stderr, flush=True)
     return load(args.model, **_placement(args), **_given(compile=args.compile, speculate=args.speculate,
                                                           draft=args.draft))
 
@@ -829,8 +833,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--drain-timeout", serve, "drain_timeout_s", type=float)
     _placement_flags(p, "serve.llm.load")
     _flag(p, "--compile", engine, "compile", action=argparse.BooleanOptionalAction,
-          help="--compile: torch.compile the decode step before serving; --no-compile: eager; neither: serve "
-               "at once eagerly while each batch shape compiles in the background ($LAMINA_COMPILE: auto, on, off)")
+          help="torch.compile the decode step before serving (default, $LAMINA_COMPILE=on|off; cached between "
+               "runs); --no-compile: serve eagerly")
     p.add_argument("--lora", action="append", metavar="NAME=DIR", default=None,
                    help="serve a LoRA adapter (a PEFT folder) on the model as NAME, the `model` a request "
                         "sends to use it; repeat for several: requests for different ones share a batch")

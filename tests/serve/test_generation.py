@@ -168,3 +168,24 @@ def test_engine_applies_penalties_and_bias_and_refuses_logprobs(engine):
         (11, 100.0),), frequency_penalty=2.0))] == [11, 11, 11]       # +100 outweighs any penalty
     with pytest.raises(LaminaError, match="log-probabilities come from the server"):
         list(engine.generate(prompt, SamplingParams(max_new_tokens=2, logprobs=1)))
+
+
+def test_the_decode_step_compiles_by_default_unless_told_otherwise(monkeypatch, engine):
+    """Fast by default (issue 22): compiled unless $LAMINA_COMPILE or the caller says off; LoRA
+    adapters served per request default to eager; a wrong value is one error."""
+    from lamina.serve import BatcherConfig
+    from lamina.serve.engine import compile_mode
+    from lamina.serve.adapters import Adapters
+    monkeypatch.delenv("LAMINA_COMPILE", raising=False)
+    assert compile_mode(None) is True and compile_mode("off") is False and compile_mode(False) is False
+    assert Engine(engine.model, compile=None).compiled
+    monkeypatch.setenv("LAMINA_COMPILE", "off")
+    assert not Engine(engine.model, compile=None).compiled
+    monkeypatch.delenv("LAMINA_COMPILE")
+    adapted = Engine(engine.model, compile=None, adapters=Adapters(engine.model, {}))
+    assert adapted.compiled            # no adapter loaded: nothing runs per request
+    for bad in ("auto", "fast"):
+        with pytest.raises(LaminaError, match="use on or off"):
+            compile_mode(bad)
+    with pytest.raises(LaminaError):
+        BatcherConfig(compile="sometimes")

@@ -44,10 +44,12 @@ def forget(data_dir: str | Path, ref: str, *, reason: str, out: str | Path | Non
     with closing(Ledger.open(data_dir)) as ledger:
         what, ids = matching_documents(ledger, ref)
         ids = ids.tolist()
-        hashes = sorted({h for (h,) in ledger.q(f"SELECT content_hash FROM documents WHERE id IN "
-                                                f"({','.join('?' * len(ids))})", *ids) if h}) if ids else []
-        kept = int(ledger.q(f"SELECT COUNT(*) FROM documents WHERE status = 'kept' AND id IN "
-                            f"({','.join('?' * len(ids))})", *ids)[0][0]) if ids else 0
+        # a few thousand ids a query: SQLite takes at most 250,000 parameters, a source may have millions
+        chunks = [ids[i:i + 5000] for i in range(0, len(ids), 5000)]
+        hashes = sorted({h for c in chunks for (h,) in ledger.q(f"SELECT content_hash FROM documents WHERE id IN "
+                                                                f"({','.join('?' * len(c))})", *c) if h})
+        kept = sum(int(ledger.q(f"SELECT COUNT(*) FROM documents WHERE status = 'kept' AND id IN "
+                                f"({','.join('?' * len(c))})", *c)[0][0]) for c in chunks)
         digest, earlier = ledger.content_digest(), ledger.removals()
     if what == "document" and not hashes:
         raise LaminaError(f"{ref}: names no source or document of {data_dir}; give a source id, a document's sha256, "

@@ -8,8 +8,6 @@ slot is reused. Both answer `update(layer_id, k, v, slots)` with the layer's cac
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor
 
@@ -136,14 +134,3 @@ class SlotRows:
 
 
 Cache = KVCache | SlotCache | SlotRows   # what the model's cache path accepts
-
-
-def scratch(cache: KVCache | SlotCache) -> KVCache | SlotCache:
-    """A cache of the same kind and shapes holding garbage, for compiling a step against without
-    touching the live one (its pages cost no memory until written)."""
-    def like(t: Tensor) -> Tensor:        # an inference tensor where the cache holds one, and only there
-        with torch.inference_mode(t.is_inference()):
-            return torch.empty_like(t)
-    other = copy.copy(cache)
-    other.k, other.v = [like(t) for t in cache.k], [like(t) for t in cache.v]
-    return other

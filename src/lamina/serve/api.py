@@ -214,10 +214,8 @@ def create_app(llm: LLM, config: ServeConfig = ServeConfig(), *, engine_thread: 
         if not engine_thread:
             yield
             return
-        if batcher.steps.mode == "on":
+        if batcher.config.compile:
             await asyncio.to_thread(batcher.warmup)
-        else:
-            batcher.warmup()                # "auto": compiles in the background, returns at once
         batcher.start()
         app.state.ready = True
         yield
@@ -344,9 +342,10 @@ def run(llm: LLM, config: ServeConfig, sock: socket.socket | None = None) -> Non
     sock = sock or listen(config.host, config.port)
     app = create_app(llm, config, engine_thread=False)
     batcher: Batcher = app.state.batcher
-    if batcher.steps.mode == "on":
-        print("lamina: compiling the decode step ...", file=sys.stderr, flush=True)
-    batcher.warmup()        # "on": compiles here, before serving; "auto": in the background
+    if batcher.config.compile:
+        print("lamina: compiling the decode step (a minute or two the first time, then cached: seconds) ...",
+              file=sys.stderr, flush=True)
+        batcher.warmup()
     app.state.ready = True
     server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="info",
                                            timeout_graceful_shutdown=5))

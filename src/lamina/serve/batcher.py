@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -34,10 +34,10 @@ from torch import Tensor
 
 from ..errors import LaminaError
 from ..model import Transformer
-from ..model.kv_cache import SlotCache, scratch
+from ..model.kv_cache import SlotCache
 from ..tokenizer import Tokenizer
 from .adapters import Adapters
-from .engine import CACHE_BLOCK, DecodeStep, compile_mode
+from .engine import CACHE_BLOCK, compile_decode_step, compile_mode
 from .grammar import Constraint
 from .prefix import PrefixCache
 from .sampling import SamplingParams, TokenLogprob, logprobs_of, next_token
@@ -54,7 +54,7 @@ class BatcherConfig:
     max_len: int | None = None    # tokens per slot, prompt + reply (None: the model's context, within the budget)
     kv_cache_mb: float = 1024.0   # memory budget for the keys and values of all slots
     max_queue: int = 64           # requests waiting for a slot; more are refused
-    compile: bool | str | None = None   # the decode step: auto, on (True), off (False); None: $LAMINA_COMPILE or auto
+    compile: bool | str | None = None   # torch.compile the decode step: on/True, off/False; None: $LAMINA_COMPILE, else on
     prefix_cache_mb: float = 256.0   # keys and values of recent prompts, for requests that begin alike (0: off)
     prefill_chunk: int = 512      # a longer prompt is prefilled this many tokens a step, between decode steps (0: whole)
 
@@ -175,24 +175,24 @@ class Batcher:
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: BatcherConfig = BatcherConfig(),
                  adapters: Adapters | None = None):
-        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
         self.adapters = adapters or Adapters(model, {})
-        mode = compile_mode(config.compile)
-        if len(self.adapters):
-            if mode == "on":
-                raise LaminaError("LoRA adapters served per request run eagerly; leave out --compile")
-            mode = "off"
+        if len(self.adapters) and config.compile is None:
+            config = replace(config, compile=False)           # adapters run eagerly unless compile was asked
+        config = replace(config, compile=compile_mode(config.compile))
+        self.model, self.tokenizer, self.config = model.eval(), tokenizer, config
+        if config.compile and len(self.adapters):
+            raise LaminaError("LoRA adapters served per request run eagerly; leave out --compile")
         dtype, device = model.tok_embeddings.weight.dtype, model.tok_embeddings.weight.device
         per_token = SlotCache.bytes_per_token(model.config, dtype)
         self.max_len = slot_length(config, model.config.max_seq_len, per_token)
         self.cache = SlotCache(model.config, config.max_slots, self.max_len, dtype, device)
-        if mode != "off":
+        if config.compile:
             # One graph per (batch rows, cache-length block); allow them all.
             limit = 2 * -(-self.max_len // CACHE_BLOCK)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
             torch._dynamo.config.accumulated_recompile_limit = max(
                 torch._dynamo.config.accumulated_recompile_limit, 4 * limit)
-        self.steps = DecodeStep(model, mode)
+        self._decode = compile_decode_step(model) if config.compile else model
         self.prefixes = PrefixCache(int(config.prefix_cache_mb * 2**20)) if config.prefix_cache_mb else None
         self.running: list[Request] = []    # running[i] holds slot i
         # A long prompt being prefilled a chunk a step, in the last slot (running ones sit below it)
@@ -255,18 +255,10 @@ class Batcher:
     @torch.inference_mode()
     def warmup(self) -> None:
         """Compile the decode step for every batch size the scheduler uses, at the first cache
-        block (longer caches compile when first reached): "on", here, before serving (call it
-        before `start`); "auto", in the background while serving starts eagerly."""
-        if self.steps.mode == "off":
-            return
-        sizes = sorted({bucket(n, self.config.max_slots, True) for n in range(1, self.config.max_slots + 1)})
-        if self.steps.mode == "auto":
-            for B in sizes:
-                with self.steps.pick(self._shape(B, 0), lambda B=B: self._example(B, 0)):
-                    pass
-            return
+        block, before serving (longer caches compile when first reached). Call before `start`."""
         if self.running or self._thread is not None:
             raise RuntimeError("warm up before serving")
+        sizes = sorted({bucket(n, self.config.max_slots, True) for n in range(1, self.config.max_slots + 1)})
         for B in sizes:   # inputs built as a real step builds them, so the graphs' guards hold
             self._decode_batch([0] * B, [0] * B)
 
@@ -547,33 +539,16 @@ class Batcher:
         decode batch (padding rows write the last position of free slots and attend over their
         slot; only compiled, and so never with adapters, which select rows 0..n-1)."""
         n = len(last)
-        B = bucket(n, self.config.max_slots, self.steps.rounds_shapes)
+        B = bucket(n, self.config.max_slots, self.config.compile)
+        dev = self.cache.k[0].device
+        L = min(-(-(max(at) + 1) // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
+        tokens = torch.tensor(last + [0] * (B - n), device=dev)[:, None]            # (B, 1)
         # padding rows write the last position of free slots, which no prompt reaches (the last
         # slot may hold a long prompt being prefilled)
-        tokens, positions, _, _, mask = self._inputs(last + [0] * (B - n), at + [self.max_len - 1] * (B - n),
-                                                     max(at))
-        with self.steps.pick(self._shape(B, max(at)), lambda: self._example(B, max(at))) as compiled:
-            logits = (compiled or self.model)(tokens, positions, self.cache, positions, mask)
+        positions = torch.tensor(at + [self.max_len - 1] * (B - n), device=dev)[:, None]   # (B, 1)
+        mask = torch.arange(L, device=dev)[None] <= positions                       # (B, L)
+        logits = self._decode(tokens, positions, self.cache, positions, mask[:, None, None])
         return logits[:n, -1]                                                       # (n, V)
-
-    def _shape(self, B: int, at: int) -> tuple[int, int]:
-        """The compiled step a decode batch of B rows, the furthest at position `at`, runs: the
-        attended cache length rounded up to a block."""
-        return B, min(-(-(at + 1) // CACHE_BLOCK) * CACHE_BLOCK, self.max_len)
-
-    def _inputs(self, last: list[int], at: list[int], furthest: int) -> tuple:
-        """tokens (B, 1), positions (B, 1), the cache, slots (the positions again), mask (B, 1, 1, L)."""
-        dev = self.cache.k[0].device
-        tokens = torch.tensor(last, device=dev)[:, None]                             # (B, 1)
-        positions = torch.tensor(at, device=dev)[:, None]                            # (B, 1)
-        mask = torch.arange(self._shape(len(last), furthest)[1], device=dev)[None] <= positions   # (B, L)
-        return tokens, positions, self.cache, positions, mask[:, None, None]
-
-    def _example(self, B: int, at: int) -> tuple:
-        """A decode batch's inputs as `_decode_batch` makes them, over a scratch cache: what the
-        background compile runs, never touching the slots being served."""
-        tokens, positions, cache, _, mask = self._inputs([0] * B, [self.max_len - 1] * (B - 1) + [at], at)
-        return tokens, positions, scratch(cache), positions, mask
 
     def _advance(self, logits: Tensor, rows: list[Request]) -> None:
         """Sample each row's next token with its own parameters and generator, and accept it. An

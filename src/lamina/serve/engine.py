@@ -7,31 +7,21 @@ work beyond sampling."""
 
 from __future__ import annotations
 
-import atexit
-import hashlib
 import itertools
-import logging
 import os
-import queue
-import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
 from ..errors import LaminaError
-from ..version import __version__
 from ..model import KVCache, Transformer
-from ..model.kv_cache import scratch
 from .adapters import Adapters
 from .sampling import SamplingParams, next_token
 from .speculative import check_draft, speculate
 
 CACHE_BLOCK = 256   # cache lengths round up to this, so compiled decode steps are reused
 _STEPS = itertools.count()
-log = logging.getLogger("lamina.serve")
 
 
 def compile_cache_dir() -> Path:
@@ -70,130 +60,27 @@ def compile_decode_step(model: Transformer):
     })
 
 
-COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MODES = ("on", "off")
 
 
-def compile_mode(compile: bool | str | None) -> str:
-    """A decode step's compile mode from what was asked: True or "on", False or "off", "auto";
-    None: $LAMINA_COMPILE, else "auto" (see `DecodeStep`)."""
+def compile_mode(compile: bool | str | None) -> bool:
+    """Whether to compile the decode step, from what was asked: True or "on", False or "off";
+    None: $LAMINA_COMPILE, else on (the fast path by default: the compiled step is cached
+    between processes, `compile_cache_dir`, so only a model's first start compiles at length)."""
     if compile is None:
-        compile = os.environ.get("LAMINA_COMPILE") or "auto"
-    mode = {True: "on", False: "off"}.get(compile, compile) if isinstance(compile, bool) else compile
-    if mode not in COMPILE_MODES:
-        raise LaminaError(f"compile {compile!r}: use auto, on or off")
-    return mode
-
-
-class DecodeStep:
-    """The forward a decode step runs, by compile mode:
-
-    - "off": the model, eagerly;
-    - "on": the compiled step; a shape met for the first time compiles then and there (seconds on
-      a warm compile cache, a minute or more on a cold one);
-    - "auto" (the default of `lamina.load` and the commands): the model eagerly, while a thread
-      compiles the step for each shape met; the compiled step takes over a shape once it is
-      ready. Answers start at once and speed up a few seconds later on a warm cache. The first
-      compile of a model and shape (a minute or more) is cached for the next process
-      (`compile_cache_dir`): a process that ends before it does waits for it at exit, once,
-      saying so (Ctrl-C skips it); later processes never wait.
-
-    Greedy output is the same either way. Shapes are (batch rows, cache length) keys the caller
-    picks; compiled and "auto" callers round cache lengths to CACHE_BLOCK (`rounds_shapes`)."""
-
-    def __init__(self, model: Transformer, mode: str):
-        self.model, self.mode = model, compile_mode(mode)
-        self.step = compile_decode_step(model) if self.mode != "off" else None
-        self.ready: set = set()                 # shapes compiled
-        self.failed: str | None = None          # why compiling failed ("auto" then stays eager)
-        self._asked: set = set()
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._worker: threading.Thread | None = None
-        # held by a compile, and by a step that runs the compiled graph: never both at once
-        self._lock = threading.Lock()
-        self._idle = threading.Condition()
-        self._marks = compile_cache_dir() / "lamina-compiled"     # a file per model and shape compiled once
-        self._identity = hashlib.sha256(repr((model.config, sorted({str(t.dtype) for t in model.parameters()}),
-                                              sorted({type(m).__name__ for m in model.modules()}),
-                                              next(model.parameters()).device.type, torch.__version__,
-                                              __version__)).encode()).hexdigest()[:16]
-        self._first = False             # a compile of a shape never compiled before is queued
-
-    @property
-    def rounds_shapes(self) -> bool:
-        return self.mode != "off"
-
-    @contextmanager
-    def pick(self, shape: tuple, example: Callable[[], tuple]) -> Iterator[Callable | None]:
-        """The compiled step to run a step of `shape` with, or None: run the model eagerly.
-        `example()` gives inputs of that shape (a scratch cache: the compile writes into it); it
-        is called here, so that its tensors are made as the real step's are (inference mode),
-        which the compiled graph's guards check."""
-        if self.mode == "on":
-            yield self.step
-            return
-        if self.mode == "off" or self.failed is not None:
-            yield None
-            return
-        if shape not in self._asked:
-            self._asked.add(shape)
-            self._jobs.put((shape, example()))
-            if not self._mark(shape).exists() and not self._first:
-                self._first = True
-                atexit.register(self._finish_first)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._compile, name="lamina-compile", daemon=True)
-                self._worker.start()
-        if shape in self.ready and self._lock.acquire(blocking=False):
-            try:
-                yield self.step
-            finally:
-                self._lock.release()
-        else:
-            yield None
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every shape asked for so far is compiled (or compiling failed); whether it is."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self.failed is not None or self._asked <= self.ready, timeout)
-
-    def _compile(self) -> None:
-        while True:
-            shape, inputs = self._jobs.get()
-            try:
-                with self._lock, torch.inference_mode():
-                    self.step(*inputs)
-            except Exception as e:       # the eager step still serves; say why it stays slow
-                self.failed = f"{type(e).__name__}: {str(e)[:300]}"
-                log.warning("compiling the decode step failed, decoding stays eager: %s", self.failed)
-            with self._idle:
-                if self.failed is None:
-                    self.ready.add(shape)
-                    self._mark(shape).parent.mkdir(parents=True, exist_ok=True)
-                    self._mark(shape).touch()
-                self._idle.notify_all()
-            if self.failed is not None:
-                return
-
-    def _mark(self, shape: tuple) -> Path:
-        return self._marks / f"{self._identity}-{'x'.join(map(str, shape))}"
-
-    def _finish_first(self) -> None:
-        """At exit: let a first compile finish, so that the next process finds it cached."""
-        if self.wait(timeout=0):
-            return
-        print("lamina: finishing the first compile of the decode step, cached for the next start "
-              "(Ctrl-C skips)", file=sys.stderr, flush=True)
-        try:
-            self.wait()
-        except KeyboardInterrupt:
-            pass
+        compile = os.environ.get("LAMINA_COMPILE") or "on"
+    if isinstance(compile, bool):
+        return compile
+    if compile not in COMPILE_MODES:
+        raise LaminaError(f"compile {compile!r}: use on or off")
+    return compile == "on"
 
 
 class Engine:
-    def __init__(self, model: Transformer, *, compile: bool | str = False, adapters: Adapters | None = None,
+    def __init__(self, model: Transformer, *, compile: bool | str | None = False, adapters: Adapters | None = None,
                  speculate: int = 0, draft: str | Transformer = "mtp", expand_latent: bool = False):
-        """`compile`: "auto", "on" (True) or "off" (False), see `DecodeStep`; with LoRA adapters
-        served per request "auto" is "off".
+        """`compile`: the decode step compiled (`compile_mode`: True/"on", False/"off", None: the
+        default); with LoRA adapters served per request, None means off.
         `speculate`: greedy requests of one prompt draft this many tokens a step, checked in
         one forward (`speculative.py`), with `draft`: "mtp" (the model's multi-token prediction
         modules), "lookup" (prompt lookup) or a draft model of the same vocabulary; the output is
@@ -204,15 +91,16 @@ class Engine:
         self.model = model.eval()
         self.config = model.config
         self.adapters = adapters or Adapters(model, {})
-        mode = compile_mode(compile)
-        if len(self.adapters):
-            if mode == "on":
-                raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
-            mode = "off"
+        if len(self.adapters) and compile is None:
+            compile = False
+        compile = compile_mode(compile)
+        if compile and len(self.adapters):
+            raise LaminaError("LoRA adapters served per request run eagerly; leave out compile")
         if speculate:
             check_draft(self.config, speculate, draft)
         self.speculate, self.draft = speculate, draft
-        self.steps = DecodeStep(model, mode)
+        self.compiled = compile
+        self._decode = compile_decode_step(model) if compile else model
 
     @property
     def dtype(self) -> torch.dtype:
@@ -252,7 +140,7 @@ class Engine:
         # A compiled decode step wants few distinct shapes: the cache rounds up to CACHE_BLOCK and
         # every step attends over all of it. Eagerly, shapes cost nothing: the cache is what the
         # request needs, and a step attends over the slots written so far.
-        S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context) if self.steps.rounds_shapes else P + n_new
+        S = min(-(-(P + n_new) // CACHE_BLOCK) * CACHE_BLOCK, context) if self.compiled else P + n_new
         dev = self.device
         # Rows asking the same prompt of the same adapter (GRPO samples a group of completions per
         # prompt) share one prefill: the first such row runs it, the cache then copies its rows.
@@ -315,22 +203,10 @@ class Engine:
             at = P + step
             valid[:, at] = True
             position = position + 1
-            with self.steps.pick((B, S), lambda: _example(B, S, cache)) as compiled, self.adapters.select(rows):
-                if compiled is not None:        # same shapes every step: the whole cache, masked
-                    logits = compiled(token[:, None], position, cache, slot[at:at + 1], valid[:, None, None, :S])
-                else:                           # eagerly, only the slots written so far
-                    logits = self.model(token[:, None], position, cache, slot[at:at + 1],
-                                        valid[:, None, None, :at + 1])
-                logits = logits[:, -1]
-
-
-def _example(B: int, S: int, cache: KVCache) -> tuple:
-    """Inputs of a decode step of B rows over S cache slots, made as `Engine.generate` makes them
-    (so that the compiled graph's guards hold for the real steps), with a scratch cache."""
-    valid = torch.zeros(B, S, dtype=torch.bool, device=cache.k[0].device)
-    slot = torch.arange(S, device=valid.device)
-    return (torch.zeros(B, 1, dtype=torch.long, device=valid.device), torch.zeros(B, 1, dtype=torch.long,
-            device=valid.device), scratch(cache), slot[S - 1:S], valid[:, None, None, :S])
+            seen_slots = S if self.compiled else at + 1
+            with self.adapters.select(rows):
+                logits = self._decode(token[:, None], position, cache, slot[at:at + 1],
+                                      valid[:, None, None, :seen_slots])[:, -1]
 
 
 def _plain_greedy(params: SamplingParams) -> bool:

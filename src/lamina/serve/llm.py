@@ -128,9 +128,10 @@ def load(model: str | Path, *, dtype: str | torch.dtype | None = None, device: s
     GPU, float32 on a CPU. Weights that cannot fit in the device's free memory are refused
     before they load. `quantize`: "int8" or "int4" weight-only quantization of the projections
     and the output head (`lamina.model.quant`), done on the CPU before the model moves.
-    `compile`: the decode step (`lamina.serve.engine.DecodeStep`): "auto" (default, or
-    $LAMINA_COMPILE): eager at once, compiled in the background and used once ready; "on" (True):
-    compiled at the first step; "off" (False): eager."""
+    `compile`: torch.compile the decode step at the first step (default; $LAMINA_COMPILE=on|off
+    sets the default); compiled steps are cached between processes (`compile_cache_dir`), so a
+    model's second start compiles in seconds. False: eager, the shorter start for a short reply.
+    With LoRA adapters the default is eager."""
     where, dtype = placement(device, dtype)
     ck = load_checkpoint(model)
     tok = Tokenizer.from_dir(tokenizer) if tokenizer else ck.tokenizer
