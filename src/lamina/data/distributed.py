@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from ..errors import LaminaError
 from ..progress import show_progress
-from .build import TOKENIZER_DIR, BuildConfig, Judged, _copies, _filter, _groups, _split
+from .stages import TOKENIZER_DIR, BuildConfig, Judged, _copies, _filter, _groups, _split
 from .dedup import NearDuplicates
 from .ledger import Ledger
 from .licenses import Policy
