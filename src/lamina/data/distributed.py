@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,8 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import LaminaError
+from ..files import atomic_file
 from ..progress import show_progress
-from .stages import TOKENIZER_DIR, BuildConfig, Judged, _copies, _filter, _groups, _split
+from .stages import TOKENIZER_DIR, BuildConfig, Judged, _copies, _dedup_verdicts, _filter, _groups, _split
 from .dedup import NearDuplicates
 from .ledger import Ledger
 from .licenses import Policy
@@ -66,22 +65,19 @@ def work_folder(out: Path) -> Path:
 
 # -- the tasks ----------------------------------------------------------------------------------------
 
-def _atomic(path: Path, write) -> None:
-    """`write(tmp)` then rename into `path`: a task killed midway leaves no file under that name."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+# A part file: its documents' ledger rows (verdicts and scrubs as JSON, the record as [id, license,
+# origin]), and for those still in the running their text, its hash and its MinHash signature.
+PART = pa.schema([("path", pa.string()), ("content_hash", pa.string()), ("bytes", pa.int64()),
+                  ("status", pa.string()), ("reason", pa.string()), ("verdicts", pa.string()),
+                  ("scrubs", pa.string()), ("record", pa.string()), ("text", pa.large_string()),
+                  ("text_hash", pa.string()), ("planted", pa.bool_()), ("signature", pa.binary())])
 
 
 def judge_part(path: str, source: Source, part, allowed: bool, reason: str, policy: Policy,
                config: BuildConfig) -> int:
     """Stage 1 for one part: every document's verdicts, text and signature, into `path`. Its count."""
     near = NearDuplicates(seed=config.seed) if config.near_dedup else None
-    rows = {k: [] for k in ("path", "content_hash", "bytes", "status", "reason", "verdicts", "scrubs", "record",
-                            "text", "text_hash", "planted", "signature")}
+    rows: dict[str, list] = {name: [] for name in PART.names}
     for raw in part.read():
         j = _filter(source.kind, raw, policy, config, near) if allowed else Judged("rejected", f"license: {reason}", [])
         j.verdicts.insert(0, ("license", allowed, reason))
@@ -94,13 +90,9 @@ def judge_part(path: str, source: Source, part, allowed: bool, reason: str, poli
                      ("planted", j.planted),
                      ("signature", j.signature.tobytes() if j.text is not None and j.signature is not None else None)):
             rows[k].append(v)
-    table = pa.table(rows, schema=pa.schema([("path", pa.string()), ("content_hash", pa.string()),
-                                              ("bytes", pa.int64()), ("status", pa.string()), ("reason", pa.string()),
-                                              ("verdicts", pa.string()), ("scrubs", pa.string()),
-                                              ("record", pa.string()), ("text", pa.large_string()),
-                                              ("text_hash", pa.string()), ("planted", pa.bool_()),
-                                              ("signature", pa.binary())]))
-    _atomic(Path(path), lambda tmp: pq.write_table(table, tmp))
+    table = pa.table(rows, schema=PART)
+    with atomic_file(path, overwrite=True) as tmp:      # a task killed midway leaves no part file
+        pq.write_table(table, tmp)
     return table.num_rows
 
 
@@ -171,7 +163,8 @@ def tokenize_part(path: str, out: str, keep: list[int], tokenizer: tuple[str, st
     lengths = np.array([len(d) for d in docs], dtype=np.int64)
     validation = np.array([_split(config, source, h) == "validation" for h in hashes], dtype=bool)
     copies = np.array([_copies(config, source, h) for h in hashes], dtype=np.int64)
-    _atomic(Path(out), lambda tmp: np.save(open(tmp, "wb"), np.concatenate(docs) if docs else np.zeros(0, dtype)))
+    with atomic_file(out, overwrite=True) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(docs) if docs else np.zeros(0, dtype))
     return lengths, validation, copies
 
 
@@ -388,14 +381,7 @@ def _merge(ledger: Ledger, files, firsts, sources, parts, exact, near, tokens, n
             j = Judged(t["status"][i], t["reason"][i], [tuple(v) for v in json.loads(t["verdicts"][i])],
                        dict(json.loads(t["scrubs"][i])))
             if t["text_hash"][i] is not None:
-                if doc in exact:
-                    j.fail("rejected", "exact-dedup", f"same text as document {exact[doc]}")
-                else:
-                    j.verdicts.append(("exact-dedup", True, "first of its text"))
-                    if doc in near:
-                        j.fail("rejected", "near-dedup", f"near duplicate of document {near[doc]}")
-                    elif near_dedup and not t["planted"][i]:
-                        j.verdicts.append(("near-dedup", True, "no near duplicate seen before"))
+                _dedup_verdicts(j, exact.get(doc), near.get(doc), near_dedup and not t["planted"][i])
             record = None if t["record"][i] is None else Record(*json.loads(t["record"][i]))
             ledger.add_document(doc, sources[si].id, t["path"][i], t["content_hash"][i], t["bytes"][i], j.status,
                                 j.reason, j.verdicts, j.scrubs, record)

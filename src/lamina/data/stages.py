@@ -137,11 +137,19 @@ def _dedup(j: Judged, key: str, seen: dict[str, str], near: NearDuplicates | Non
         return j
     text_hash = j.text_hash or hashlib.sha256(j.text.encode()).hexdigest()
     if text_hash in seen:
-        return j.fail("rejected", "exact-dedup", f"same text as document {seen[text_hash]}")
+        return _dedup_verdicts(j, seen[text_hash], None, False)
     seen[text_hash] = key
+    checked = near is not None and not j.planted
+    return _dedup_verdicts(j, None, near.check(key, j.text, j.signature) if checked else None, checked)
+
+
+def _dedup_verdicts(j: Judged, first: str | int | None, twin: str | int | None, near_checked: bool) -> Judged:
+    """The dedup verdicts on `j`, however they were found (here in one pass, or on a cluster):
+    `first`, the earlier document of its text; `twin`, the kept one it nearly repeats."""
+    if first is not None:
+        return j.fail("rejected", "exact-dedup", f"same text as document {first}")
     j.verdicts.append(("exact-dedup", True, "first of its text"))
-    if near is not None and not j.planted:
-        twin = near.check(key, j.text, j.signature)
+    if near_checked:
         if twin is not None:
             return j.fail("rejected", "near-dedup", f"near duplicate of document {twin}")
         j.verdicts.append(("near-dedup", True, "no near duplicate seen before"))
